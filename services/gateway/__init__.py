@@ -1,0 +1,1 @@
+"""The gateway actor: the only door for local clients."""

@@ -1,0 +1,1 @@
+"""The gossip actor: GossipSub, conversations, sync and the outbox."""
