@@ -1,0 +1,10 @@
+"""The `p2pm` command line. Each module in this package adds its commands to `main`."""
+
+from __future__ import annotations
+
+from .base import main
+
+# Importing a module registers its commands on `main`.
+from . import node as _node  # noqa: E402,F401
+
+__all__ = ["main"]
