@@ -298,8 +298,8 @@ class ActorRuntime:
         router.setsockopt(zmq.ROUTER_HANDOVER, 1)
         pub = self.ctx.socket(zmq.PUB)
         pub.setsockopt(zmq.SNDHWM, 100_000)
-        router.bind(self.endpoints.rpc(self.name))
-        pub.bind(self.endpoints.events(self.name))
+        await _bind(router, self.endpoints.rpc(self.name))
+        await _bind(pub, self.endpoints.events(self.name))
         self._router = AsyncSocket(router)
         self._pub = AsyncSocket(pub)
         sub_prefixes = sorted({p for prefixes, _ in self.handlers for p in prefixes})
@@ -415,13 +415,35 @@ class ActorRuntime:
         for p in prefixes:
             sub.setsockopt(zmq.SUBSCRIBE, p.encode())
         asock = AsyncSocket(sub)
+        self._heard = {src: trio.current_time() for src in sources}
         task_status.started()
         try:
-            while True:
-                frames = await asock.recv_multipart()
-                await self._on_event_frames(frames, prefixes)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_sources, sub, sources)
+                while True:
+                    frames = await asock.recv_multipart()
+                    self._heard[frames[0].split(b".", 1)[0].decode(errors="replace")] = \
+                        trio.current_time()
+                    await self._on_event_frames(frames, prefixes)
         finally:
             asock.close(linger_ms=0)
+
+    async def _watch_sources(self, sub: zmq.Socket, sources: list[str]) -> None:
+        """A source silent for three heartbeats is reconnected: ipc does that by
+        itself, but an inproc pipe to a publisher that went away never recovers."""
+        while True:
+            await trio.sleep(HEARTBEAT_S)
+            now = trio.current_time()
+            for src in sources:
+                if now - self._heard.get(src, now) > 3 * HEARTBEAT_S:
+                    ep = self.endpoints.events(src)
+                    if ep.startswith("inproc://"):
+                        try:
+                            sub.disconnect(ep)
+                        except zmq.ZMQError:
+                            pass  # the pipe is already gone
+                        sub.connect(ep)
+                    self._heard[src] = now
 
     async def _on_event_frames(self, frames: list[bytes], prefixes: list[str]) -> None:
         if len(frames) != 2:
@@ -466,6 +488,21 @@ class ActorRuntime:
             await self.actor.resync(source, reason)
         except Exception:
             self.log.error("resync.crashed", exc=True, source=source)
+
+
+async def _bind(sock: zmq.Socket, endpoint: str) -> None:
+    """Bind, waiting briefly for an inproc name still held by a just-closed socket
+    (ZMQ closes sockets asynchronously; an in-process restart can race it)."""
+    with trio.move_on_after(2.0):
+        while True:
+            try:
+                sock.bind(endpoint)
+                return
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EADDRINUSE or not endpoint.startswith("inproc://"):
+                    raise
+            await trio.sleep(0.01)
+    sock.bind(endpoint)
 
 
 def _matches(topic: str, prefixes: typing.Iterable[str]) -> bool:

@@ -7,7 +7,9 @@ waits for, so one socket serves many concurrent calls. `IMMEDIATE` keeps request
 of the queue of a peer that is not connected (a stopped actor): the send waits, the
 attempt times out, and the retry goes to the replacement once it binds.
 
-A retried request can reach the server twice; servers dedupe by request id.
+A retried request can reach the server twice; servers dedupe by request id. After a
+timed-out attempt the socket is replaced (as Lazy Pirate does), which is what lets a
+client find a restarted server on inproc endpoints.
 """
 
 from __future__ import annotations
@@ -35,19 +37,34 @@ class Client:
     def __init__(self, ctx: zmq.Context, endpoint: str, actor: str) -> None:
         self.actor = actor
         self.endpoint = endpoint
-        sock = ctx.socket(zmq.DEALER)
+        self._ctx = ctx
+        self._sock = self._new_socket()
+        self._swapped = trio.Event()
+        self._pending: dict[str, tuple[trio.Event, list[Any]]] = {}
+        self.stats = {"calls": 0, "retries": 0, "timeouts": 0, "stale_replies": 0}
+
+    def _new_socket(self) -> AsyncSocket:
+        sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.setsockopt(zmq.RECONNECT_IVL, 20)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(endpoint)
-        self._sock = AsyncSocket(sock)
-        self._pending: dict[str, tuple[trio.Event, list[Any]]] = {}
-        self.stats = {"calls": 0, "retries": 0, "timeouts": 0, "stale_replies": 0}
+        sock.connect(self.endpoint)
+        return AsyncSocket(sock)
+
+    def _reopen(self) -> None:
+        """Lazy Pirate's remedy after a timeout: a fresh socket. ipc reconnects by
+        itself, but an inproc pipe to a server that went away is dead for good."""
+        old, self._sock = self._sock, self._new_socket()
+        old.close(linger_ms=0)
 
     async def _receive_loop(self) -> None:
         while True:
-            frames = await self._sock.recv_multipart()
+            sock = self._sock
+            try:
+                frames = await sock.recv_multipart()
+            except trio.ClosedResourceError:
+                continue  # swapped for a fresh socket by _reopen
             try:
                 reply = wire.loads(frames[-1])
                 rid = reply["id"]
@@ -81,10 +98,14 @@ class Client:
             for attempt in range(retries + 1):
                 if attempt:
                     self.stats["retries"] += 1
+                    self._reopen()
                     await trio.sleep(backoff)
                     backoff = min(backoff * 2, BACKOFF_CAP)
                 with trio.move_on_after(timeout):
-                    await self._sock.send_multipart([b"", frame])
+                    try:
+                        await self._sock.send_multipart([b"", frame])
+                    except trio.ClosedResourceError:
+                        continue  # another call reopened the socket; retry on it
                     await event.wait()
                 if box:
                     return _unwrap(box[0], self.actor, method)

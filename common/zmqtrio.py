@@ -39,10 +39,15 @@ class AsyncSocket:
         if self._lot:
             self._lot.unpark_all()
 
+    def _check_open(self) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError("socket closed")
+
     async def _wait(self, flag: int) -> None:
-        while not (self.sock.getsockopt(zmq.EVENTS) & flag):
-            if self.closed:
-                raise trio.ClosedResourceError("socket closed")
+        while True:
+            self._check_open()
+            if self.sock.getsockopt(zmq.EVENTS) & flag:
+                return
             if self._fd_scope is None:
                 with trio.CancelScope() as scope:
                     self._fd_scope = scope
@@ -61,6 +66,7 @@ class AsyncSocket:
     async def send_multipart(self, frames: list[bytes], *, copy: bool = False) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
+            self._check_open()
             try:
                 self.sock.send_multipart(frames, zmq.NOBLOCK, copy=copy)
             except zmq.Again:
@@ -71,6 +77,7 @@ class AsyncSocket:
 
     def send_multipart_nowait(self, frames: list[bytes]) -> bool:
         """Send if it can go without blocking; False if it would block (HWM)."""
+        self._check_open()
         try:
             self.sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -81,6 +88,7 @@ class AsyncSocket:
     async def recv_multipart(self) -> list[bytes]:
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
+            self._check_open()
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

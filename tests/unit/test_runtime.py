@@ -1,0 +1,267 @@
+"""The actor runtime in one process over inproc endpoints: routing, validation,
+redelivery, crashes, events with gap/restart detection, client retry."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import orjson
+import pytest
+import trio
+import zmq
+
+from p2pm.common import errors
+from p2pm.common.actor import Actor, ActorRuntime, every, on_event, rpc
+from p2pm.common.client import open_client
+from p2pm.common.home import Endpoints
+from p2pm.common.zmqtrio import AsyncSocket
+
+_names = itertools.count()
+
+
+def endpoints() -> Endpoints:
+    return Endpoints.inproc(f"rt-{next(_names)}")
+
+
+class Counter(Actor):
+    name = "counter"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.value = 0
+        self.ticks = 0
+
+    @rpc
+    async def add(self, amount: int, note: str | None = None) -> dict[str, Any]:
+        self.value += amount
+        self.publish("counter.value.changed", {"value": self.value})
+        return {"value": self.value}
+
+    @rpc
+    async def slow_add(self, amount: int, delay: float) -> int:
+        await trio.sleep(delay)
+        self.value += amount
+        return self.value
+
+    @rpc
+    async def echo_bytes(self, data: bytes) -> dict[str, Any]:
+        return {"data": data, "length": len(data)}
+
+    @rpc
+    async def boom(self) -> None:
+        raise RuntimeError("handler bug")
+
+    @every(0.01)
+    async def _tick(self) -> None:
+        self.ticks += 1
+
+
+class Watcher(Actor):
+    name = "watcher"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[dict[str, Any]] = []
+        self.resyncs: list[tuple[str, str]] = []
+
+    @on_event("counter.value")
+    async def _changed(self, topic: str, data: dict[str, Any]) -> None:
+        self.seen.append(data)
+
+    async def resync(self, source: str, reason: str) -> None:
+        self.resyncs.append((source, reason))
+
+
+async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+async def test_rpc_roundtrip_and_validation() -> None:
+    ep = endpoints()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ActorRuntime(Counter(), ep).serve)
+        async with open_client(zmq.Context.instance(), ep.rpc("counter"), "counter") as c:
+            assert await c.call("add", {"amount": 2}) == {"value": 2}
+            assert await c.call("echo_bytes", {"data": "aGVsbG8="}) == {
+                "data": "aGVsbG8=", "length": 5}
+            cases = [
+                ("add", {"amount": "2"}, errors.BAD_PARAMS, "amount must be an integer"),
+                ("add", {"amount": True}, errors.BAD_PARAMS, "amount must be an integer"),
+                ("add", {}, errors.BAD_PARAMS, "missing param: amount"),
+                ("add", {"amount": 1, "x": 1}, errors.BAD_PARAMS, "unknown params: x"),
+                ("add", {"amount": 1, "note": 5}, errors.BAD_PARAMS, "note must be a string"),
+                ("echo_bytes", {"data": "%%%"}, errors.BAD_PARAMS, "not valid base64"),
+                ("nope", {}, errors.UNKNOWN_METHOD, "no method 'nope'"),
+                ("boom", {}, errors.INTERNAL, "RuntimeError: handler bug"),
+            ]
+            for method, params, code, text in cases:
+                with pytest.raises(errors.BusError) as exc:
+                    await c.call(method, params)
+                assert exc.value.code == code
+                assert text in exc.value.message
+            # None of the refused calls changed anything, and the actor is still up.
+            assert await c.call("add", {"amount": 0}) == {"value": 2}
+            status = await c.call("sys.status")
+            assert status["healthy"] is True and status["actor"] == "counter"
+            assert status["counters"]["errors"] == len(cases)
+        nursery.cancel_scope.cancel()
+
+
+async def test_malformed_frames_get_error_replies() -> None:
+    ep = endpoints()
+    ctx = zmq.Context.instance()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ActorRuntime(Counter(), ep).serve)
+        raw = ctx.socket(zmq.DEALER)
+        raw.connect(ep.rpc("counter"))
+        sock = AsyncSocket(raw)
+        bad = [b"not json", b"[1,2]", b'{"method":"add"}', b'{"id":"x"}',
+               b'{"id":"x","method":"add","params":[1]}', b"\xff\xfe", b"{" * 10000]
+        with trio.fail_after(5):
+            for frame in bad:
+                await sock.send_multipart([b"", frame])
+                reply = orjson.loads((await sock.recv_multipart())[-1])
+                assert reply["ok"] is False
+                assert reply["error"]["code"] == errors.BAD_REQUEST
+            # An empty body is refused too, and the actor still answers afterwards.
+            await sock.send_multipart([b""])
+            reply = orjson.loads((await sock.recv_multipart())[-1])
+            assert reply["error"]["code"] == errors.BAD_REQUEST
+            await sock.send_multipart([b"", b'{"id":"ok1","method":"sys.ping"}'])
+            reply = orjson.loads((await sock.recv_multipart())[-1])
+        assert reply["ok"] is True and reply["result"]["pong"] is True
+        sock.close(0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_redelivered_request_runs_once() -> None:
+    """A client retry carries the same id: the handler must not run twice, whether
+    the duplicate arrives while the first is in flight or after it finished."""
+    ep = endpoints()
+    ctx = zmq.Context.instance()
+    counter = Counter()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ActorRuntime(counter, ep).serve)
+        socks = []
+        for _ in range(2):  # two sockets: a retry may come over a new connection
+            s = ctx.socket(zmq.DEALER)
+            s.connect(ep.rpc("counter"))
+            socks.append(AsyncSocket(s))
+        req = orjson.dumps({"id": "r-1", "method": "slow_add",
+                            "params": {"amount": 5, "delay": 0.2}})
+        with trio.fail_after(5):
+            await socks[0].send_multipart([b"", req])
+            await socks[1].send_multipart([b"", req])
+            r0 = orjson.loads((await socks[0].recv_multipart())[-1])
+            r1 = orjson.loads((await socks[1].recv_multipart())[-1])
+            await socks[0].send_multipart([b"", req])  # after completion
+            r2 = orjson.loads((await socks[0].recv_multipart())[-1])
+        assert r0 == r1 == r2 == {"id": "r-1", "ok": True, "result": 5}
+        assert counter.value == 5
+        for s in socks:
+            s.close(0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_events_reach_subscribers_and_restart_triggers_resync() -> None:
+    ep = endpoints()
+    watcher = Watcher()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ActorRuntime(watcher, ep).serve)
+        first = trio.CancelScope()
+
+        async def run_counter(scope: trio.CancelScope, task_status: Any) -> None:
+            with scope:
+                await ActorRuntime(Counter(), ep).serve(task_status=task_status)
+
+        await nursery.start(run_counter, first)
+        async with open_client(zmq.Context.instance(), ep.rpc("counter"), "counter") as c:
+            # PUB/SUB joins asynchronously: publish until the subscriber is attached.
+            with trio.fail_after(5):
+                while not watcher.seen:
+                    await c.call("add", {"amount": 1})
+                    await trio.sleep(0.01)
+            before = len(watcher.seen)
+            for _ in range(50):
+                await c.call("add", {"amount": 1})
+            await wait_until(lambda: len(watcher.seen) == before + 50)
+            values = [d["value"] for d in watcher.seen]
+            assert values == sorted(values)
+            assert watcher.resyncs == []
+            # Restart the counter: a new epoch must make the watcher re-read state.
+            first.cancel()
+            await nursery.start(run_counter, trio.CancelScope())
+            # inproc pipes do not reconnect: the watchdog does it after ~3 heartbeats.
+            await wait_until(lambda: ("counter", "restarted") in watcher.resyncs, 15)
+        nursery.cancel_scope.cancel()
+
+
+async def test_heartbeat_reveals_missed_events() -> None:
+    """Events lost in transit (simulated by dropping them at the subscriber) are
+    noticed from the heartbeat's per-topic seq, and trigger a resync."""
+    ep = endpoints()
+    watcher = Watcher()
+    counter = Counter()
+    async with trio.open_nursery() as nursery:
+        runtime = ActorRuntime(counter, ep)
+        await nursery.start(runtime.serve)
+        await nursery.start(ActorRuntime(watcher, ep).serve)
+        async with open_client(zmq.Context.instance(), ep.rpc("counter"), "counter") as c:
+            with trio.fail_after(5):
+                while not watcher.seen:
+                    await c.call("add", {"amount": 1})
+                    await trio.sleep(0.01)
+            # Advance the topic's seq without sending: as if the frames were lost.
+            runtime._topic_seq["counter.value.changed"] += 3
+            await wait_until(lambda: any("missed events" in r for _, r in watcher.resyncs))
+        nursery.cancel_scope.cancel()
+
+
+async def test_timer_runs_and_status_counts() -> None:
+    ep = endpoints()
+    counter = Counter()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ActorRuntime(counter, ep).serve)
+        await wait_until(lambda: counter.ticks >= 3)
+        nursery.cancel_scope.cancel()
+
+
+async def test_client_retries_until_actor_appears() -> None:
+    """A call made while the actor is down succeeds once it starts (within retries),
+    and a call to an actor that never comes answers TIMEOUT, not a hang."""
+    ep = endpoints()
+    ctx = zmq.Context.instance()
+    async with trio.open_nursery() as nursery:
+        async with open_client(ctx, ep.rpc("counter"), "counter") as c:
+            with pytest.raises(errors.BusError) as exc:
+                await c.call("sys.ping", timeout=0.05, retries=1)
+            assert exc.value.code == errors.TIMEOUT
+
+            async def start_later() -> None:
+                await trio.sleep(0.1)
+                await nursery.start(ActorRuntime(Counter(), ep).serve)
+
+            nursery.start_soon(start_later)
+            result = await c.call("add", {"amount": 7}, timeout=0.2, retries=10)
+            assert result == {"value": 7}
+        nursery.cancel_scope.cancel()
+
+
+async def test_many_concurrent_calls_share_one_client() -> None:
+    ep = endpoints()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ActorRuntime(Counter(), ep).serve)
+        results: list[int] = []
+        async with open_client(zmq.Context.instance(), ep.rpc("counter"), "counter") as c:
+
+            async def one(i: int) -> None:
+                results.append(await c.call("slow_add", {"amount": 1, "delay": 0.001}))
+
+            async with trio.open_nursery() as inner:
+                for i in range(500):
+                    inner.start_soon(one, i)
+        assert sorted(results) == list(range(1, 501))
+        nursery.cancel_scope.cancel()
