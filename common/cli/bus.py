@@ -1,0 +1,80 @@
+"""Blocking calls onto a node's bus, for the command line and test helpers.
+
+Each helper runs its own short trio loop around `open_client`, so a command stays a
+plain function. Calls go out concurrently where there are several (status, health).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import trio
+import zmq
+
+from .. import errors
+from ..client import open_client
+from ..home import ACTORS, Home
+
+# A command whose actor is restarting keeps trying for about this long: a restart by
+# supervisord takes around a second.
+CALL_TIMEOUT = 2.0
+CALL_RETRIES = 2
+
+
+def call(home: Home, actor: str, method: str, params: dict[str, Any] | None = None,
+         *, timeout: float = CALL_TIMEOUT, retries: int = CALL_RETRIES) -> Any:
+    """Call one method; return its result or raise BusError (TIMEOUT: no answer)."""
+    (result,) = call_many(home, [(actor, method, params)], timeout=timeout, retries=retries)
+    if isinstance(result, errors.BusError):
+        raise result
+    return result
+
+
+def call_many(home: Home, calls: Iterable[tuple[str, str, dict[str, Any] | None]], *,
+              timeout: float = CALL_TIMEOUT,
+              retries: int = CALL_RETRIES) -> list[Any]:
+    """Make the calls concurrently; each slot holds a result or the BusError raised."""
+    todo = list(calls)
+    results: list[Any] = [None] * len(todo)
+    endpoints = home.endpoints()
+
+    async def one(i: int, actor: str, method: str, params: dict[str, Any] | None) -> None:
+        async with open_client(zmq.Context.instance(), endpoints.rpc(actor), actor) as c:
+            try:
+                results[i] = await c.call(method, params, timeout=timeout, retries=retries)
+            except errors.BusError as exc:
+                results[i] = exc
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            for i, (actor, method, params) in enumerate(todo):
+                nursery.start_soon(one, i, actor, method, params)
+
+    trio.run(main)
+    return results
+
+
+def statuses(home: Home, actors: Iterable[str] = ACTORS,
+             timeout: float = 0.5) -> dict[str, dict[str, Any] | errors.BusError]:
+    """sys.status of each actor, one short attempt each (for status and health)."""
+    names = list(actors)
+    replies = call_many(home, [(a, "sys.status", None) for a in names],
+                        timeout=timeout, retries=0)
+    return dict(zip(names, replies))
+
+
+def wait_healthy(home: Home, timeout: float,
+                 actors: Iterable[str] = ACTORS) -> tuple[bool, dict[str, Any]]:
+    """Poll until every actor answers sys.status with healthy=true or the deadline
+    passes; returns (all healthy, the last status of each actor)."""
+    names = list(actors)
+    deadline = time.monotonic() + timeout
+    while True:
+        last = statuses(home, names, timeout=min(0.5, max(0.05, deadline - time.monotonic())))
+        if all(isinstance(s, dict) and s.get("healthy") for s in last.values()):
+            return True, last
+        if time.monotonic() >= deadline:
+            return False, last
+        time.sleep(0.05)
