@@ -46,6 +46,11 @@ import nacl.secret
 import nacl.signing
 import nacl.utils
 
+# The hex unlock key (`derive_unlock_key(...).hex()`) that `p2pm up` puts into the
+# keystore's environment under supervisord, so a restarted keystore comes back unlocked
+# while the passphrase itself is never written anywhere.
+UNLOCK_KEY_ENV = "P2PM_KEYSTORE_KEY"
+
 FORMAT_VERSION = 1
 FILE_KIND = "p2pm-identity"
 OPSLIMIT = 3

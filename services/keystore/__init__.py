@@ -1,0 +1,1 @@
+"""The keystore actor: the only process that holds the node's secret identity key."""

@@ -1,0 +1,203 @@
+"""The keystore actor: holds the Ed25519 identity key and signs with it for the other
+actors, only in the allowed signing domains. The secret key never leaves this process:
+not in a reply, an event or a log line.
+
+States: *no identity* (the file is missing or damaged: every RPC answers UNAVAILABLE
+with the reason), *locked* (only `unlock` works), *unlocked* (healthy). At start it
+unlocks by itself with the hex unlock key in $P2PM_KEYSTORE_KEY (put there by `p2pm up`
+through supervisord, so a restarted keystore comes back unlocked without the passphrase
+ever touching the disk), or with the empty passphrase if the identity is unprotected.
+
+Events: `keystore.identity.unlocked {"peer_id"}` when `unlock` opens the key (one that
+starts unlocked shows it in its heartbeat's `healthy` flag instead).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import nacl.signing
+import trio
+
+from p2pm.common import errors, identity
+from p2pm.common.actor import Actor, rpc
+
+MAX_SIGN_BYTES = 1024 * 1024
+MAX_PASSPHRASE_BYTES = 4096
+LOCKED = "keystore is locked: start the node with p2pm up and its passphrase"
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityInfo:
+    peer_id: str
+    public_key: bytes
+    public_key_proto: bytes
+    x25519_public: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SharedSecret:
+    shared: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unlocked:
+    peer_id: str
+
+
+class Keystore(Actor):
+    name = "keystore"
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self._key: nacl.signing.SigningKey | None = None
+        self._peer_id: str | None = None
+        self._problem: str | None = None  # why there is no usable identity
+        # Argon2id takes 128 MiB a run: unlock attempts go one at a time.
+        self._unlocking = trio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def setup(self) -> None:
+        if self.home is None:
+            self._problem = "the keystore runs without a home folder"
+            return
+        path = self.home.identity_file
+        if not path.exists():
+            self._problem = f"no identity in {self.home.root}: run p2pm init"
+            self.log.warning("keystore.no_identity", home=self.home.root)
+            return
+        try:
+            self._peer_id = identity.read_peer_id(path)
+            protected = identity.is_protected(path)
+        except identity.IdentityError as exc:
+            self._problem = str(exc)
+            self.log.error("keystore.bad_identity", reason=self._problem)
+            return
+        how = "locked"
+        env_key = os.environ.get(identity.UNLOCK_KEY_ENV)
+        if env_key:
+            try:
+                self._key = identity.open_identity(path, bytes.fromhex(env_key))
+                how = "unlock_key"
+            except ValueError:
+                self.log.warning("keystore.unlock_key_refused", reason="not hex",
+                                 variable=identity.UNLOCK_KEY_ENV)
+            except identity.IdentityError as exc:
+                self.log.warning("keystore.unlock_key_refused", reason=str(exc),
+                                 variable=identity.UNLOCK_KEY_ENV)
+        elif not protected:
+            try:
+                self._key = await self._open_with(path, "")
+                how = "no_passphrase"
+            except identity.IdentityError as exc:
+                self.log.error("keystore.open_failed", reason=str(exc))
+        self.log.info("keystore.identity", peer_id=self._peer_id, state=how)
+
+    def healthy(self) -> bool:
+        return self._key is not None
+
+    def status(self) -> dict[str, Any]:
+        return {"unlocked": self._key is not None, "peer_id": self._peer_id,
+                "problem": self._problem}
+
+    # -- helpers -----------------------------------------------------------------------
+    def _unlocked_key(self) -> nacl.signing.SigningKey:
+        if self._problem is not None:
+            raise errors.unavailable(self._problem)
+        if self._key is None:
+            raise errors.unavailable(LOCKED)
+        return self._key
+
+    @staticmethod
+    async def _open_with(path: os.PathLike[str], passphrase: str) -> nacl.signing.SigningKey:
+        def work() -> nacl.signing.SigningKey:
+            return identity.open_identity(path, identity.derive_unlock_key(path, passphrase))
+
+        # Argon2id takes ~0.2 s; off the event loop, the actor keeps answering meanwhile.
+        return await trio.to_thread.run_sync(work)
+
+    # -- RPCs --------------------------------------------------------------------------
+    @rpc
+    async def identity(self) -> IdentityInfo:
+        """{} -> {"peer_id", "public_key": b64 (32 bytes), "public_key_proto": b64
+        (libp2p protobuf), "x25519_public": b64 (32 bytes)}"""
+        key = self._unlocked_key()
+        public = bytes(key.verify_key)
+        return IdentityInfo(
+            peer_id=identity.peer_id_from_public_key(public),
+            public_key=public,
+            public_key_proto=identity.public_key_proto(public),
+            x25519_public=identity.x25519_public(public),
+        )
+
+    @rpc
+    async def sign(self, domain: str, data: bytes, payload_type: bytes | None = None) -> Signature:
+        """{"domain", "data": b64, "payload_type"?: b64} -> {"signature": b64 (64 bytes)}
+
+        Signs `identity.signed_bytes(domain, data, payload_type)`. FORBIDDEN for a domain
+        not on the allow-list; BAD_PARAMS for data over 1 MiB or a payload_type that
+        does not fit the domain (required for "libp2p-peer-record", refused otherwise).
+        """
+        key = self._unlocked_key()
+        if domain not in identity.SIGNING_DOMAINS:
+            raise errors.forbidden(
+                f"the keystore does not sign in domain {domain!r}; allowed: "
+                f"{', '.join(sorted(identity.SIGNING_DOMAINS))}")
+        if len(data) > MAX_SIGN_BYTES:
+            raise errors.bad_params(f"data is {len(data)} bytes; the keystore signs at most "
+                                    f"{MAX_SIGN_BYTES}")
+        try:
+            return Signature(identity.sign(key, domain, data, payload_type))
+        except identity.SigningDomainError as exc:
+            raise errors.bad_params(str(exc)) from None
+
+    @rpc
+    async def dh(self, public: bytes) -> SharedSecret:
+        """{"public": b64 (32-byte X25519 key)} -> {"shared": b64 (32 bytes)}
+
+        X25519 between our identity converted to Curve25519 and `public`. BAD_PARAMS
+        for a wrong length or a low-order key (all-zero result).
+        """
+        key = self._unlocked_key()
+        try:
+            return SharedSecret(identity.x25519_shared(key, public))
+        except ValueError as exc:
+            raise errors.bad_params(str(exc)) from None
+
+    @rpc
+    async def unlock(self, passphrase: str) -> Unlocked:
+        """{"passphrase"} -> {"peer_id"}; FORBIDDEN "wrong passphrase".
+
+        Also answers on an unlocked keystore (checking the passphrase all the same),
+        so a retried or repeated unlock is harmless.
+        """
+        if self._problem is not None or self.home is None:
+            raise errors.unavailable(self._problem or "no identity")
+        if len(passphrase.encode()) > MAX_PASSPHRASE_BYTES:
+            raise errors.bad_params(f"passphrase longer than {MAX_PASSPHRASE_BYTES} bytes")
+        async with self._unlocking:
+            try:
+                key = await self._open_with(self.home.identity_file, passphrase)
+            except identity.WrongPassphrase:
+                self.log.warning("keystore.unlock_refused", reason="wrong passphrase")
+                raise errors.forbidden("wrong passphrase") from None
+            except identity.IdentityError as exc:
+                raise errors.unavailable(str(exc)) from None
+            peer_id = identity.peer_id_from_public_key(bytes(key.verify_key))
+            if peer_id != self._peer_id:
+                raise errors.BusError(errors.CONFLICT, (
+                    f"the identity file now holds {peer_id}, not {self._peer_id}; "
+                    "restart the node to use it"))
+            if self._key is None:
+                self._key = key
+                self.log.info("keystore.unlocked", peer_id=peer_id)
+                if self.runtime is not None:
+                    self.publish("keystore.identity.unlocked", {"peer_id": peer_id})
+        return Unlocked(peer_id)
