@@ -46,6 +46,8 @@ import nacl.secret
 import nacl.signing
 import nacl.utils
 
+from .protobuf import encode_uvarint
+
 # The hex unlock key (`derive_unlock_key(...).hex()`) that `p2pm up` puts into the
 # keystore's environment under supervisord, so a restarted keystore comes back unlocked
 # while the passphrase itself is never written anywhere.
@@ -192,18 +194,6 @@ def x25519_shared(signing_key: nacl.signing.SigningKey, their_public: bytes) -> 
 # -- signing domains -----------------------------------------------------------------
 
 
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def signed_bytes(domain: str, data: bytes, payload_type: bytes | None = None) -> bytes:
     """The exact bytes signed for `data` in `domain`.
 
@@ -221,7 +211,7 @@ def signed_bytes(domain: str, data: bytes, payload_type: bytes | None = None) ->
                 f"signing domain {domain!r} is a signed envelope and needs a payload_type")
         out = bytearray()
         for part in (domain.encode(), payload_type, data):
-            out += _uvarint(len(part))
+            out += encode_uvarint(len(part))
             out += part
         return bytes(out)
     raise SigningDomainError(
