@@ -1,0 +1,124 @@
+"""The keystore as its own process, as supervisord runs it: unlocked by the key in its
+environment, serving over ipc, back unlocked after a SIGKILL and restart, exit 0 on
+SIGTERM."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import zmq
+
+from p2pm.common import errors, identity
+from p2pm.common.client import open_client
+from p2pm.common.home import Home
+
+PASSPHRASE = "process test passphrase"
+START_DEADLINE_S = 20.0
+
+
+class Processes:
+    """Starts keystore processes in their own process groups and kills what is left."""
+
+    def __init__(self, home: Home, env: dict[str, str]) -> None:
+        self.home = home
+        self.env = env
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> subprocess.Popen[bytes]:
+        log = open(self.home.logs / "keystore.test.log", "ab")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "p2pm.common.service", "keystore",
+                 "--home", str(self.home.root)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            log.close()
+        self.started.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+
+
+@pytest.fixture()
+def node() -> Iterator[Processes]:
+    root = Path(tempfile.mkdtemp(prefix="p2pm-", dir="/tmp"))
+    home = Home(root).ensure()
+    identity.create_identity(home.identity_file, PASSPHRASE)
+    key = identity.derive_unlock_key(home.identity_file, PASSPHRASE)
+    env = {**os.environ, identity.UNLOCK_KEY_ENV: key.hex()}
+    procs = Processes(home, env)
+    try:
+        yield procs
+    finally:
+        procs.kill_all()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def wait_healthy(home: Home, proc: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """Poll sys.status until this process answers healthy; fail at the deadline."""
+    async with open_client(zmq.Context.instance(), home.endpoints().rpc("keystore"),
+                           "keystore") as client:
+        with trio.fail_after(START_DEADLINE_S):
+            while True:
+                assert proc.poll() is None, f"keystore exited with {proc.returncode}"
+                try:
+                    status = await client.call("sys.status", timeout=0.5, retries=0)
+                except errors.BusError as exc:
+                    assert exc.code == errors.TIMEOUT, exc
+                else:
+                    if status["pid"] == proc.pid and status["healthy"]:
+                        return status
+                await trio.sleep(0.05)
+
+
+async def identity_and_signature(home: Home) -> tuple[str, bool]:
+    async with open_client(zmq.Context.instance(), home.endpoints().rpc("keystore"),
+                           "keystore") as client:
+        info = await client.call("identity")
+        reply = await client.call("sign", {"domain": "p2pm-message:",
+                                           "data": base64.b64encode(b"hi").decode()})
+    public = base64.b64decode(info["public_key"])
+    ok = identity.verify(public, "p2pm-message:", b"hi", base64.b64decode(reply["signature"]))
+    return info["peer_id"], ok
+
+
+async def test_keystore_process_restarts_unlocked(node: Processes) -> None:
+    home = node.home
+    expected = identity.read_peer_id(home.identity_file)
+
+    first = node.start()
+    status = await wait_healthy(home, first)
+    assert status["unlocked"] and status["peer_id"] == expected
+    assert await identity_and_signature(home) == (expected, True)
+
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+
+    second = node.start()
+    status = await wait_healthy(home, second)  # no passphrase given: the env key did it
+    assert status["unlocked"]
+    assert await identity_and_signature(home) == (expected, True)
+
+    second.send_signal(signal.SIGTERM)
+    assert await trio.to_thread.run_sync(lambda: second.wait(timeout=10)) == 0
+
+    log = (home.logs / "keystore.test.log").read_text()
+    assert PASSPHRASE not in log and node.env[identity.UNLOCK_KEY_ENV] not in log
