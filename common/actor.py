@@ -136,6 +136,11 @@ class Actor:
         assert self.runtime is not None, "publish() needs a running actor"
         self.runtime.publish(topic, data)
 
+    def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start a background task in the actor's nursery (it dies with the actor)."""
+        assert self.runtime is not None and self.runtime._nursery is not None
+        self.runtime._nursery.start_soon(fn, *args)
+
     async def call(self, actor: str, method: str, params: dict[str, Any] | None = None,
                    **kw: Any) -> Any:
         assert self.runtime is not None, "call() needs a running actor"

@@ -28,6 +28,7 @@ from p2pm.services.storage.store import Store
 
 SECRET = bytes(range(32))
 ALICE, BOB, CAROL = "12D3KooWAlice", "12D3KooWBob", "12D3KooWCarol"
+ROOM_PARAMS = {"id": "room1", "kind": "room", "secret": wire.b64e(SECRET), "members": [ALICE]}
 
 
 @pytest.fixture
@@ -389,17 +390,14 @@ def test_bad_params_are_refused_and_change_nothing(home: Home) -> None:
 
     async def main() -> None:
         async with on_bus(home) as (actor, client, _):
-            await client.call("conversation_put", {
-                "id": "room1", "kind": "room", "secret": wire.b64e(SECRET),
-                "members": [ALICE]})
+            await client.call("conversation_put", ROOM_PARAMS)
             for params in bad:
                 assert await code_of(client.call("message_put", params)) == errors.BAD_PARAMS
             for params in ({"key": "k", "value": wire.b64e(b"v" * (1024 * 1024 + 1))},
                            {"key": "", "value": ""}):
                 assert await code_of(client.call("kv_put", params)) == errors.BAD_PARAMS
             assert await code_of(client.call("conversation_put", {
-                "id": "c2", "kind": "group", "secret": wire.b64e(SECRET),
-                "members": [ALICE]})) == errors.BAD_PARAMS
+                **ROOM_PARAMS, "id": "c2", "kind": "group"})) == errors.BAD_PARAMS
             assert await code_of(client.call("history", {
                 "conversation": "room1", "before": "garbage"})) == errors.BAD_PARAMS
             assert await code_of(client.call("history", {
@@ -419,9 +417,7 @@ def test_events_follow_commits(home: Home) -> None:
             sub.connect(endpoints.events("storage"))
             events = AsyncSocket(sub)
             try:
-                await client.call("conversation_put", {
-                    "id": "room1", "kind": "room", "secret": wire.b64e(SECRET),
-                    "members": [ALICE]})
+                await client.call("conversation_put", ROOM_PARAMS)
                 params = {"id": "m1", "conversation": "room1", "author": ALICE, "seq": 1,
                           "ts": 1.0, "body": wire.b64e(b"env"), "state": "pending"}
                 # inproc SUB joins at once, but give the subscription a moment to land.

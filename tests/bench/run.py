@@ -1,0 +1,96 @@
+"""`make bench`: run every benchmark of the project and write one table of figures,
+each next to the baseline measured in the same run.
+
+    python -m tests.bench.run [--only NAME ...] [--out DIR]
+
+Every module `tests/bench/bench_*.py` exposes `run() -> list[dict]` with rows
+{"name", "value", "unit", "baseline", "baseline_value"}. The table goes to stdout and,
+as Markdown and JSON, to DIR (default bench-results/). A benchmark that fails is
+reported in the table and makes the command exit non-zero; the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+
+
+def discover() -> list[str]:
+    return sorted(p.stem for p in HERE.glob("bench_*.py"))
+
+
+def ratio(row: dict[str, Any]) -> str:
+    base, value = row.get("baseline_value"), row.get("value")
+    if isinstance(base, (int, float)) and isinstance(value, (int, float)) and base:
+        return f"{value / base:.2f}×"
+    return ""
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {meta['date']} on {meta['cores']} cores, {meta['python']}, {meta['machine']}.",
+        "",
+        "| benchmark | figure | baseline (same run) | ratio |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['name']} | FAILED: {r['error']} | | |")
+            continue
+        base = f"{r.get('baseline_value')} {r['unit']} ({r.get('baseline')})" \
+            if r.get("baseline") else ""
+        lines.append(f"| {r['name']} | {r['value']} {r['unit']} | {base} | {ratio(r)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="p2pm-bench")
+    parser.add_argument("--only", nargs="*", default=None, help="bench module names")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = parser.parse_args(argv)
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "cores": os.cpu_count(), "python": platform.python_version(),
+            "machine": platform.machine()}
+    rows: list[dict[str, Any]] = []
+    failed = False
+    for name in discover():
+        if args.only and name not in args.only and name.removeprefix("bench_") not in args.only:
+            continue
+        print(f"== {name}", flush=True)
+        started = time.perf_counter()
+        try:
+            module = importlib.import_module(f"tests.bench.{name}")
+            got = module.run()
+        except Exception as exc:  # one broken benchmark must not hide the others
+            traceback.print_exc()
+            failed = True
+            got = [{"name": name, "error": f"{type(exc).__name__}: {exc}"}]
+        for r in got:
+            r.setdefault("module", name)
+            if "error" not in r:
+                print(f"   {r['name']}: {r['value']} {r['unit']}"
+                      + (f"  (baseline {r['baseline']}: {r['baseline_value']}, {ratio(r)})"
+                         if r.get("baseline") else ""), flush=True)
+        print(f"   ({time.perf_counter() - started:.1f}s)", flush=True)
+        rows += got
+    args.out.mkdir(parents=True, exist_ok=True)
+    table = markdown(rows, meta)
+    (args.out / "bench.md").write_text(table)
+    (args.out / "bench.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    print()
+    print(table)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
