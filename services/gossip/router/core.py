@@ -1,0 +1,805 @@
+"""The GossipSub v1.1 router core (`/meshsub/1.1.0`, `/meshsub/1.0.0`, and the
+IDONTWANT of `/meshsub/1.2.0`), without I/O.
+
+Theory of operation
+-------------------
+`Router` is a state machine in the style of h11: the actor shell feeds it inputs and
+performs what comes back; it never sleeps, sends or reads a clock. Time arrives as
+`now` (seconds, any monotonic origin) and randomness as the `rng` given at
+construction, so a simulation or a test drives it deterministically.
+
+Inputs                                   Outputs
+  add_peer / remove_peer (stream up/down)  a list of events: MessageReceived,
+  subscribe / unsubscribe (local topics)     Grafted, Pruned, PeerExchange
+  handle_rpc(peer, frame)  (peer's RPC)    publish -> Published | Backpressure
+  publish(topic, data)     (our message)   flush() -> SendRpc(peer, frame) per frame
+  heartbeat(now)           (every heartbeat_s)
+
+Everything destined to a peer goes into that peer's `PeerQueue` (queues.py, which
+also states the overflow policy), and `flush()` turns each queue into as few RPC
+frames as fit `max_rpc_size`: many messages and control entries to one peer travel
+in one frame. The shell calls `flush()` after each batch of inputs, when the
+transport has credit for the peer.
+
+A received RPC goes through, in order: size limit, decoding (DecodeError -> counted,
+nothing changes), graylist (score below `graylist_threshold` -> ignored),
+subscriptions, messages, control. A message is checked for topic (we only take
+messages of topics we subscribe to), size, StrictSign fields (from, seqno,
+signature must be present), duplicates (seen cache), the author's signature (the
+injected `verify`), then the application's `validate` hook (accept / reject /
+ignore). Accepted messages are delivered once, cached for gossip, and forwarded to
+the topic mesh minus the sender, the author and peers that sent IDONTWANT for it.
+A bad signature or a rejected message costs the forwarding peer P4 score; the
+message id is marked seen only after the signature checks, so a forged copy cannot
+shadow the genuine message.
+
+Protocol awareness per peer: towards `/meshsub/1.0.0` peers a PRUNE carries neither
+peer exchange nor backoff, and their early re-GRAFT is refused without the P7
+penalty (they cannot know our backoff); IDONTWANT goes only to 1.2 peers.
+
+Every input a peer controls is bounded: IHAVE messages and advertised ids per
+heartbeat, IWANT retransmissions per message, IDONTWANT ids per heartbeat, topics
+per peer, message and frame sizes. Whatever is refused or dropped is counted in
+`statistics()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from p2pm.common.log import get_logger
+
+from .caches import MessageCache, SeenCache
+from .messages import (
+    RPC, ControlMessage, ControlPrune, DecodeError, Message, PeerInfo,
+    control_has_unknown_fields, decode_rpc, encode, publish_field, signing_data,
+)
+from .params import PROTOCOL_V10, PROTOCOL_V12, PROTOCOLS, GossipParams, ScoreParams
+from .queues import PeerQueue
+from .score import PeerScore
+
+log = get_logger("gossip.router")
+
+# verify(author, key, signing_data, signature) -> bool; the signed bytes are
+# "libp2p-pubsub:" + signing_data.
+Verifier = Callable[[bytes, "bytes | None", bytes, bytes], bool]
+Signer = Callable[[bytes], bytes]
+
+
+class Validation(enum.Enum):
+    ACCEPT = "accept"
+    REJECT = "reject"  # invalid: not delivered, not forwarded, P4 for the sender
+    IGNORE = "ignore"  # not delivered, not forwarded, no penalty
+
+
+Validator = Callable[[Message], Validation]
+
+
+def default_message_id(msg: Message) -> bytes:
+    """from + seqno, the spec's default (origin-stamped messaging)."""
+    return (msg.from_ or b"") + (msg.seqno or b"")
+
+
+# -- outputs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageReceived:
+    msg_id: bytes
+    topic: str
+    message: Message
+    source: bytes  # the peer that forwarded it (not necessarily the author)
+
+
+@dataclass(frozen=True)
+class Grafted:
+    peer: bytes
+    topic: str
+
+
+@dataclass(frozen=True)
+class Pruned:
+    peer: bytes
+    topic: str
+
+
+@dataclass(frozen=True)
+class PeerExchange:
+    """A peer pruned us and suggested these peers for the topic; the shell may
+    connect to them (their addresses come from the DHT or the signed record)."""
+
+    topic: str
+    source: bytes
+    peers: tuple[PeerInfo, ...]
+
+
+Event = Union[MessageReceived, Grafted, Pruned, PeerExchange]
+
+
+@dataclass(frozen=True)
+class SendRpc:
+    peer: bytes
+    frame: bytes  # one RPC, without the uvarint length prefix
+
+
+@dataclass(frozen=True)
+class Published:
+    msg_id: bytes
+    peers: tuple[bytes, ...]  # queued for these peers; empty: nobody to send to yet
+    duplicate: bool = False  # this message was published already; nothing was done
+
+
+@dataclass(frozen=True)
+class Backpressure:
+    """The publish was refused and nothing changed: these peers' own-message queues
+    are full. Keep the message (the outbox does) and publish again after a flush."""
+
+    msg_id: bytes
+    full_peers: tuple[bytes, ...]
+
+
+# -- state -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Peer:
+    protocol: str
+    outbound: bool
+    topics: set[str] = field(default_factory=set)
+    queue: PeerQueue = field(default_factory=PeerQueue)
+    # Per-heartbeat spam budgets, reset every heartbeat.
+    ihave_received: int = 0
+    iwant_asked: int = 0
+    idontwant_received: int = 0
+    dont_send: dict[bytes, float] = field(default_factory=dict)  # msg id -> expiry
+
+
+class Router:
+    def __init__(self, local_peer: bytes, *, verify: Verifier, rng: random.Random,
+                 sign: Signer | None = None, validate: Validator | None = None,
+                 params: GossipParams | None = None, score_params: ScoreParams | None = None,
+                 message_id: Callable[[Message], bytes] = default_message_id) -> None:
+        self.local_peer = local_peer
+        self.params = params or GossipParams()
+        self._verify = verify
+        self._sign = sign
+        self._validate = validate
+        self._rng = rng
+        self._message_id = message_id
+        self._score = PeerScore(score_params or ScoreParams())
+        self._peers: dict[bytes, _Peer] = {}
+        self._topics: set[str] = set()  # our subscriptions
+        self._topic_peers: dict[str, set[bytes]] = {}
+        self._mesh: dict[str, set[bytes]] = {}
+        self._fanout: dict[str, set[bytes]] = {}
+        self._fanout_last_publish: dict[str, float] = {}
+        self._backoff: dict[str, dict[bytes, float]] = {}  # topic -> peer -> expiry
+        self._promises: dict[bytes, dict[bytes, float]] = {}  # msg id -> peer -> deadline
+        self._mcache = MessageCache(self.params.mcache_len, self.params.mcache_gossip)
+        self._seen = SeenCache(self.params.seen_ttl_s)
+        self._seqno = 0
+        self._ticks = 0
+        self.counters: Counter[str] = Counter()
+
+    # -- peers -------------------------------------------------------------------------
+    def add_peer(self, peer: bytes, protocol: str, *, outbound: bool, now: float) -> None:
+        """A pubsub stream to `peer` is up. Our subscriptions go to it on next flush."""
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unsupported pubsub protocol {protocol!r}; "
+                             f"one of {', '.join(PROTOCOLS)}")
+        if peer == self.local_peer:
+            raise ValueError("cannot add the local peer as a pubsub peer")
+        if peer in self._peers:
+            self._peers[peer].protocol = protocol
+            return
+        state = _Peer(protocol, outbound)
+        state.queue.subscriptions.update(dict.fromkeys(sorted(self._topics), True))
+        self._peers[peer] = state
+        self._score.add_peer(peer)
+
+    def remove_peer(self, peer: bytes, now: float) -> list[Event]:
+        state = self._peers.pop(peer, None)
+        if state is None:
+            return []
+        events: list[Event] = []
+        for topic in state.topics:
+            self._topic_peers.get(topic, set()).discard(peer)
+        for topic, members in self._mesh.items():
+            if peer in members:
+                members.discard(peer)
+                events.append(Pruned(peer, topic))
+        for members in self._fanout.values():
+            members.discard(peer)
+        # Counted, not silent: these were queued for a peer that is gone. Own messages
+        # reached the other targets; the mcache still answers IWANTs for them.
+        self.counters["own_discarded_on_disconnect"] += len(state.queue.own)
+        self.counters["forward_discarded_on_disconnect"] += len(state.queue.forward)
+        self._score.remove_peer(peer, now)
+        return events
+
+    def peers(self) -> list[bytes]:
+        return list(self._peers)
+
+    def score(self, peer: bytes) -> float:
+        return self._score.score(peer)
+
+    def set_app_score(self, peer: bytes, value: float) -> None:
+        """P5: the application's opinion of a peer (e.g. a known conversation member)."""
+        self._score.set_app_score(peer, value)
+
+    def mesh(self, topic: str) -> set[bytes]:
+        return set(self._mesh.get(topic, ()))
+
+    def fanout(self, topic: str) -> set[bytes]:
+        return set(self._fanout.get(topic, ()))
+
+    def topic_peers(self, topic: str) -> set[bytes]:
+        return set(self._topic_peers.get(topic, ()))
+
+    @property
+    def topics(self) -> frozenset[str]:
+        return frozenset(self._topics)
+
+    # -- topics ------------------------------------------------------------------------
+    def subscribe(self, topic: str, now: float) -> list[Event]:
+        """JOIN(topic): announce it and build the mesh from fanout and known peers."""
+        self._check_topic(topic)
+        if topic in self._topics:
+            return []
+        self._topics.add(topic)
+        for state in self._peers.values():
+            state.queue.subscriptions[topic] = True
+        mesh = self._mesh.setdefault(topic, set())
+        fanout = self._fanout.pop(topic, set())
+        self._fanout_last_publish.pop(topic, None)
+        events: list[Event] = []
+        for peer in fanout:
+            if len(mesh) < self.params.d and self._score.score(peer) >= 0:
+                self._graft(peer, topic, now, events)
+        if len(mesh) < self.params.d:
+            for peer in self._pick(self._graft_candidates(topic, now), self.params.d - len(mesh)):
+                self._graft(peer, topic, now, events)
+        return events
+
+    def unsubscribe(self, topic: str, now: float) -> list[Event]:
+        """LEAVE(topic): announce it and prune the mesh with the unsubscribe backoff."""
+        if topic not in self._topics:
+            return []
+        self._topics.discard(topic)
+        for state in self._peers.values():
+            state.queue.subscriptions[topic] = False
+        events: list[Event] = []
+        for peer in list(self._mesh.get(topic, ())):
+            self._prune(peer, topic, now, events, px=False,
+                        backoff_s=self.params.unsubscribe_backoff_s)
+        self._mesh.pop(topic, None)
+        return events
+
+    def _check_topic(self, topic: str) -> None:
+        if not isinstance(topic, str) or not topic \
+                or len(topic.encode()) > self.params.max_topic_length:
+            raise ValueError(f"a topic is a non-empty string of at most "
+                             f"{self.params.max_topic_length} bytes")
+
+    # -- publishing --------------------------------------------------------------------
+    def new_message(self, topic: str, data: bytes, now: float) -> Message:
+        """An unsigned message from us. Seqnos grow with the clock, so they stay unique
+        across restarts (as go-libp2p does) and within a run they never repeat."""
+        self._check_topic(topic)
+        self._seqno = max(self._seqno + 1, int(now * 1_000_000_000))
+        return Message(from_=self.local_peer, data=bytes(data),
+                       seqno=self._seqno.to_bytes(8, "big"), topic=topic)
+
+    def publish(self, topic: str, data: bytes, now: float) -> Published | Backpressure:
+        """Publish `data` signed with the injected signer (see `publish_message` for a
+        message signed elsewhere, e.g. by the keystore over the bus)."""
+        if self._sign is None:
+            raise ValueError("this router has no signer: sign the message and use "
+                             "publish_message()")
+        msg = self.new_message(topic, data, now)
+        return self.publish_message(
+            dataclasses.replace(msg, signature=self._sign(signing_data(msg))), now)
+
+    def publish_message(self, msg: Message, now: float) -> Published | Backpressure:
+        """Publish our own signed message. ValueError for a message that is not ours,
+        unsigned or too big (a caller's mistake: nothing changes)."""
+        if msg.from_ != self.local_peer or msg.seqno is None or msg.signature is None:
+            raise ValueError("a published message needs our peer id as from, a seqno "
+                             "and a signature (StrictSign)")
+        if msg.topic is None:
+            raise ValueError("a published message needs a topic")
+        self._check_topic(msg.topic)
+        encoded = encode(msg)
+        if len(encoded) > self.params.max_message_size:
+            raise ValueError(f"message of {len(encoded)} bytes exceeds the limit of "
+                             f"{self.params.max_message_size}")
+        msg_id = self._message_id(msg)
+        if msg_id in self._seen:
+            return Published(msg_id, (), duplicate=True)
+        targets = self._publish_targets(msg.topic, now)
+        full = tuple(p for p in targets
+                     if len(self._peers[p].queue.own) >= self.params.max_own_queue)
+        if full:
+            self.counters["publish_backpressure"] += 1
+            return Backpressure(msg_id, full)
+        self._seen.add(msg_id, now)
+        self._mcache.put(msg_id, msg, encoded)
+        part = publish_field(encoded)
+        for peer in targets:
+            self._peers[peer].queue.own.append(part)
+        if msg.topic not in self._topics:
+            self._fanout_last_publish[msg.topic] = now
+        self.counters["published"] += 1
+        return Published(msg_id, tuple(targets))
+
+    def _publish_targets(self, topic: str, now: float) -> list[bytes]:
+        threshold = self._score.params.publish_threshold
+        if self.params.flood_publish:
+            return [p for p in self._topic_peers.get(topic, ())
+                    if self._score.score(p) >= threshold]
+        if topic in self._topics:
+            return list(self._mesh.get(topic, ()))
+        fanout = self._fanout.get(topic)
+        if not fanout:
+            candidates = [p for p in self._topic_peers.get(topic, ())
+                          if self._score.score(p) >= threshold]
+            fanout = self._fanout[topic] = set(self._pick(candidates, self.params.d))
+        return list(fanout)
+
+    # -- receiving ---------------------------------------------------------------------
+    def handle_rpc(self, peer: bytes, frame: bytes, now: float) -> list[Event]:
+        """One RPC frame (without length prefix) from `peer`. Never raises on peer
+        input: whatever is wrong is counted and ignored."""
+        state = self._peers.get(peer)
+        if state is None:
+            self.counters["rpc_unknown_peer"] += 1
+            return []
+        self.counters["rpc_received"] += 1
+        if len(frame) > self.params.max_rpc_size:
+            self.counters["rpc_oversized"] += 1
+            return []
+        try:
+            rpc = decode_rpc(frame, self.params.max_rpc_size)
+            unknown_control = control_has_unknown_fields(frame, rpc)
+        except DecodeError as exc:
+            self.counters["rpc_malformed"] += 1
+            log.debug("rpc.malformed", peer=peer.hex()[:16], error=str(exc))
+            return []
+        if self._score.score(peer) < self._score.params.graylist_threshold:
+            self.counters["rpc_graylisted"] += 1
+            return []
+        if unknown_control:
+            self.counters["control_unknown_fields"] += 1
+        events: list[Event] = []
+        self._handle_subscriptions(peer, state, rpc, events)
+        for msg in rpc.publish:
+            self._handle_message(peer, state, msg, now, events)
+        if rpc.control is not None:
+            self._handle_control(peer, state, rpc.control, now, events)
+        return events
+
+    def _handle_subscriptions(self, peer: bytes, state: _Peer, rpc: RPC,
+                              events: list[Event]) -> None:
+        for sub in rpc.subscriptions:
+            topic = sub.topicid
+            if not topic or len(topic.encode()) > self.params.max_topic_length:
+                self.counters["subscription_invalid"] += 1
+                continue
+            if sub.subscribe:
+                if topic in state.topics:
+                    continue
+                if len(state.topics) >= self.params.max_topics_per_peer:
+                    self.counters["subscription_over_limit"] += 1
+                    continue
+                state.topics.add(topic)
+                self._topic_peers.setdefault(topic, set()).add(peer)
+                continue
+            state.topics.discard(topic)
+            members = self._topic_peers.get(topic)
+            if members is not None:
+                members.discard(peer)
+                if not members:
+                    del self._topic_peers[topic]
+            if peer in self._mesh.get(topic, ()):
+                self._mesh[topic].discard(peer)
+                self._score.prune(peer, topic)
+                events.append(Pruned(peer, topic))
+            self._fanout.get(topic, set()).discard(peer)
+
+    def _handle_message(self, peer: bytes, state: _Peer, msg: Message, now: float,
+                        events: list[Event]) -> None:
+        topic = msg.topic
+        if topic is None or topic not in self._topics:
+            self.counters["msg_unknown_topic"] += 1
+            return
+        encoded = encode(msg)
+        if len(encoded) > self.params.max_message_size:
+            self.counters["msg_oversized"] += 1
+            return
+        if msg.from_ is None or msg.seqno is None or msg.signature is None:
+            self.counters["msg_unsigned"] += 1
+            self._score.invalid_delivery(peer, topic)
+            return
+        msg_id = self._message_id(msg)
+        if msg_id in self._seen:
+            self.counters["msg_duplicate"] += 1
+            return
+        if msg.from_ == self.local_peer:
+            self.counters["msg_self_origin"] += 1
+            return
+        try:
+            valid = bool(self._verify(msg.from_, msg.key, signing_data(msg), msg.signature))
+        except Exception:
+            log.error("verify.crashed", exc=True)
+            valid = False
+        if not valid:
+            self.counters["msg_invalid_signature"] += 1
+            self._score.invalid_delivery(peer, topic)
+            return
+        self._seen.add(msg_id, now)
+        self._promises.pop(msg_id, None)
+        if len(encoded) >= self.params.idontwant_min_size:
+            for other in self._mesh.get(topic, ()):
+                if other != peer and self._peers[other].protocol == PROTOCOL_V12:
+                    self._peers[other].queue.add_idontwant([msg_id])
+        verdict = Validation.ACCEPT
+        if self._validate is not None:
+            try:
+                verdict = self._validate(msg)
+            except Exception:
+                log.error("validate.crashed", exc=True, topic=topic)
+                verdict = Validation.IGNORE
+        if verdict is Validation.REJECT:
+            self.counters["msg_rejected"] += 1
+            self._score.invalid_delivery(peer, topic)
+            return
+        if verdict is not Validation.ACCEPT:
+            self.counters["msg_ignored"] += 1
+            return
+        self.counters["msg_delivered"] += 1
+        self._score.first_delivery(peer, topic)
+        self._mcache.put(msg_id, msg, encoded)
+        events.append(MessageReceived(msg_id, topic, msg, peer))
+        part = publish_field(encoded)
+        for other in self._mesh.get(topic, ()):
+            if other == peer or other == msg.from_:
+                continue
+            target = self._peers[other]
+            if msg_id in target.dont_send:
+                self.counters["forward_skipped_idontwant"] += 1
+                continue
+            self._enqueue_forward(target, part)
+
+    def _enqueue_forward(self, target: _Peer, part: bytes) -> None:
+        if len(target.queue.forward) >= self.params.max_forward_queue:
+            self.counters["dropped_forward_queue_full"] += 1
+            return
+        target.queue.forward.append(part)
+        self.counters["forwarded"] += 1
+
+    def _handle_control(self, peer: bytes, state: _Peer, control: ControlMessage,
+                        now: float, events: list[Event]) -> None:
+        gossip_ok = self._score.score(peer) >= self._score.params.gossip_threshold
+        if not gossip_ok and (control.ihave or control.iwant):
+            self.counters["gossip_ignored_low_score"] += 1
+        if gossip_ok:
+            self._handle_ihave(peer, state, control, now)
+            self._handle_iwant(peer, state, control)
+        for graft in control.graft:
+            self._handle_graft(peer, state, graft.topic_id, now, events)
+        for prune in control.prune:
+            self._handle_prune(peer, state, prune, now, events)
+        for idw in control.idontwant:
+            for mid in idw.message_ids:
+                if state.idontwant_received >= self.params.max_idontwant_messages:
+                    self.counters["idontwant_over_limit"] += 1
+                    break
+                state.idontwant_received += 1
+                state.dont_send[mid] = now + self.params.mcache_len * self.params.heartbeat_s
+
+    def _handle_ihave(self, peer: bytes, state: _Peer, control: ControlMessage,
+                      now: float) -> None:
+        wanted: list[bytes] = []
+        for ihave in control.ihave:
+            state.ihave_received += 1
+            if state.ihave_received > self.params.max_ihave_messages:
+                self.counters["ihave_over_limit"] += 1
+                continue
+            if ihave.topic_id not in self._topics:
+                self.counters["ihave_unknown_topic"] += 1
+                continue
+            for mid in ihave.message_ids:
+                if len(mid) > self.params.max_message_id_length:
+                    self.counters["ihave_bad_id"] += 1
+                elif mid not in self._seen and mid not in self._promises \
+                        and mid not in wanted:
+                    wanted.append(mid)
+        room = self.params.max_ihave_length - state.iwant_asked
+        if len(wanted) > room:
+            self.counters["ihave_over_limit"] += 1
+            self._rng.shuffle(wanted)
+            wanted = wanted[:max(room, 0)]
+        if not wanted:
+            return
+        state.iwant_asked += len(wanted)
+        state.queue.add_iwant(wanted)
+        self.counters["iwant_sent_ids"] += len(wanted)
+        # Track one advertised id at random: if it never arrives, the peer lied (P7).
+        promised = self._rng.choice(wanted)
+        self._promises.setdefault(promised, {})[peer] = now + self.params.iwant_followup_s
+
+    def _handle_iwant(self, peer: bytes, state: _Peer, control: ControlMessage) -> None:
+        for iwant in control.iwant:
+            for mid in iwant.message_ids:
+                entry = self._mcache.get(mid)
+                if entry is None:
+                    self.counters["iwant_unknown"] += 1
+                    continue
+                served = entry.iwant_served.get(peer, 0)
+                if served >= self.params.gossip_retransmission:
+                    self.counters["iwant_over_retransmission"] += 1
+                    continue
+                entry.iwant_served[peer] = served + 1
+                self._enqueue_forward(state, publish_field(entry.encoded))
+
+    def _handle_graft(self, peer: bytes, state: _Peer, topic: str | None, now: float,
+                      events: list[Event]) -> None:
+        if topic is None or topic not in self._topics:
+            # v1.1 spam protection: no PRUNE for topics we do not know.
+            self.counters["graft_unknown_topic"] += 1
+            return
+        mesh = self._mesh.setdefault(topic, set())
+        if peer in mesh:
+            return
+        expiry = self._backoff.get(topic, {}).get(peer)
+        if expiry is not None and now < expiry:
+            self.counters["graft_during_backoff"] += 1
+            if state.protocol != PROTOCOL_V10:
+                self._score.add_penalty(peer)
+                flood_cutoff = expiry + self.params.graft_flood_threshold_s \
+                    - self.params.prune_backoff_s
+                if now < flood_cutoff:
+                    self._score.add_penalty(peer)
+            self._prune(peer, topic, now, events, px=False, in_mesh=False)
+            return
+        if self._score.score(peer) < 0:
+            self.counters["graft_low_score"] += 1
+            self._prune(peer, topic, now, events, px=False, in_mesh=False)
+            return
+        if len(mesh) >= self.params.d_hi and not state.outbound:
+            self.counters["graft_mesh_full"] += 1
+            self._prune(peer, topic, now, events, px=True, in_mesh=False)
+            return
+        self._add_to_mesh(peer, topic, now, events)
+
+    def _handle_prune(self, peer: bytes, state: _Peer, prune: ControlPrune, now: float,
+                      events: list[Event]) -> None:
+        topic = prune.topic_id
+        if topic is None or topic not in self._topics:
+            return
+        if peer in self._mesh.get(topic, ()):
+            self._mesh[topic].discard(peer)
+            self._score.prune(peer, topic)
+            events.append(Pruned(peer, topic))
+        backoff = self.params.prune_backoff_s
+        if prune.backoff is not None and state.protocol != PROTOCOL_V10:
+            backoff = float(min(prune.backoff, 24 * 3600))
+        self._set_backoff(topic, peer, now + backoff)
+        if prune.peers and state.protocol != PROTOCOL_V10:
+            if self._score.score(peer) < self._score.params.accept_px_threshold:
+                self.counters["px_ignored_low_score"] += 1
+            else:
+                events.append(PeerExchange(topic, peer, prune.peers[:self.params.prune_peers]))
+
+    # -- mesh changes ------------------------------------------------------------------
+    def _add_to_mesh(self, peer: bytes, topic: str, now: float, events: list[Event]) -> None:
+        self._mesh.setdefault(topic, set()).add(peer)
+        self._score.graft(peer, topic, now)
+        events.append(Grafted(peer, topic))
+
+    def _graft(self, peer: bytes, topic: str, now: float, events: list[Event]) -> None:
+        self._add_to_mesh(peer, topic, now, events)
+        self._peers[peer].queue.add_graft(topic)
+
+    def _prune(self, peer: bytes, topic: str, now: float, events: list[Event], *,
+               px: bool, backoff_s: float | None = None, in_mesh: bool = True) -> None:
+        backoff = self.params.prune_backoff_s if backoff_s is None else backoff_s
+        if in_mesh:
+            self._mesh.get(topic, set()).discard(peer)
+            self._score.prune(peer, topic)
+            events.append(Pruned(peer, topic))
+        self._set_backoff(topic, peer, now + backoff)
+        state = self._peers[peer]
+        if state.protocol == PROTOCOL_V10:
+            state.queue.add_prune(ControlPrune(topic_id=topic))
+            return
+        exchange: tuple[PeerInfo, ...] = ()
+        if px and self._score.score(peer) >= 0:
+            others = [p for p in self._topic_peers.get(topic, ())
+                      if p != peer and self._score.score(p) >= 0]
+            exchange = tuple(PeerInfo(peer_id=p)
+                             for p in self._pick(others, self.params.prune_peers))
+        state.queue.add_prune(ControlPrune(topic_id=topic, peers=exchange,
+                                           backoff=int(backoff)))
+
+    def _set_backoff(self, topic: str, peer: bytes, expiry: float) -> None:
+        table = self._backoff.setdefault(topic, {})
+        table[peer] = max(table.get(peer, 0.0), expiry)
+
+    def _in_backoff(self, topic: str, peer: bytes, now: float) -> bool:
+        expiry = self._backoff.get(topic, {}).get(peer)
+        slack = self.params.backoff_slack_heartbeats * self.params.heartbeat_s
+        return expiry is not None and now < expiry + slack
+
+    def _graft_candidates(self, topic: str, now: float) -> list[bytes]:
+        mesh = self._mesh.get(topic, set())
+        return [p for p in self._topic_peers.get(topic, ())
+                if p not in mesh and not self._in_backoff(topic, p, now)
+                and self._score.score(p) >= 0]
+
+    def _pick(self, items: Iterable[bytes], n: int) -> list[bytes]:
+        pool = sorted(items)  # sorted first: a seeded rng gives the same choice every run
+        if n >= len(pool):
+            self._rng.shuffle(pool)
+            return pool
+        return self._rng.sample(pool, max(n, 0))
+
+    # -- heartbeat ---------------------------------------------------------------------
+    def heartbeat(self, now: float) -> list[Event]:
+        """Mesh and fanout maintenance, gossip emission, cache and score upkeep. Call
+        every `heartbeat_s`; returns the mesh changes it made (the GRAFT/PRUNE/IHAVE
+        control it queued goes out with the next flush)."""
+        self._ticks += 1
+        self._score.refresh(now)
+        events: list[Event] = []
+        for state in self._peers.values():
+            state.ihave_received = state.iwant_asked = state.idontwant_received = 0
+            if state.dont_send:
+                state.dont_send = {m: t for m, t in state.dont_send.items() if t > now}
+        self._check_promises(now)
+        self._expire_backoffs(now)
+        for topic in list(self._mesh):
+            self._maintain_mesh(topic, now, events)
+        self._maintain_fanout(now)
+        self._emit_gossip()
+        self._mcache.shift()
+        self._seen.purge(now)
+        return events
+
+    def _check_promises(self, now: float) -> None:
+        for mid in list(self._promises):
+            waiting = self._promises[mid]
+            for peer, deadline in list(waiting.items()):
+                if now >= deadline:
+                    del waiting[peer]
+                    if peer in self._peers:
+                        self.counters["iwant_broken_promises"] += 1
+                        self._score.add_penalty(peer)
+            if not waiting:
+                del self._promises[mid]
+
+    def _expire_backoffs(self, now: float) -> None:
+        slack = self.params.backoff_slack_heartbeats * self.params.heartbeat_s
+        for topic in list(self._backoff):
+            table = {p: t for p, t in self._backoff[topic].items() if now < t + slack}
+            if table:
+                self._backoff[topic] = table
+            else:
+                del self._backoff[topic]
+
+    def _maintain_mesh(self, topic: str, now: float, events: list[Event]) -> None:
+        p = self.params
+        mesh = self._mesh[topic]
+        score = self._score.score
+        for peer in sorted(mesh):
+            if score(peer) < 0:
+                self._prune(peer, topic, now, events, px=False)
+        if len(mesh) < p.d_lo:
+            for peer in self._pick(self._graft_candidates(topic, now), p.d - len(mesh)):
+                self._graft(peer, topic, now, events)
+        if len(mesh) > p.d_hi:
+            by_score = self._pick(mesh, len(mesh))
+            by_score.sort(key=score, reverse=True)
+            keep = by_score[:p.d_score]
+            rest = by_score[p.d_score:]
+            self._rng.shuffle(rest)
+            keep += rest[:p.d - p.d_score]
+            outbound = sum(1 for q in keep if self._peers[q].outbound)
+            if outbound < p.d_out:
+                extra = [q for q in by_score if q not in keep and self._peers[q].outbound]
+                extra = extra[:p.d_out - outbound]
+                inbound_kept = [q for q in keep if not self._peers[q].outbound]
+                for q in inbound_kept[len(inbound_kept) - len(extra):]:
+                    keep.remove(q)
+                keep += extra
+            for peer in sorted(mesh - set(keep)):
+                self._prune(peer, topic, now, events, px=True)
+        if len(mesh) >= p.d_lo:
+            outbound = sum(1 for q in mesh if self._peers[q].outbound)
+            if outbound < p.d_out:
+                candidates = [q for q in self._graft_candidates(topic, now)
+                              if self._peers[q].outbound]
+                for peer in self._pick(candidates, p.d_out - outbound):
+                    self._graft(peer, topic, now, events)
+        if self._ticks % p.opportunistic_graft_ticks == 0 and len(mesh) > 1:
+            scores = sorted(score(q) for q in mesh)
+            median = scores[len(scores) // 2]
+            if median < self._score.params.opportunistic_graft_threshold:
+                better = [q for q in self._graft_candidates(topic, now) if score(q) > median]
+                for peer in self._pick(better, p.opportunistic_graft_peers):
+                    self.counters["opportunistic_grafts"] += 1
+                    self._graft(peer, topic, now, events)
+
+    def _maintain_fanout(self, now: float) -> None:
+        threshold = self._score.params.publish_threshold
+        for topic in list(self._fanout):
+            if self._fanout_last_publish.get(topic, 0.0) + self.params.fanout_ttl_s < now:
+                del self._fanout[topic]
+                self._fanout_last_publish.pop(topic, None)
+                continue
+            members = self._fanout[topic]
+            members &= {q for q in self._topic_peers.get(topic, ())
+                        if self._score.score(q) >= threshold}
+            if len(members) < self.params.d:
+                candidates = [q for q in self._topic_peers.get(topic, ())
+                              if q not in members and self._score.score(q) >= threshold]
+                members.update(self._pick(candidates, self.params.d - len(members)))
+
+    def _emit_gossip(self) -> None:
+        p = self.params
+        threshold = self._score.params.gossip_threshold
+        for topic in sorted(set(self._mesh) | set(self._fanout)):
+            ids = self._mcache.gossip_ids(topic)
+            if not ids:
+                continue
+            exclude = self._mesh.get(topic, set()) | self._fanout.get(topic, set())
+            candidates = [q for q in self._topic_peers.get(topic, ())
+                          if q not in exclude and self._score.score(q) >= threshold]
+            target = max(p.d_lazy, int(p.gossip_factor * len(candidates)))
+            if len(ids) > p.max_ihave_length:
+                ids = self._rng.sample(ids, p.max_ihave_length)
+            for peer in self._pick(candidates, target):
+                self._peers[peer].queue.add_ihave(topic, ids)
+                self.counters["ihave_sent"] += 1
+
+    # -- output ------------------------------------------------------------------------
+    def flush(self, peers: Iterable[bytes] | None = None) -> list[SendRpc]:
+        """Everything queued (for `peers`, or all), as RPC frames to send in order."""
+        out: list[SendRpc] = []
+        for peer in (self._peers if peers is None else list(peers)):
+            state = self._peers.get(peer)
+            if state is None or not state.queue:
+                continue
+            for frame in state.queue.drain(self.params.max_rpc_size):
+                out.append(SendRpc(peer, frame))
+        self.counters["frames_sent"] += len(out)
+        return out
+
+    def pending_peers(self) -> list[bytes]:
+        """Peers with something queued for them."""
+        return [p for p, s in self._peers.items() if s.queue]
+
+    def queued(self, peer: bytes) -> tuple[int, int]:
+        """(own, forwarded) messages waiting for `peer`."""
+        state = self._peers.get(peer)
+        return (len(state.queue.own), len(state.queue.forward)) if state else (0, 0)
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters of everything received, sent, refused and dropped, plus sizes."""
+        return {
+            "counters": dict(sorted(self.counters.items())),
+            "peers": len(self._peers),
+            "topics": sorted(self._topics),
+            "mesh": {t: len(m) for t, m in sorted(self._mesh.items())},
+            "fanout": {t: len(m) for t, m in sorted(self._fanout.items())},
+            "mcache": len(self._mcache),
+            "seen": len(self._seen),
+            "queued_own": sum(len(s.queue.own) for s in self._peers.values()),
+            "queued_forward": sum(len(s.queue.forward) for s in self._peers.values()),
+        }
