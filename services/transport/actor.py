@@ -1,9 +1,389 @@
-"""The transport actor shell (the libp2p host lands here)."""
+"""The transport actor: the node's libp2p daemon.
+
+It runs the host (host.py) with a keystore-backed identity (custody.py), serves the
+stream API to the other actors (hub.py, owner side in streams.py), publishes connection
+events, answers RPCs about peers, and redials the peers it was connected to when it
+comes back after a crash.
+
+Events: transport.peer.connected {peer_id, addr, direction},
+        transport.peer.disconnected {peer_id},
+        transport.peer.identified {peer_id, protocols, addrs}.
+"""
 
 from __future__ import annotations
 
-from p2pm.common.actor import Actor
+import json
+import os
+import time
+from typing import Any
+
+import multiaddr
+import trio
+import zmq
+from libp2p.abc import INetConn
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+
+from p2pm.common import errors, wire
+from p2pm.common.actor import Actor, every, rpc
+from p2pm.common.zmqtrio import AsyncSocket
+
+from .host import NodeHost, open_host, ping_rtt_ms
+from .hub import StreamHub
+from .streams import streams_endpoint
+
+PEERS_FILE = "transport-peers.json"
+DIAL_TIMEOUT_S = 10.0
+ADDR_TTL_S = 3600
 
 
 class Transport(Actor):
     name = "transport"
+
+    def __init__(self, home: Any = None, config: dict[str, Any] | None = None) -> None:
+        super().__init__(home, config)
+        cfg = (config or {}).get("transport", {})
+        self.listen: list[str] = list(cfg.get("listen", ["/ip4/0.0.0.0/tcp/0"]))
+        self.bootstrap: list[str] = list(cfg.get("bootstrap", []))
+        self.max_connections = int(cfg.get("max_connections", 256))
+        self.max_streams_per_peer = int(cfg.get("max_streams_per_peer", 64))
+        self.node: NodeHost | None = None
+        self.hub: StreamHub | None = None
+        self._started = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._known: dict[str, list[str]] = {}  # connected peers -> addrs, persisted
+        self._persist = trio.Event()
+        self._persisting = True
+        self._connected_at: dict[ID, float] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def healthy(self) -> bool:
+        return self.node is not None
+
+    def status(self) -> dict[str, Any]:
+        if self.node is None:
+            return {"host": "starting"}
+        return {"peer_id": str(self.node.peer_id), "addrs": self.node.full_addrs(),
+                "peers": len(self.node.host.get_connected_peers()),
+                "streams": self.hub.status() if self.hub else {}}
+
+    async def run(self) -> None:
+        assert self.runtime is not None
+        for addr in self.listen + self.bootstrap:
+            try:
+                multiaddr.Multiaddr(addr)
+            except Exception:
+                raise ValueError(f"transport: not a multiaddr in config: {addr!r}") from None
+        identity = await self._wait_keystore()
+        public_key = wire.b64d(identity["public_key"], "keystore public_key")
+        async with open_host(public_key, self._sign, self.listen,
+                             self.max_connections) as node:
+            if str(node.peer_id) != identity.get("peer_id", str(node.peer_id)):
+                raise RuntimeError("keystore peer_id does not match its public key")
+            self.node = node
+            from .host import ConnectionWatcher
+
+            node.host.get_network().register_notifee(
+                ConnectionWatcher(self._on_connected, self._on_disconnected))
+            node.host.on_identified = self._on_identified
+            sock = self.runtime.ctx.socket(zmq.ROUTER)
+            sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            sock.setsockopt(zmq.SNDHWM, 0)  # bounded by stream credit, see frames.py
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.bind(streams_endpoint(self.runtime.endpoints))
+            asock = AsyncSocket(sock)
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self.hub = StreamHub(node, asock, self.runtime.epoch,
+                                         self.max_streams_per_peer, self._connect)
+                    await nursery.start(self.hub.run)
+                    nursery.start_soon(self._persist_loop)
+                    self.log.info("transport.listening", peer_id=str(node.peer_id),
+                                  addrs=" ".join(node.full_addrs()))
+                    self._started.set()
+                    nursery.start_soon(self._redial)
+                    await trio.sleep_forever()
+            finally:
+                self._persisting = False
+                self.node = None
+                asock.close(linger_ms=0)
+
+    async def _wait_keystore(self) -> dict[str, Any]:
+        delay = 0.1
+        while True:
+            try:
+                return await self.call("keystore", "identity", timeout=2.0, retries=0)
+            except errors.BusError as exc:
+                self.log.warning("transport.waiting_for_keystore", error=exc.message)
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _sign(self, domain: str, data: bytes, payload_type: bytes | None) -> bytes:
+        params: dict[str, Any] = {"domain": domain, "data": wire.b64e(data)}
+        if payload_type is not None:
+            params["payload_type"] = wire.b64e(payload_type)
+        result = await self.call("keystore", "sign", params)
+        return wire.b64d(result["signature"], "keystore signature")
+
+    def _require(self) -> NodeHost:
+        if self.node is None:
+            raise errors.unavailable("the transport is starting (waiting for the keystore?)")
+        return self.node
+
+    # -- connection events -------------------------------------------------------------
+    def _on_connected(self, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id
+        addr = _conn_addr(conn)
+        direction = str(getattr(conn, "direction", "unknown")).split(".")[-1].lower()
+        self._connected_at.setdefault(peer, time.time())
+        if direction == "outbound" and addr:
+            self._remember(peer, [addr])
+        self.publish("transport.peer.connected",
+                     {"peer_id": str(peer), "addr": addr, "direction": direction})
+
+    def _on_disconnected(self, conn: INetConn) -> None:
+        peer = conn.muxed_conn.peer_id
+        if self.node is not None and self.node.host.get_network().get_connections(peer):
+            return
+        self._connected_at.pop(peer, None)
+        if self._persisting and self._known.pop(str(peer), None) is not None:
+            self._persist.set()
+        self.publish("transport.peer.disconnected", {"peer_id": str(peer)})
+
+    def _on_identified(self, peer: ID) -> None:
+        info = self._peer_entry(peer)
+        self._remember(peer, info["addrs"])
+        self.publish("transport.peer.identified", {
+            "peer_id": str(peer), "protocols": info["protocols"], "addrs": info["addrs"]})
+
+    def _remember(self, peer: ID, addrs: list[str]) -> None:
+        if not self._persisting:
+            return
+        known = self._known.setdefault(str(peer), [])
+        for a in addrs:
+            if a not in known:
+                known.append(a)
+        self._persist.set()
+
+    # -- persistence of connected peers ------------------------------------------------
+    def _peers_path(self) -> Any:
+        return None if self.home is None else self.home.data / PEERS_FILE
+
+    async def _persist_loop(self) -> None:
+        path = self._peers_path()
+        while True:
+            await self._persist.wait()
+            self._persist = trio.Event()
+            if path is None or not self._persisting:
+                continue
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._known, indent=1))
+            os.replace(tmp, path)
+            await trio.sleep(0.1)  # coalesce bursts of connects into one write
+
+    def _load_peers(self) -> dict[str, list[str]]:
+        path = self._peers_path()
+        if path is None or not path.exists():
+            return {}
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+            return {str(k): [str(a) for a in v] for k, v in data.items() if isinstance(v, list)}
+        except (ValueError, OSError) as exc:
+            self.log.warning("transport.peers_file_unreadable", path=str(path), error=str(exc))
+            return {}
+
+    async def _redial(self) -> None:
+        """Reconnect to the peers we were connected to before a restart, and the
+        configured bootstrap peers."""
+        targets = self._load_peers()
+        for addr in self.bootstrap:
+            pid = multiaddr.Multiaddr(addr).get_peer_id()
+            if pid:
+                targets.setdefault(pid, []).append(addr)
+        if not targets:
+            return
+        self.log.info("transport.redialing", peers=len(targets))
+
+        async def one(pid: str, addrs: list[str]) -> None:
+            try:
+                await self._connect(ID.from_base58(pid),
+                                    [multiaddr.Multiaddr(a) for a in addrs])
+                self.log.info("transport.redialed", peer_id=pid)
+            except Exception as exc:
+                self.log.warning("transport.redial_failed", peer_id=pid,
+                                 error=getattr(exc, "message", str(exc)))
+
+        async with trio.open_nursery() as nursery:
+            for pid, addrs in targets.items():
+                nursery.start_soon(one, pid, addrs)
+
+    # -- dialling ----------------------------------------------------------------------
+    async def _connect(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
+        """Connect to `peer` if not connected, within the connection limit."""
+        node = self._require()
+        host = node.host
+        if peer == node.peer_id:
+            raise errors.bad_params("that is this node's own peer id")
+        if host.get_network().get_connections(peer):
+            return
+        if len(host.get_connected_peers()) >= self.max_connections:
+            raise errors.BusError(errors.LIMIT, f"connection limit reached "
+                                  f"({self.max_connections} peers, transport.max_connections)")
+        bare = [_strip_p2p(a) for a in addrs]
+        if bare:
+            host.get_peerstore().add_addrs(peer, bare, ADDR_TTL_S)
+        if not host.get_peerstore().addrs(peer):
+            raise errors.not_found(f"no known addresses for {peer}")
+        try:
+            with trio.fail_after(DIAL_TIMEOUT_S):
+                await host.connect(PeerInfo(peer, bare))
+        except trio.TooSlowError:
+            raise errors.unavailable(f"cannot reach {peer}: no answer in "
+                                     f"{DIAL_TIMEOUT_S:g}s") from None
+        except errors.BusError:
+            raise
+        except Exception as exc:
+            # The swarm remembers failures for a while; an explicit dial must retry.
+            cache = getattr(host.get_network(), "_negative_peer_cache", None)
+            if cache is not None:
+                cache.evict(str(peer))
+            raise errors.unavailable(f"cannot reach {peer}: {_why(exc)}") from None
+
+    # -- RPCs --------------------------------------------------------------------------
+    @rpc
+    async def addrs(self) -> dict[str, Any]:
+        """{} -> {"peer_id", "addrs": [multiaddr ending in /p2p/<peer id>, ...]}"""
+        node = self._require()
+        return {"peer_id": str(node.peer_id), "addrs": node.full_addrs()}
+
+    @rpc
+    async def peers(self) -> list[dict[str, Any]]:
+        """{} -> [{"peer_id", "addrs", "protocols", "direction", "remote_addr",
+        "streams", "connected_since"}, ...] for every connected peer."""
+        node = self._require()
+        return [self._peer_entry(p) for p in node.host.get_connected_peers()]
+
+    @rpc
+    async def peer_info(self, peer_id: str) -> dict[str, Any]:
+        """{"peer_id"} -> the peers() entry plus "connected": bool; not_found if the
+        peer is neither connected nor known."""
+        node = self._require()
+        peer = _parse_peer(peer_id)
+        connected = bool(node.host.get_network().get_connections(peer))
+        if not connected and peer not in node.host.get_peerstore().peer_ids():
+            raise errors.not_found(f"unknown peer {peer_id}")
+        return {**self._peer_entry(peer), "connected": connected}
+
+    @rpc
+    async def dial(self, addr: str) -> dict[str, Any]:
+        """{"addr": "/ip4/.../tcp/.../p2p/<peer id>"} -> {"peer_id", "addr", "connect_ms"}"""
+        self._require()
+        try:
+            maddr = multiaddr.Multiaddr(addr)
+        except Exception:
+            raise errors.bad_params(f"not a multiaddr: {addr!r}") from None
+        pid = maddr.get_peer_id()
+        if not pid:
+            raise errors.bad_params(f"{addr} does not end in /p2p/<peer id>")
+        peer = _parse_peer(pid)
+        start = time.perf_counter()
+        await self._connect(peer, [maddr])
+        return {"peer_id": pid, "addr": addr,
+                "connect_ms": round((time.perf_counter() - start) * 1000, 3)}
+
+    @rpc
+    async def hangup(self, peer_id: str) -> dict[str, Any]:
+        """{"peer_id"} -> {"peer_id", "disconnected": true}; not_found if not connected."""
+        node = self._require()
+        peer = _parse_peer(peer_id)
+        if not node.host.get_network().get_connections(peer):
+            raise errors.not_found(f"not connected to {peer_id}")
+        self._known.pop(peer_id, None)
+        self._persist.set()
+        await node.host.disconnect(peer)
+        return {"peer_id": peer_id, "disconnected": True}
+
+    @rpc
+    async def ping(self, peer_id: str, count: int = 1) -> dict[str, Any]:
+        """{"peer_id", "count"?} -> {"peer_id", "rtt_ms", "rtts_ms"}; dials the peer
+        first if its addresses are known."""
+        node = self._require()
+        if not 1 <= count <= 100:
+            raise errors.bad_params("count must be 1..100")
+        peer = _parse_peer(peer_id)
+        await self._connect(peer, [])
+        rtts = []
+        try:
+            for _ in range(count):
+                rtts.append(await ping_rtt_ms(node.host, peer))
+        except Exception as exc:
+            raise errors.unavailable(f"ping to {peer_id} failed: {_why(exc)}") from None
+        return {"peer_id": peer_id, "rtt_ms": round(min(rtts), 3),
+                "rtts_ms": [round(r, 3) for r in rtts]}
+
+    @every(5.0)
+    async def _refresh_addresses(self) -> None:
+        """Observed addresses come and go: re-sign the record and tell peers."""
+        node = self.node
+        if node is not None and await node.refresh_record():
+            await node.host._push_identify_to_all_peers()
+
+    def _peer_entry(self, peer: ID) -> dict[str, Any]:
+        assert self.node is not None
+        host = self.node.host
+        store = host.get_peerstore()
+        try:
+            addrs = [str(a) for a in store.addrs(peer)]
+        except Exception:
+            addrs = []
+        try:
+            protocols = sorted(str(p) for p in store.get_protocols(peer))
+        except Exception:
+            protocols = []
+        conns = host.get_network().get_connections(peer)
+        direction = remote = ""
+        if conns:
+            direction = str(getattr(conns[0], "direction", "")).split(".")[-1].lower()
+            remote = _conn_addr(conns[0])
+        return {"peer_id": str(peer), "addrs": addrs, "protocols": protocols,
+                "direction": direction, "remote_addr": remote,
+                "streams": self.hub.streams_of(peer) if self.hub else 0,
+                "identified": peer in host._identified_peers,
+                "connected_since": self._connected_at.get(peer)}
+
+
+def _parse_peer(text: str) -> ID:
+    try:
+        peer = ID.from_base58(text)
+    except Exception:
+        raise errors.bad_params(f"not a peer id: {text!r}") from None
+    if not text or len(text) < 32:
+        raise errors.bad_params(f"not a peer id: {text!r}")
+    return peer
+
+
+def _strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
+    try:
+        return addr.decapsulate_code(multiaddr.protocols.P_P2P)
+    except Exception:
+        return addr
+
+
+def _conn_addr(conn: INetConn) -> str:
+    try:
+        addrs = conn.get_transport_addresses()
+        return str(addrs[0]) if addrs else ""
+    except Exception:
+        return ""
+
+
+def _why(exc: BaseException) -> str:
+    """The innermost useful message of a py-libp2p error chain."""
+    seen = exc
+    while seen.__cause__ is not None and not str(seen).strip():
+        seen = seen.__cause__
+    text = str(seen).strip() or type(seen).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,244 @@
+"""Building the node's libp2p host: TCP listeners, Noise only, Yamux (Mplex as a
+fallback), identify, identify-push and ping, connection limits, and the two places where
+py-libp2p 0.8.1 needs adjusting (key custody, dial latency).
+
+Everything that signs with the identity goes through the keystore (see custody.py):
+`open_host` obtains the Noise signature before the host exists and re-signs the peer
+record whenever the advertised addresses change. The host only ever advertises addresses
+for which a keystore-signed record is installed (`addrs_factory`), so identify always
+finds a matching cached record and never asks the key to sign in the event loop.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import create_yamux_muxer_option, new_swarm
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
+from libp2p.host.basic_host import BasicHost
+from libp2p.io.utils import read_exactly
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.envelope import make_unsigned, seal_record
+from libp2p.peer.id import ID
+from libp2p.peer.peer_record import PeerRecord
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from p2pm.common.log import get_logger
+
+from .custody import NOISE_DOMAIN, PEER_RECORD_DOMAIN, CustodyError, KeystoreBackedKey
+from .frames import decode_uvarint
+
+log = get_logger("transport")
+
+# (domain, data, payload_type) -> signature; the keystore's `sign` RPC.
+Signer = Callable[[str, bytes, bytes | None], Awaitable[bytes]]
+
+
+class P2pmHost(BasicHost):
+    """BasicHost plus one hook: `on_identified(peer_id)` after identify updated the
+    peerstore (py-libp2p has no event for it)."""
+
+    on_identified: Callable[[ID], None] | None = None
+
+    async def _identify_peer(self, peer_id: ID, *, reason: str) -> None:
+        await super()._identify_peer(peer_id, reason=reason)
+        if self.on_identified is not None and peer_id in self._identified_peers:
+            self.on_identified(peer_id)
+
+
+class ConnectionWatcher(INotifee):
+    """Forwards swarm connection events to plain callbacks."""
+
+    def __init__(self, connected: Callable[[INetConn], None],
+                 disconnected: Callable[[INetConn], None]) -> None:
+        self._connected = connected
+        self._disconnected = disconnected
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._connected(conn)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._disconnected(conn)
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        return None
+
+    async def listen(self, network: INetwork, maddr: multiaddr.Multiaddr) -> None:
+        return None
+
+    async def listen_close(self, network: INetwork, maddr: multiaddr.Multiaddr) -> None:
+        return None
+
+
+def connection_config(max_connections: int) -> ConnectionConfig:
+    """Limits for the swarm, plus the dial-latency fix.
+
+    py-libp2p's `Swarm.dial_peer` starts one dial per address class and, after starting
+    each, waits up to 250 ms (go-libp2p's happy-eyeballs DialDelay) for it to *fail*
+    before starting the next; a success does not end that wait unless the number of
+    connections reached `max_connections_per_peer`, whose default is 3. So every
+    connect paid the full 250 ms even on loopback. With one connection per peer (which
+    is all we want: Yamux multiplexes everything over it) the first successful dial
+    cancels the wait at once, while a slow or failing first address still gets its
+    fallback after 250 ms. Measured in tests/bench/bench_transport.py.
+
+    `min_connections`/`low_watermark` are 0 so the swarm never dials peers on its own:
+    which peers to keep is the dht's and gossip's decision, not the swarm's.
+    """
+    return ConnectionConfig(
+        max_connections=max_connections, max_connections_per_peer=1,
+        min_connections=0, low_watermark=0, high_watermark=max_connections,
+    )
+
+
+def parse_unsigned_envelope(data: bytes) -> tuple[str, bytes, bytes]:
+    """Split RFC 0002's signed byte string into (domain, payload_type, payload)."""
+    fields: list[bytes] = []
+    pos = 0
+    for _ in range(3):
+        size, used = decode_uvarint(data, pos)
+        if not used or pos + used + size > len(data):
+            raise CustodyError("not an RFC 0002 envelope to sign")
+        fields.append(bytes(data[pos + used:pos + used + size]))
+        pos += used + size
+    if pos != len(data):
+        raise CustodyError("trailing bytes after an RFC 0002 envelope")
+    return fields[0].decode(), fields[1], fields[2]
+
+
+class NodeHost:
+    """The running host and the custody glue around it."""
+
+    def __init__(self, host: P2pmHost, key: KeystoreBackedKey, signer: Signer) -> None:
+        self.host = host
+        self.key = key
+        self.signer = signer
+        self.advertised: list[multiaddr.Multiaddr] = []
+        self._record_lock = trio.Lock()
+
+    @property
+    def peer_id(self) -> ID:
+        return self.host.get_id()
+
+    def full_addrs(self) -> list[str]:
+        return [str(a) for a in self.host.get_addrs()]
+
+    async def refresh_record(self) -> bool:
+        """Re-sign the peer record through the keystore if the candidate addresses
+        changed; True if a new record was installed."""
+        async with self._record_lock:
+            candidates = list(self.host.get_transport_addrs())
+            obs = self.host._observed_addr_manager
+            if obs is not None:
+                seen = {str(a) for a in candidates}
+                candidates += [a for a in obs.addrs() if str(a) not in seen]
+            if {str(a) for a in candidates} == {str(a) for a in self.advertised} \
+                    and self.host.get_peerstore().get_local_record() is not None:
+                return False
+            full = [a.encapsulate(multiaddr.Multiaddr(f"/p2p/{self.peer_id}"))
+                    for a in candidates]
+            record = PeerRecord(self.peer_id, full)
+            unsigned = make_unsigned(record.domain(), record.codec(), record.marshal_record())
+            signature = await self.signer(PEER_RECORD_DOMAIN, record.marshal_record(),
+                                          record.codec())
+            self.key.add_record_signature(unsigned, signature)
+            self.host.get_peerstore().set_local_record(seal_record(record, self.key))
+            self.advertised = candidates
+            log.info("transport.record_signed", addrs=len(candidates), seq=record.seq)
+            return True
+
+
+def _build(key: KeystoreBackedKey, noise_private: Any, max_connections: int,
+           node: list[NodeHost]) -> P2pmHost:
+    key_pair = KeyPair(key, key.get_public_key())
+    swarm = new_swarm(
+        key_pair=key_pair,
+        # Noise only: new_host's default also offers TLS, secio and plaintext, and
+        # negotiates plaintext with a peer that asks for it.
+        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=noise_private)},
+        muxer_opt=create_yamux_muxer_option(),  # Yamux first, Mplex as a fallback
+        connection_config=connection_config(max_connections),
+    )
+    # The constructor reads get_addrs() through this before `node` is filled in.
+    return P2pmHost(
+        network=swarm,
+        addrs_factory=lambda _candidates: list(node[0].advertised) if node else [],
+    )
+
+
+@asynccontextmanager
+async def open_host(public_key: bytes, signer: Signer, listen: Sequence[str],
+                    max_connections: int) -> AsyncIterator[NodeHost]:
+    """Build the host with a keystore-backed identity and listen on `listen`."""
+    key = KeystoreBackedKey(public_key)
+    noise = new_x25519_key_pair()
+    noise_public = noise.public_key.to_bytes()
+    key.add_noise_signature(noise_public, await signer(NOISE_DOMAIN, noise_public, None))
+
+    trio_thread = threading.get_ident()
+    token = trio.lowlevel.current_trio_token()
+
+    async def sign_envelope(data: bytes) -> bytes:
+        domain, payload_type, payload = parse_unsigned_envelope(data)
+        if domain != PEER_RECORD_DOMAIN:
+            raise CustodyError(f"refusing to sign an envelope in domain {domain!r}")
+        signature = await signer(domain, payload, payload_type)
+        key.add_record_signature(data, signature)
+        return signature
+
+    def bridged_sign(data: bytes) -> bytes:
+        # BasicHost's constructor signs a peer record synchronously; we build the host
+        # in a worker thread so that one signature can come from the keystore.
+        if threading.get_ident() == trio_thread:
+            raise CustodyError("a signature the keystore did not make in advance")
+        return trio.from_thread.run(sign_envelope, data, trio_token=token)
+
+    node: list[NodeHost] = []
+    key.fallback = bridged_sign
+    try:
+        host = await trio.to_thread.run_sync(_build, key, noise.private_key,
+                                             max_connections, node)
+    finally:
+        key.fallback = None
+    nh = NodeHost(host, key, signer)
+    node.append(nh)
+    addrs = [multiaddr.Multiaddr(a) for a in listen]
+    async with host.run(listen_addrs=addrs):
+        await nh.refresh_record()
+        yield nh
+
+
+PING_PROTOCOL = "/ipfs/ping/1.0.0"
+PING_SIZE = 32
+
+
+async def ping_rtt_ms(host: BasicHost, peer_id: ID, timeout: float = 10.0) -> float:
+    """One /ipfs/ping/1.0.0 round trip in milliseconds, with sub-millisecond resolution
+    (py-libp2p's PingService rounds to whole milliseconds, useless on loopback)."""
+    with trio.fail_after(timeout):
+        stream = await host.new_stream(peer_id, [PING_PROTOCOL])  # type: ignore[list-item]
+        try:
+            payload = os.urandom(PING_SIZE)
+            start = time.perf_counter()
+            await stream.write(payload)
+            echoed = await read_exactly(stream, PING_SIZE)
+            rtt = (time.perf_counter() - start) * 1000
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.close()
+    if echoed != payload:
+        raise ValueError("the peer answered ping with different bytes")
+    return rtt
