@@ -21,6 +21,8 @@ from ..home import ACTORS, Home
 # supervisord takes around a second.
 CALL_TIMEOUT = 2.0
 CALL_RETRIES = 2
+# `status` asks once: an actor that cannot answer within this is reported, not waited for.
+STATUS_TIMEOUT = 1.5
 
 
 def call(home: Home, actor: str, method: str, params: dict[str, Any] | None = None,
@@ -57,7 +59,7 @@ def call_many(home: Home, calls: Iterable[tuple[str, str, dict[str, Any] | None]
 
 
 def statuses(home: Home, actors: Iterable[str] = ACTORS,
-             timeout: float = 0.5) -> dict[str, dict[str, Any] | errors.BusError]:
+             timeout: float = STATUS_TIMEOUT) -> dict[str, dict[str, Any] | errors.BusError]:
     """sys.status of each actor, one short attempt each (for status and health)."""
     names = list(actors)
     replies = call_many(home, [(a, "sys.status", None) for a in names],

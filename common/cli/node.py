@@ -131,10 +131,13 @@ def init(obj: Ctx, no_passphrase: bool, passphrase_file: Path | None,
 # -- up ------------------------------------------------------------------------------
 
 
-def _actor_rows(home: Home, sup: supmod.Supervisor | None) -> dict[str, dict[str, Any]]:
-    """Each actor: supervisord's view combined with its own sys.status."""
+def _actor_rows(home: Home, sup: supmod.Supervisor | None,
+               answers: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Each actor: supervisord's view combined with its own sys.status (asked now,
+    unless the answers are given)."""
     procs = sup.processes() if sup is not None else {}
-    answers = bus.statuses(home)
+    if answers is None:
+        answers = bus.statuses(home)
     rows: dict[str, dict[str, Any]] = {}
     for name in ACTORS:
         info = procs.get(name)
@@ -216,9 +219,9 @@ def up(obj: Ctx, passphrase_file: Path | None, timeout: float) -> None:
         sup = supmod.start(home, key)
     except supmod.SupervisorError as exc:
         fail(str(exc))
-    healthy, _ = bus.wait_healthy(home, timeout)
+    healthy, answers = bus.wait_healthy(home, timeout)
     elapsed = round(time.monotonic() - started, 3)
-    rows = _actor_rows(home, sup)
+    rows = _actor_rows(home, sup, answers)
     if not healthy:
         sick = [n for n, r in rows.items() if not r.get("healthy")]
         fail(f"not healthy after {timeout:g}s: {', '.join(sick)}; see {home.logs}/ "
