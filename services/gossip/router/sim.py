@@ -78,6 +78,7 @@ class Simulation:
             self.nodes.append(Node(i, key, pid, router))
         self.by_id = {node.peer_id: node for node in self.nodes}
         self.latency: dict[tuple[int, int], float] = {}
+        self.link_bandwidth: dict[tuple[int, int], float] = {}  # overrides `bandwidth`
         self.busy_until: dict[tuple[int, int], float] = {}
         for a, b in edges:
             self.connect(a, b, self.rng.uniform(*latency))
@@ -164,7 +165,8 @@ class Simulation:
             dst = self.by_id[send.peer].index
             link = (index, dst)
             start = max(self.now, self.busy_until[link])
-            self.busy_until[link] = start + len(send.frame) / self.bandwidth
+            bandwidth = self.link_bandwidth.get(link, self.bandwidth)
+            self.busy_until[link] = start + len(send.frame) / bandwidth
             self._at(self.busy_until[link] + self.latency[link], "deliver", dst, index,
                      send.frame)
         self._drain_outbox(node)
