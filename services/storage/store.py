@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +92,26 @@ def _outbox(row: sqlite3.Row) -> OutboxEntry:
     return OutboxEntry(*(row[c.strip()] for c in _OUTBOX_COLS.split(",")))
 
 
+@dataclass(frozen=True)
+class Result:
+    """The outcome of one operation of a batch: its return value, or what it raised."""
+
+    ok: bool
+    value: Any
+
+    def unwrap(self) -> Any:
+        if self.ok:
+            return self.value
+        raise self.value
+
+
+def capture(fn: Callable[..., Any], args: tuple[Any, ...]) -> Result:
+    try:
+        return Result(True, fn(*args))
+    except Exception as exc:
+        return Result(False, exc)
+
+
 class Store:
     """The node database. Open with `Store.open`; close with `close`."""
 
@@ -131,16 +151,53 @@ class Store:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """One write operation, all or nothing: its own transaction, or a savepoint
+        when it runs inside a batch (`run_batch`)."""
+        if self.conn.in_transaction:
+            begin, commit, undo = "SAVEPOINT op", "RELEASE op", ("ROLLBACK TO op", "RELEASE op")
+        else:
+            begin, commit, undo = "BEGIN IMMEDIATE", "COMMIT", ("ROLLBACK",)
+        self.conn.execute(begin)
         try:
             yield self.conn
-            self.conn.execute("COMMIT")
+            self.conn.execute(commit)
         except BaseException:
-            # A failed COMMIT (disk full, I/O error) can leave the transaction open.
+            # A failed COMMIT (disk full, I/O error) can leave the transaction open;
+            # some errors make SQLite roll back the whole transaction by itself.
+            if self.conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    for sql in undo:
+                        self.conn.execute(sql)
+            raise
+
+    def run_batch(self, ops: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Result]:
+        """Run write operations in one transaction: one commit, one fsync, for all.
+
+        This is group commit: under load the fsync, not SQL, bounds write throughput,
+        and every operation still gets its own outcome. An operation refused by a
+        rule (a BusError) is undone by its savepoint and the others go on. A database
+        error (disk full, I/O, read-only) can abort the whole transaction, so then
+        everything is rolled back and each operation runs again on its own, to fail
+        or succeed by itself. Operations are deterministic given their arguments, so
+        running one again is the same operation.
+        """
+        if len(ops) == 1:
+            return [capture(*ops[0])]
+        self.conn.execute("BEGIN IMMEDIATE")
+        results: list[Result] = []
+        try:
+            for fn, args in ops:
+                try:
+                    results.append(Result(True, fn(*args)))
+                except errors.BusError as exc:
+                    results.append(Result(False, exc))
+            self.conn.execute("COMMIT")
+            return results
+        except Exception:
             if self.conn.in_transaction:
                 with suppress(sqlite3.Error):
                     self.conn.execute("ROLLBACK")
-            raise
+        return [capture(fn, args) for fn, args in ops]
 
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
         return self.conn.execute(sql, args).fetchone()

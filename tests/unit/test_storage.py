@@ -98,7 +98,8 @@ def test_fresh_database_gets_latest_schema_and_pragmas(home: Home) -> None:
                                              "WHERE type = 'table'")}
         assert {"kv", "contacts", "conversations", "messages", "outbox"} <= tables
         assert actor.status() == {"db": str(home.data / "node.db"),
-                                  "schema_version": schema.LATEST, "messages": 0}
+                                  "schema_version": schema.LATEST, "messages": 0,
+                                  "writes": 0, "commits": 0}
 
     run(check, home)
 
@@ -481,5 +482,61 @@ def test_full_disk_leaves_no_partial_write(home: Home) -> None:
         conn.execute("PRAGMA max_page_count = 1073741823")
         assert (await actor.conversation_put("big", "room", SECRET, members))["created"]
         assert len((await actor.conversation_get("big"))["members"]) == 1000
+
+    run(check, home)
+
+
+def test_concurrent_writes_share_commits_and_keep_their_own_outcome(home: Home) -> None:
+    async def check(actor: Storage) -> None:
+        await room(actor)
+        await put(actor, ALICE, 1)
+        outcomes: dict[int, str] = {}
+
+        async def write(seq: int) -> None:
+            # seq 1 is taken by another id: only this write is refused.
+            mid = "clash" if seq == 1 else None
+            try:
+                await put(actor, ALICE, seq, mid=mid)
+                outcomes[seq] = "stored"
+            except errors.BusError as exc:
+                outcomes[seq] = exc.code
+
+        before = actor.commits
+        async with trio.open_nursery() as nursery:
+            for seq in range(1, 41):
+                nursery.start_soon(write, seq)
+        assert outcomes == {1: errors.CONFLICT, **{s: "stored" for s in range(2, 41)}}
+        assert actor.commits - before < 40  # they did share commits
+        ranges = (await actor.author_ranges("room1"))["authors"][ALICE]
+        assert ranges["ranges"] == [[1, 40]]
+        assert await code_of(actor.message_get("clash")) == errors.NOT_FOUND
+        assert actor.status()["messages"] == actor.store.message_count() == 40
+
+    run(check, home)
+
+
+def test_full_disk_in_a_shared_commit_fails_only_the_write_that_did_not_fit(
+        home: Home) -> None:
+    async def check(actor: Storage) -> None:
+        conn = actor.store.conn
+        await actor.kv_put("warm", b"x")
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        outcomes: dict[str, str] = {}
+
+        async def write(key: str, size: int) -> None:
+            try:
+                await actor.kv_put(key, b"v" * size)
+                outcomes[key] = "ok"
+            except errors.BusError as exc:
+                outcomes[key] = exc.code
+
+        async with trio.open_nursery() as nursery:
+            for i in range(5):
+                nursery.start_soon(write, f"small{i}", 10)
+            nursery.start_soon(write, "huge", 512 * 1024)
+        assert outcomes == {"huge": errors.STORAGE, **{f"small{i}": "ok" for i in range(5)}}
+        assert await code_of(actor.kv_get("huge")) == errors.NOT_FOUND
+        assert (await actor.kv_get("small4"))["value"] == b"v" * 10
 
     run(check, home)
