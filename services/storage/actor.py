@@ -213,8 +213,14 @@ class Storage(Actor):
                     store = self._open_store()
                     batch = self._queue[:MAX_BATCH]
                     del self._queue[:MAX_BATCH]
-                    results = await trio.to_thread.run_sync(
-                        store.run_batch, [(getattr(store, s.op), s.args) for s in batch])
+                    try:
+                        results = await trio.to_thread.run_sync(
+                            store.run_batch, [(getattr(store, s.op), s.args) for s in batch])
+                    except BaseException:
+                        # Cancelled before the thread started: nothing ran. The other
+                        # writers' operations go back for the next lock holder.
+                        self._queue[:0] = [s for s in batch if s is not slot]
+                        raise
                     self.commits += 1
                     self.writes += len(batch)
                     for s, r in zip(batch, results):

@@ -183,9 +183,9 @@ class Store:
         """
         if len(ops) == 1:
             return [capture(*ops[0])]
-        self.conn.execute("BEGIN IMMEDIATE")
         results: list[Result] = []
         try:
+            self.conn.execute("BEGIN IMMEDIATE")
             for fn, args in ops:
                 try:
                     results.append(Result(True, fn(*args)))

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import zmq
 
 from p2pm.common import errors, wire
@@ -538,5 +539,27 @@ def test_full_disk_in_a_shared_commit_fails_only_the_write_that_did_not_fit(
         assert outcomes == {"huge": errors.STORAGE, **{f"small{i}": "ok" for i in range(5)}}
         assert await code_of(actor.kv_get("huge")) == errors.NOT_FOUND
         assert (await actor.kv_get("small4"))["value"] == b"v" * 10
+
+    run(check, home)
+
+
+def test_a_write_cancelled_while_waiting_for_its_commit_never_happens(home: Home) -> None:
+    async def check(actor: Storage) -> None:
+        doomed = trio.CancelScope()
+
+        async def cancelled_write() -> None:
+            with doomed:
+                await actor.kv_put("dropped", b"1")
+
+        await actor._lock.acquire()  # as if a commit were under way
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(actor.kv_put, "kept", b"1")
+            nursery.start_soon(cancelled_write)
+            await trio.testing.wait_all_tasks_blocked()
+            doomed.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            actor._lock.release()
+        assert (await actor.kv_get("kept"))["value"] == b"1"
+        assert await code_of(actor.kv_get("dropped")) == errors.NOT_FOUND
 
     run(check, home)
