@@ -162,21 +162,26 @@ class Storage(Actor):
         path = self.home.data / "node.db"
         try:
             store = await trio.to_thread.run_sync(Store.open, path, sync)
+            try:
+                self._messages = await trio.to_thread.run_sync(store.message_count)
+            except BaseException:
+                store.close()
+                raise
         except (schema.SchemaError, sqlite3.Error) as exc:
             # One readable line for whoever reads the log; the actor does not start.
             self.log.error("storage.cannot_open", db=str(path), error=str(exc))
             raise
-        self._messages = await trio.to_thread.run_sync(store.message_count)
         self.store = store
         self.log.info("storage.open", db=str(path), synchronous=sync,
                       schema_from=store.migrated_from, schema=schema.LATEST,
                       messages=self._messages)
 
     async def teardown(self) -> None:
-        if self.store is not None:
-            async with self._lock:
-                await trio.to_thread.run_sync(self.store.close)
-            self.store = None
+        async with self._lock:
+            # Writers still queued find no store and answer unavailable.
+            store, self.store = self.store, None
+            if store is not None:
+                await trio.to_thread.run_sync(store.close)
 
     def status(self) -> dict[str, Any]:
         if self.store is None:
