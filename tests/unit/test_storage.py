@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +24,7 @@ from p2pm.common.zmqtrio import AsyncSocket
 from p2pm.services.storage import schema
 from p2pm.services.storage.actor import Storage
 from p2pm.services.storage.store import Store
+from tests.helpers import make_home
 
 SECRET = bytes(range(32))
 ALICE, BOB, CAROL = "12D3KooWAlice", "12D3KooWBob", "12D3KooWCarol"
@@ -34,11 +33,11 @@ ROOM_PARAMS = {"id": "room1", "kind": "room", "secret": wire.b64e(SECRET), "memb
 
 @pytest.fixture
 def home() -> Any:
-    root = Path(tempfile.mkdtemp(prefix="p2pm-", dir="/tmp"))
+    h = make_home()
     try:
-        yield Home(root)
+        yield h
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(h.root, ignore_errors=True)
 
 
 def run(fn: Callable[[Storage], Awaitable[None]], home: Home,
