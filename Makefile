@@ -1,24 +1,58 @@
-# p2pm developer targets. `make test` is what CI runs.
+# p2pm developer targets. `make test` is what CI runs; `make run` starts a demo node.
 PY ?= .venv/bin/python
 PIP ?= $(PY) -m pip
+P2PM ?= .venv/bin/p2pm
+# The demo node's home. Its ipc socket paths must stay under 107 bytes.
+DEMO_HOME ?= $(CURDIR)/.p2pm-demo
+# A hung test is killed after this many seconds instead of eating CI's time.
+TEST_TIMEOUT ?= 300
 
-.PHONY: setup test test-unit bench demo clean
+.PHONY: setup test test-unit test-integration bench run stop clean
 
 .venv/bin/python:
 	python3 -m venv .venv
 
-setup: .venv/bin/python
+# Reinstalls only when the package definition changes.
+.venv/.p2pm-installed: .venv/bin/python pyproject.toml setup.py
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[test]'
+	touch $@
+
+setup: .venv/.p2pm-installed
+
+# pytest exits 5 when it collected nothing: for CI that is a broken setup, not a pass.
+PYTEST = $(PY) -m pytest -q -p no:cacheprovider --timeout=$(TEST_TIMEOUT)
+define run_pytest
+	@$(PYTEST) $(1); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make: pytest collected no tests in $(1)" >&2; fi; \
+	exit $$rc
+endef
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(call run_pytest,tests/unit tests/integration)
 
 test-unit: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests/unit
+	$(call run_pytest,tests/unit)
+
+test-integration: setup
+	$(call run_pytest,tests/integration)
 
 bench: setup
 	$(PY) -m tests.bench.run
 
-clean:
+# A demo node with an unprotected identity in ./.p2pm-demo: set up, start, show.
+run: setup
+	@if [ ! -e "$(DEMO_HOME)/identity.key" ]; then \
+		$(P2PM) --home "$(DEMO_HOME)" init --no-passphrase && \
+		echo '*' > "$(DEMO_HOME)/.gitignore"; \
+	fi
+	$(P2PM) --home "$(DEMO_HOME)" up
+	$(P2PM) --home "$(DEMO_HOME)" status
+
+stop:
+	@if [ -x "$(P2PM)" ] && [ -e "$(DEMO_HOME)" ]; then \
+		$(P2PM) --home "$(DEMO_HOME)" down; \
+	else echo "no demo node"; fi
+
+clean: stop
 	rm -rf .venv build *.egg-info .pytest_cache

@@ -3,7 +3,8 @@
 `node_factory` starts real nodes (`p2pm init` + `p2pm up` in a short home under /tmp)
 and tears every one down at the end of the test, whatever happened: `p2pm down`, then
 SIGKILL of anything left in the home, then the folder is removed. `node` is one such
-node. A node costs about a second to start and one to stop; `node_factory.many(n)`
+node. `short_tmp` is a short scratch folder for tests that make homes themselves. A
+node costs about a second to start and one to stop; `node_factory.many(n)`
 starts several at once.
 
     def test_three(node_factory):
@@ -13,14 +14,28 @@ starts several at once.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import Node, destroy_home, make_home, start_node
 from p2pm.common.home import Home
+from tests.helpers import Node, destroy_home, make_home, start_node
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """An empty folder with a short path (/tmp/p2pm-XXXXXXXX), removed afterwards:
+    ipc socket paths must stay under 107 bytes, which pytest's tmp_path does not."""
+    root = Path(tempfile.mkdtemp(prefix="p2pm-", dir="/tmp"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class NodeFactory:

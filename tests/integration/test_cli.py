@@ -3,9 +3,6 @@ that change nothing, and `tap`."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -19,18 +16,8 @@ pytestmark = pytest.mark.slow
 PEER = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"
 
 
-@pytest.fixture
-def scratch() -> Iterator[Path]:
-    """A short empty folder; the homes under it are never started."""
-    root = Path(tempfile.mkdtemp(prefix="p2pm-", dir="/tmp"))
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def test_init_json_shape_config_and_refusal_to_reinit(scratch: Path) -> None:
-    home = scratch / "n"
+def test_init_json_shape_config_and_refusal_to_reinit(short_tmp: Path) -> None:
+    home = short_tmp / "n"
     out = run_p2pm(home, "init", "--no-passphrase", "--json",
                    "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap",
                    f"/ip4/10.0.0.1/tcp/4001/p2p/{PEER}", check=True)
@@ -55,19 +42,19 @@ def test_init_json_shape_config_and_refusal_to_reinit(scratch: Path) -> None:
     (["--bootstrap", "/ip4/10.0.0.1/tcp/4001"], "must end in /p2p/<peer id>"),
 ])
 def test_bad_multiaddr_at_init_is_refused_and_nothing_is_written(
-        scratch: Path, args: list[str], complaint: str) -> None:
-    home = scratch / "n"
+        short_tmp: Path, args: list[str], complaint: str) -> None:
+    home = short_tmp / "n"
     out = run_p2pm(home, "init", "--no-passphrase", "--listen", "/ip4/0.0.0.0/tcp/0", *args)
     assert out.returncode == 2
     assert complaint in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not home.exists()
 
 
-def test_init_with_an_empty_passphrase_file_is_refused(scratch: Path) -> None:
-    (scratch / "pass").write_text("\n")
-    out = run_p2pm(scratch / "n", "init", "--passphrase-file", str(scratch / "pass"))
+def test_init_with_an_empty_passphrase_file_is_refused(short_tmp: Path) -> None:
+    (short_tmp / "pass").write_text("\n")
+    out = run_p2pm(short_tmp / "n", "init", "--passphrase-file", str(short_tmp / "pass"))
     assert out.returncode == 2 and "is empty" in out.stderr
-    assert not (scratch / "n").exists()
+    assert not (short_tmp / "n").exists()
 
 
 def test_status_and_id_json_shapes(node: Node) -> None:
@@ -87,8 +74,8 @@ def test_status_and_id_json_shapes(node: Node) -> None:
     assert all(a.endswith(f"/p2p/{node.peer_id}") for a in ident["addrs"])
 
 
-def test_commands_on_a_node_that_is_down(scratch: Path) -> None:
-    home = scratch / "n"
+def test_commands_on_a_node_that_is_down(short_tmp: Path) -> None:
+    home = short_tmp / "n"
     run_p2pm(home, "init", "--no-passphrase", check=True)
     status = run_p2pm(home, "status", "--json")
     assert status.returncode == 1 and status.stdout == ""
