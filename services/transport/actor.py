@@ -235,7 +235,11 @@ class Transport(Actor):
         bare = [_strip_p2p(a) for a in addrs]
         if bare:
             host.get_peerstore().add_addrs(peer, bare, ADDR_TTL_S)
-        if not host.get_peerstore().addrs(peer):
+        try:
+            known = host.get_peerstore().addrs(peer)
+        except Exception:
+            known = []
+        if not known:
             raise errors.not_found(f"no known addresses for {peer}")
         try:
             with trio.fail_after(DIAL_TIMEOUT_S):

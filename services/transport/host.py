@@ -26,6 +26,7 @@ from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.host.basic_host import BasicHost
 from libp2p.io.utils import read_exactly
+from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.envelope import make_unsigned, seal_record
 from libp2p.peer.id import ID
@@ -95,13 +96,24 @@ def connection_config(max_connections: int) -> ConnectionConfig:
     cancels the wait at once, while a slow or failing first address still gets its
     fallback after 250 ms. Measured in tests/bench/bench_transport.py.
 
-    `min_connections`/`low_watermark` are 0 so the swarm never dials peers on its own:
-    which peers to keep is the dht's and gossip's decision, not the swarm's.
+    `min_connections`/`low_watermark` are 0: which peers to keep is the dht's and
+    gossip's decision, not the swarm's (see ManualDialsOnly).
     """
     return ConnectionConfig(
         max_connections=max_connections, max_connections_per_peer=1,
         min_connections=0, low_watermark=0, high_watermark=max_connections,
     )
+
+
+class ManualDialsOnly(AutoConnector):
+    """The swarm's auto-connector dials peers from the peerstore until the connection
+    count reaches the midpoint of the watermarks (128 of our 256): it would dial every
+    address the dht ever stored. Never started, it does nothing; `maybe_connect` and the
+    on-disconnect trigger check `_started` first."""
+
+    async def start(self) -> None:
+        self._started = False
+        self._shutdown_event = trio.Event()
 
 
 def parse_unsigned_envelope(data: bytes) -> tuple[str, bytes, bytes]:
@@ -172,6 +184,7 @@ def _build(key: KeystoreBackedKey, noise_private: Any, max_connections: int,
         muxer_opt=create_yamux_muxer_option(),  # Yamux first, Mplex as a fallback
         connection_config=connection_config(max_connections),
     )
+    swarm.auto_connector.__class__ = ManualDialsOnly  # type: ignore[attr-defined]
     # The constructor reads get_addrs() through this before `node` is filled in.
     return P2pmHost(
         network=swarm,

@@ -319,8 +319,11 @@ class StreamHub:
             return
         self._abort(stream, reason)
         if to_owner:
-            await self.send(stream.owner, fr.frame(fr.RESET, stream.sid, {
-                "code": errors.UNAVAILABLE, "message": reason}))
+            # Often called from inside the stream's own (now cancelled) scope; the
+            # ROUTER has no HWM, so this send cannot block.
+            with trio.CancelScope(shield=True):
+                await self.send(stream.owner, fr.frame(fr.RESET, stream.sid, {
+                    "code": errors.UNAVAILABLE, "message": reason}))
 
     async def _serve(self, stream: HubStream) -> None:
         done = {"read": False, "write": False}
@@ -353,6 +356,10 @@ class StreamHub:
                 try:
                     data = await stream.net.read(want)
                 except StreamEOF:
+                    # py-libp2p's Yamux drops a stream's state when RST arrives, and
+                    # a read then reports EOF; the flag it leaves tells the truth.
+                    if getattr(stream.net.muxed_stream, "reset_received", False):
+                        raise
                     data = b""
                 if not data:
                     if decoder is not None and decoder.buffered:
@@ -367,7 +374,8 @@ class StreamHub:
         except MessageTooLarge as exc:
             await self.reset(stream, f"peer broke framing: {exc}", to_owner=True)
         except Exception as exc:
-            await self.reset(stream, f"reset by peer ({type(exc).__name__})", to_owner=True)
+            await self.reset(stream, f"reset by the remote peer ({type(exc).__name__})",
+                             to_owner=True)
 
     async def _pump_out(self, stream: HubStream, done: dict[str, bool]) -> None:
         try:

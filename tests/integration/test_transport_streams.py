@@ -1,0 +1,255 @@
+"""Two transports (each with its keystore) in one trio loop over real loopback TCP:
+dial, identify, ping, the stream API (echo, messages, flow control, close and reset),
+limits and bad input. (Restarts need real processes: test_transport_processes.py.)"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from p2pm.common import errors
+from p2pm.services.transport.frames import DEFAULT_WINDOW, CHUNK
+from p2pm.services.transport.streams import (ProtocolSpec, Stream, StreamClient, StreamError,
+                                             StreamReset, open_streams)
+from p2pm.services.transport.testing import LocalNode, open_test_node
+
+ECHO = "/p2pm-test/echo/1.0.0"
+MSGS = "/p2pm-test/msgs/1.0.0"
+
+
+@asynccontextmanager
+async def two_nodes(**kw: object) -> AsyncIterator[tuple[LocalNode, LocalNode]]:
+    async with open_test_node("a", **kw) as a, open_test_node("b", **kw) as b:  # type: ignore[arg-type]
+        yield a, b
+
+
+async def echo_server(client: StreamClient) -> None:
+    async def one(stream: Stream) -> None:
+        try:
+            async with stream:
+                async for chunk in stream:
+                    await stream.send(chunk)
+        except StreamReset:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        async for stream in client.inbound():
+            nursery.start_soon(one, stream)
+
+
+async def wait_until(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    with trio.fail_after(timeout):
+        while not condition():
+            await trio.sleep(0.02)
+
+
+async def test_dial_identify_and_ping_both_ways() -> None:
+    async with two_nodes() as (a, b):
+        dialled = await a.call("dial", {"addr": b.addrs[0]})
+        assert dialled["peer_id"] == b.peer_id
+        # Identify: each side learns the other's protocols and listen address.
+        for me, other in ((a, b), (b, a)):
+            info: dict = {}
+
+            async def identified() -> bool:
+                info.update(await me.call("peer_info", {"peer_id": other.peer_id}))
+                return "/ipfs/ping/1.0.0" in info["protocols"]
+
+            with trio.fail_after(5):
+                while not await identified():
+                    await trio.sleep(0.02)
+            assert info["connected"] and info["identified"]
+            assert "/ipfs/id/push/1.0.0" in info["protocols"]
+            assert any(other.addrs[0].split("/p2p/")[0] in x for x in info["addrs"])
+            pong = await me.call("ping", {"peer_id": other.peer_id, "count": 2})
+            assert pong["peer_id"] == other.peer_id and pong["rtt_ms"] > 0
+        (entry,) = await a.call("peers")
+        assert entry["peer_id"] == b.peer_id and entry["direction"] == "outbound"
+        (entry,) = await b.call("peers")
+        assert entry["peer_id"] == a.peer_id and entry["direction"] == "inbound"
+        await a.call("hangup", {"peer_id": b.peer_id})
+        await wait_until(lambda: not a.transport.node.host.get_connected_peers())
+
+
+async def test_bad_rpc_input_is_refused_clearly() -> None:
+    async with open_test_node("a") as a:
+        cases = [
+            ("dial", {"addr": "not a multiaddr"}, errors.BAD_PARAMS),
+            ("dial", {"addr": "/ip4/127.0.0.1/tcp/1"}, errors.BAD_PARAMS),  # no /p2p/
+            ("dial", {"addr": a.addrs[0]}, errors.BAD_PARAMS),  # ourselves
+            ("ping", {"peer_id": "xyz"}, errors.BAD_PARAMS),
+            ("hangup", {"peer_id": a.peer_id}, errors.NOT_FOUND),
+            ("ping", {"peer_id": "12D3KooWGb2JGNZGzuRLvkLsWRFAGbRXpyyiPz1Hb1d7KSMzXzEY"},
+             errors.NOT_FOUND),  # no known address
+        ]
+        for method, params, code in cases:
+            with pytest.raises(errors.BusError) as info:
+                await a.call(method, params, retries=0)
+            assert info.value.code == code, (method, params, info.value)
+        # Nobody listens there: a clear "cannot reach", fast.
+        dead = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWGb2JGNZGzuRLvkLsWRFAGbRXpyyiPz1Hb1d7KSMzXzEY"
+        with pytest.raises(errors.BusError) as info:
+            await a.call("dial", {"addr": dead}, retries=0, timeout=15)
+        assert info.value.code == errors.UNAVAILABLE and "cannot reach" in info.value.message
+        assert (await a.call("addrs"))["peer_id"] == a.peer_id  # still serving
+
+
+async def test_connection_limit_answers_a_clear_error() -> None:
+    async with open_test_node("a", transport_config={"max_connections": 1}) as a, \
+            open_test_node("b") as b, open_test_node("c") as c:
+        await a.call("dial", {"addr": b.addrs[0]})
+        with pytest.raises(errors.BusError) as info:
+            await a.call("dial", {"addr": c.addrs[0]}, retries=0)
+        assert info.value.code == errors.LIMIT and "max_connections" in info.value.message
+
+
+async def test_echo_over_the_stream_api_both_framings() -> None:
+    async with two_nodes() as (a, b):
+        async with open_streams(b.endpoints, "echoer", {
+                ECHO: ProtocolSpec(), MSGS: ProtocolSpec(messages=True, max_message=1000)
+        }) as server, open_streams(a.endpoints, "user") as user, \
+                trio.open_nursery() as nursery:
+            nursery.start_soon(echo_server, server)
+            # By full multiaddr: the transport dials first.
+            async with user.open(ECHO, addrs=[b.addrs[0]]) as s:
+                payload = bytes(range(256)) * 1000
+                await s.send(payload)
+                got = b""
+                while len(got) < len(payload):
+                    got += await s.receive()
+                assert got == payload and s.peer == b.peer_id
+            # Messages arrive whole, one per receive().
+            spec = ProtocolSpec(messages=True, max_message=1000)
+            async with user.open(MSGS, peer=b.peer_id, spec=spec) as s:
+                for size in (0, 1, 999, 1000):
+                    await s.send(b"m" * size)
+                    assert await s.receive() == b"m" * size
+                with pytest.raises(ValueError):
+                    await s.send(b"x" * 1001)
+            # An unknown protocol: a clear error, nothing left open.
+            with pytest.raises(StreamError):
+                await user.open_stream("/nobody/1.0.0", peer=b.peer_id)
+            nursery.cancel_scope.cancel()
+
+
+async def test_close_and_reset_propagate() -> None:
+    async with two_nodes() as (a, b):
+        async with open_streams(b.endpoints, "srv", {ECHO: ProtocolSpec()}) as server, \
+                open_streams(a.endpoints, "user") as user:
+            # close: the remote reads EOF and can still answer (half-close).
+            s = await user.open_stream(ECHO, addrs=[b.addrs[0]])
+            inbound = await server.accept()
+            await s.send(b"question")
+            await s.close()
+            assert await inbound.receive() == b"question"
+            with pytest.raises(trio.EndOfChannel):
+                await inbound.receive()
+            await inbound.send(b"answer")
+            await inbound.close()
+            assert await s.receive() == b"answer"
+            with pytest.raises(trio.EndOfChannel):
+                await s.receive()
+            # reset from the opener reaches the acceptor, and the other way round.
+            for resetter_is_opener in (True, False):
+                s = await user.open_stream(ECHO, peer=b.peer_id)
+                inbound = await server.accept()
+                resetter, victim = (s, inbound) if resetter_is_opener else (inbound, s)
+                await resetter.reset()
+                with trio.fail_after(5), pytest.raises(StreamReset):
+                    await victim.receive()
+            await wait_until(lambda: b.transport.hub.streams_of(
+                a.transport.node.peer_id) == 0)
+
+
+async def test_flow_control_bounds_memory_with_a_slow_receiver() -> None:
+    # Below our windows, py-libp2p's Yamux auto-tunes a stream's receive window up to
+    # 16 MiB (go-yamux's maximum) while our side still reads fast, so that much may sit
+    # in its buffer: the sender must stall there, never reach the end.
+    total = 40 * 1024 * 1024
+    yamux_max = 16 * 1024 * 1024
+    import random  # noqa: PLC0415
+    data = random.Random(7).randbytes(total)
+    async with two_nodes() as (a, b):
+        async with open_streams(b.endpoints, "slow", {ECHO: ProtocolSpec()}) as server, \
+                open_streams(a.endpoints, "fast") as user, trio.open_nursery() as nursery:
+            s = await user.open_stream(ECHO, peer=b.peer_id, addrs=[b.addrs[0]])
+            sent = 0
+
+            async def send_all() -> None:
+                nonlocal sent
+                for i in range(0, total, CHUNK):
+                    await s.send(data[i:i + CHUNK])
+                    sent += CHUNK
+                await s.close()
+
+            nursery.start_soon(send_all)
+            inbound = await server.accept()
+            # The receiver reads nothing: the sender must stall long before the end.
+            stalled_at = -1
+            with trio.fail_after(10):
+                while stalled_at != sent:
+                    stalled_at = sent
+                    await trio.sleep(0.3)
+            assert sent <= yamux_max + 4 * DEFAULT_WINDOW + 2 * CHUNK, \
+                f"sender was not held back ({sent} bytes sent)"
+            assert inbound.buffered <= DEFAULT_WINDOW + CHUNK
+            hub_stream = next(iter(b.transport.hub.owners["slow"].streams.values()))
+            assert hub_stream.send_credit >= -CHUNK
+            # Now read slowly: everything arrives, in order, and buffers stay bounded.
+            digest, got = hashlib.sha256(), 0
+            with trio.fail_after(60):
+                async for chunk in inbound:
+                    assert inbound.buffered <= DEFAULT_WINDOW + CHUNK
+                    digest.update(chunk)
+                    got += len(chunk)
+                    if got < total // 16:
+                        await trio.sleep(0.002)
+            assert got == total
+            assert digest.digest() == hashlib.sha256(data).digest()
+
+
+async def test_an_oversized_message_from_the_peer_resets_the_stream() -> None:
+    async with two_nodes() as (a, b):
+        async with open_streams(b.endpoints, "strict",
+                                {MSGS: ProtocolSpec(messages=True, max_message=100)}) as srv, \
+                open_streams(a.endpoints, "loose") as user:
+            # The opener frames generously; the acceptor's limit is 100 bytes.
+            s = await user.open_stream(MSGS, peer=b.peer_id, addrs=[b.addrs[0]],
+                                       spec=ProtocolSpec(messages=True, max_message=10_000))
+            inbound = await srv.accept()
+            await s.send(b"ok")
+            assert await inbound.receive() == b"ok"
+            await s.send(b"y" * 5000)
+            with trio.fail_after(5), pytest.raises(StreamReset):
+                await inbound.receive()
+            with trio.fail_after(5), pytest.raises(StreamReset):
+                await s.receive()
+
+
+async def test_streams_per_peer_limit() -> None:
+    async with open_test_node("a") as a, \
+            open_test_node("b", transport_config={"max_streams_per_peer": 2}) as b:
+        async with open_streams(b.endpoints, "srv", {ECHO: ProtocolSpec()}) as server, \
+                open_streams(a.endpoints, "user") as user:
+            s1 = await user.open_stream(ECHO, addrs=[b.addrs[0]])
+            s2 = await user.open_stream(ECHO, peer=b.peer_id)
+            await server.accept()
+            await server.accept()
+            # b resets the third on arrival: the open fails, or the stream is reset.
+            with trio.fail_after(10), pytest.raises(StreamError):
+                s3 = await user.open_stream(ECHO, peer=b.peer_id)
+                await s3.receive()
+            assert b.transport.hub.streams_of(a.transport.node.peer_id) == 2
+            await s1.reset()
+            await s2.reset()
+
+
+async def test_second_owner_of_a_protocol_is_refused() -> None:
+    async with open_test_node("a") as a:
+        async with open_streams(a.endpoints, "dht", {ECHO: ProtocolSpec()}), \
+                open_streams(a.endpoints, "gossip", {ECHO: ProtocolSpec()}) as other:
+            assert "dht" in other.refused[ECHO]
