@@ -141,3 +141,9 @@ def test_our_signature_verifies_in_py_libp2p_and_theirs_in_ours() -> None:
     assert verify_ed25519(their_id, None, m.signing_data(decoded), signature)
     assert not verify_ed25519(their_id, None, m.signing_data(decoded), bytes(64))
     assert not verify_ed25519(author, None, m.signing_data(decoded), signature)
+
+
+@settings(max_examples=200, deadline=None)
+@given(messages)
+def test_signed_prefix_of_the_encoding_is_the_signing_data(msg: m.Message) -> None:
+    assert m.signed_prefix(m.encode(msg), msg) == m.signing_data(msg)

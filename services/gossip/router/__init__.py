@@ -5,7 +5,9 @@ from .core import (
     Backpressure, Event, Grafted, MessageReceived, PeerExchange, Published, Pruned,
     Router, SendRpc, Validation, default_message_id,
 )
-from .params import PROTOCOL_V10, PROTOCOL_V11, PROTOCOL_V12, GossipParams, ScoreParams, TopicScoreParams
+from .params import (
+    PROTOCOL_V10, PROTOCOL_V11, PROTOCOL_V12, GossipParams, ScoreParams, TopicScoreParams,
+)
 
 __all__ = [
     "Backpressure", "Event", "Grafted", "MessageReceived", "PeerExchange", "Published",

@@ -58,7 +58,8 @@ from p2pm.common.log import get_logger
 from .caches import MessageCache, SeenCache
 from .messages import (
     RPC, ControlMessage, ControlPrune, DecodeError, Message, PeerInfo,
-    control_has_unknown_fields, decode_rpc, encode, publish_field, signing_data,
+    control_has_unknown_fields, decode_rpc, encode, publish_field, signed_prefix,
+    signing_data,
 )
 from .params import PROTOCOL_V10, PROTOCOL_V12, PROTOCOLS, GossipParams, ScoreParams
 from .queues import PeerQueue
@@ -418,23 +419,24 @@ class Router:
         if topic is None or topic not in self._topics:
             self.counters["msg_unknown_topic"] += 1
             return
-        encoded = encode(msg)
-        if len(encoded) > self.params.max_message_size:
-            self.counters["msg_oversized"] += 1
-            return
         if msg.from_ is None or msg.seqno is None or msg.signature is None:
             self.counters["msg_unsigned"] += 1
             self._score.invalid_delivery(peer, topic)
             return
         msg_id = self._message_id(msg)
-        if msg_id in self._seen:
+        if msg_id in self._seen:  # most copies end here: check before any encoding
             self.counters["msg_duplicate"] += 1
+            return
+        encoded = encode(msg)
+        if len(encoded) > self.params.max_message_size:
+            self.counters["msg_oversized"] += 1
             return
         if msg.from_ == self.local_peer:
             self.counters["msg_self_origin"] += 1
             return
         try:
-            valid = bool(self._verify(msg.from_, msg.key, signing_data(msg), msg.signature))
+            valid = bool(self._verify(msg.from_, msg.key, signed_prefix(encoded, msg),
+                                      msg.signature))
         except Exception:
             log.error("verify.crashed", exc=True)
             valid = False
@@ -791,7 +793,21 @@ class Router:
         return (len(state.queue.own), len(state.queue.forward)) if state else (0, 0)
 
     def statistics(self) -> dict[str, Any]:
-        """Counters of everything received, sent, refused and dropped, plus sizes."""
+        """Counters of everything received, sent, refused and dropped, plus sizes.
+
+        Refused from peers: rpc_malformed, rpc_oversized, rpc_graylisted,
+        rpc_unknown_peer, control_unknown_fields, subscription_invalid,
+        subscription_over_limit, msg_unknown_topic, msg_oversized, msg_unsigned,
+        msg_duplicate, msg_self_origin, msg_invalid_signature, msg_rejected,
+        msg_ignored, ihave_over_limit, ihave_unknown_topic, ihave_bad_id,
+        iwant_unknown, iwant_over_retransmission, idontwant_over_limit,
+        graft_unknown_topic, graft_during_backoff, graft_low_score, graft_mesh_full,
+        gossip_ignored_low_score, px_ignored_low_score, iwant_broken_promises.
+        Dropped or refused here: dropped_forward_queue_full, publish_backpressure,
+        own_discarded_on_disconnect, forward_discarded_on_disconnect. Activity:
+        rpc_received, msg_delivered, published, forwarded, forward_skipped_idontwant,
+        frames_sent, ihave_sent, iwant_sent_ids, opportunistic_grafts. A counter
+        appears once it is non-zero."""
         return {
             "counters": dict(sorted(self.counters.items())),
             "peers": len(self._peers),

@@ -19,7 +19,7 @@ from p2pm.common.protobuf import DecodeError, field
 
 __all__ = ["RPC", "SubOpts", "Message", "ControlMessage", "ControlIHave", "ControlIWant",
            "ControlGraft", "ControlPrune", "ControlIDontWant", "PeerInfo", "DecodeError",
-           "encode", "decode_rpc", "signing_data", "control_has_unknown_fields",
+           "encode", "decode_rpc", "signing_data", "signed_prefix", "control_has_unknown_fields",
            "publish_field", "SIGNING_DOMAIN"]
 
 SIGNING_DOMAIN = "libp2p-pubsub:"
@@ -136,6 +136,16 @@ def signing_data(msg: Message) -> bytes:
     """What the author signs (after the `libp2p-pubsub:` domain prefix): the message
     marshalled without `signature` and `key`, as go-libp2p computes it."""
     return pb.encode(dataclasses.replace(msg, signature=None, key=None))
+
+
+def signed_prefix(encoded: bytes, msg: Message) -> bytes:
+    """`signing_data(msg)` cut from `encode(msg)`: signature (5) and key (6) are the
+    last fields of a canonical encoding, so what is signed is everything before them."""
+    tail = 0
+    for value in (msg.signature, msg.key):
+        if value is not None:
+            tail += 1 + len(pb.encode_uvarint(len(value))) + len(value)
+    return encoded[:len(encoded) - tail]
 
 
 _PUBLISH_TAG = pb.encode_uvarint((2 << 3) | pb.LEN)

@@ -9,6 +9,11 @@ as a real shell batching its writes would), and only to peers whose link is idle
 like the transport's credit-based flow control, a busy link leaves messages in the
 router's queues, where the queue policy applies. Published messages refused with
 back-pressure stay in the node's outbox and are published again after its next flush.
+
+With `cpu_model`, a node is also busy for the real time its router took to handle
+each received frame (one core per node), so input beyond what the core can process
+queues up in simulated time as it would on a real machine. Without it (the default,
+for deterministic tests) processing is instantaneous.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +44,7 @@ class Node:
     deliveries: int = 0  # MessageReceived events, duplicates included if any
     outbox: list[tuple[str, bytes]] = field(default_factory=list)
     flush_at: float | None = None
+    busy_until: float = 0.0  # with the CPU model: still processing earlier input
 
 
 def ring_with_chords(n: int, chords: int, rng: random.Random) -> list[tuple[int, int]]:
@@ -57,8 +64,9 @@ class Simulation:
                  latency: tuple[float, float] = (0.01, 0.05),
                  bandwidth: float = 10_000_000.0, flush_delay: float = 0.001,
                  validators: dict[int, Callable[[Message], Validation]] | None = None,
-                 protocols: dict[int, str] | None = None) -> None:
+                 protocols: dict[int, str] | None = None, cpu_model: bool = False) -> None:
         self.rng = random.Random(seed)
+        self.cpu_model = cpu_model
         self.params = params or GossipParams()
         self.now = 0.0
         self.bandwidth = bandwidth
@@ -151,7 +159,13 @@ class Simulation:
 
     def _on_deliver(self, dst: int, src: int, frame: bytes) -> None:
         node = self.nodes[dst]
+        if node.busy_until > self.now:  # later in the heap than earlier frames: order kept
+            self._at(node.busy_until, "deliver", dst, src, frame)
+            return
+        began = time.perf_counter()
         self._record(node, node.router.handle_rpc(self.nodes[src].peer_id, frame, self.now))
+        if self.cpu_model:
+            node.busy_until = self.now + time.perf_counter() - began
         self._schedule_flush(node)
 
     def _on_flush(self, index: int, when: float) -> None:
