@@ -124,9 +124,11 @@ class Network:
     def online_ids(self) -> list[bytes]:
         return sorted(pid for pid, n in self.nodes.items() if n.online)
 
-    def true_closest(self, key: bytes, count: int) -> list[bytes]:
+    def true_closest(self, key: bytes, count: int, exclude: bytes = b"") -> list[bytes]:
+        """The `count` online nodes nearest to `key` (a lookup never returns its origin)."""
         target = kad_key(key)
-        online = [(n.point ^ target, pid) for pid, n in self.nodes.items() if n.online]
+        online = [(n.point ^ target, pid) for pid, n in self.nodes.items()
+                  if n.online and pid != exclude]
         return [pid for _, pid in heapq.nsmallest(count, online)]
 
     # -- event loop ---------------------------------------------------------------------
@@ -245,7 +247,7 @@ def measure(size: int, lookups: int, churn: float, seed: int = 1,
         done = net.result(source, op_id)
         result: LookupResult = done.result
         got = {p.id for p in result.closest}
-        truth = net.true_closest(target, k)
+        truth = net.true_closest(target, k, exclude=source)
         stats.append(LookupStats(
             found=target in got, recall=len(got & set(truth)) / len(truth),
             rounds=result.rounds, queried=result.queried, failed=result.failed,

@@ -64,7 +64,7 @@ def test_signed_record_accepted_and_best_version_selected(validators: Validators
     assert validators.select(key, [v2, v1]) == 0
 
 
-@pytest.mark.parametrize("case,why", [
+HOSTILE_RECORDS = [
     ("unknown namespace", "no validator"),
     ("plain key", "no validator"),
     ("bad signature", "bad signature"),
@@ -75,9 +75,11 @@ def test_signed_record_accepted_and_best_version_selected(validators: Validators
     ("oversized", "exceeds"),
     ("garbage envelope", "not a signed envelope"),
     ("bad label", "<label>"),
-])
-def test_invalid_records_are_refused_and_not_stored(validators: Validators, case: str,
-                                                    why: str) -> None:
+]
+
+
+def hostile_record(case: str) -> tuple[bytes, bytes]:
+    """A (key, value) that a strict node must refuse, for each case of HOSTILE_RECORDS."""
     alice, mallory = Owner(1), Owner(3)
     key, value = alice.record("profile", b"hello")
     if case == "unknown namespace":
@@ -90,8 +92,8 @@ def test_invalid_records_are_refused_and_not_stored(validators: Validators, case
     elif case == "signed by someone else":
         key, value = alice.record("profile", b"hello", signer=mallory)
     elif case == "owner not in key":
-        _, value = alice.record("profile", b"x", key=p2pm_record_key("profile", mallory.peer_id))
         key = p2pm_record_key("profile", mallory.peer_id)
+        _, value = alice.record("profile", b"x", key=key)
     elif case == "expired":
         key, value = alice.record("profile", b"hello", expires=NOW - 1)
     elif case == "expiry too far":
@@ -102,6 +104,13 @@ def test_invalid_records_are_refused_and_not_stored(validators: Validators, case
         value = b"\x0a\xff"
     elif case == "bad label":
         key = b"/p2pm/Bad Label/" + alice.peer_id
+    return key, value
+
+
+@pytest.mark.parametrize("case,why", HOSTILE_RECORDS)
+def test_invalid_records_are_refused_and_not_stored(validators: Validators, case: str,
+                                                    why: str) -> None:
+    key, value = hostile_record(case)
     store = RecordStore(validators)
     with pytest.raises(RecordError, match=why):
         store.put(key, value, NOW)
