@@ -215,6 +215,31 @@ def test_validation_hook_reject_penalises_ignore_does_not() -> None:
     assert sent(r) == {}
 
 
+def test_pending_validation_is_concluded_later_and_bounded() -> None:
+    r = make_router(validate=lambda msg: Validation.PENDING, max_pending_validations=2,
+                    validation_timeout_s=5.0)
+    r.subscribe(T, 0.0)
+    joined(r, A, B)
+    r.heartbeat(1.0)
+    r.flush()
+    first, second, third = (signed(5, b"%d" % i, i) for i in (1, 2, 3))
+    assert r.handle_rpc(A, frame(first, second, third), 1.1) == []
+    assert r.statistics()["counters"]["validation_backlog_full"] == 1
+    assert sent(r) == {}  # nothing forwarded before the verdict
+    accepted = r.report_validation(r._message_id(first), Validation.ACCEPT, 1.2)
+    assert [e.message for e in accepted] == [first]
+    assert published(sent(r)[B]) == [first]
+    assert r.report_validation(r._message_id(second), Validation.REJECT, 1.2) == []
+    assert r.score(A) < 0
+    assert r.report_validation(r._message_id(second), Validation.ACCEPT, 1.3) == []
+    assert r.statistics()["counters"]["validation_report_unknown"] == 1
+    # The one refused for lack of room was not marked seen: B's copy gets its chance.
+    r.handle_rpc(B, frame(third), 1.4)
+    r.heartbeat(10.0)
+    assert r.statistics()["counters"]["validation_timeout"] == 1
+    assert r.report_validation(r._message_id(third), Validation.ACCEPT, 10.1) == []
+
+
 def test_validator_crash_does_not_crash_the_router() -> None:
     def boom(msg: m.Message) -> Validation:
         raise RuntimeError("bug in the conversation layer")

@@ -77,6 +77,9 @@ class Validation(enum.Enum):
     ACCEPT = "accept"
     REJECT = "reject"  # invalid: not delivered, not forwarded, P4 for the sender
     IGNORE = "ignore"  # not delivered, not forwarded, no penalty
+    # Decided later with `Router.report_validation` (a validator that must ask
+    # another actor); the message waits, bounded by `max_pending_validations`.
+    PENDING = "pending"
 
 
 Validator = Callable[[Message], Validation]
@@ -149,6 +152,14 @@ class Backpressure:
 
 
 @dataclass
+class _Pending:
+    message: Message
+    encoded: bytes
+    source: bytes
+    since: float
+
+
+@dataclass
 class _Peer:
     protocol: str
     outbound: bool
@@ -182,6 +193,7 @@ class Router:
         self._fanout_last_publish: dict[str, float] = {}
         self._backoff: dict[str, dict[bytes, float]] = {}  # topic -> peer -> expiry
         self._promises: dict[bytes, dict[bytes, float]] = {}  # msg id -> peer -> deadline
+        self._pending: dict[bytes, _Pending] = {}  # awaiting report_validation
         self._mcache = MessageCache(self.params.mcache_len, self.params.mcache_gossip)
         self._seen = SeenCache(self.params.seen_ttl_s)
         self._seqno = 0
@@ -444,12 +456,6 @@ class Router:
             self.counters["msg_invalid_signature"] += 1
             self._score.invalid_delivery(peer, topic)
             return
-        self._seen.add(msg_id, now)
-        self._promises.pop(msg_id, None)
-        if len(encoded) >= self.params.idontwant_min_size:
-            for other in self._mesh.get(topic, ()):
-                if other != peer and self._peers[other].protocol == PROTOCOL_V12:
-                    self._peers[other].queue.add_idontwant([msg_id])
         verdict = Validation.ACCEPT
         if self._validate is not None:
             try:
@@ -457,6 +463,41 @@ class Router:
             except Exception:
                 log.error("validate.crashed", exc=True, topic=topic)
                 verdict = Validation.IGNORE
+        if verdict is Validation.PENDING \
+                and len(self._pending) >= self.params.max_pending_validations:
+            # Not marked seen: a later copy of the message gets another chance.
+            self.counters["validation_backlog_full"] += 1
+            return
+        self._seen.add(msg_id, now)
+        self._promises.pop(msg_id, None)
+        if len(encoded) >= self.params.idontwant_min_size:
+            for other in self._mesh.get(topic, ()):
+                if other != peer and self._peers[other].protocol == PROTOCOL_V12:
+                    self._peers[other].queue.add_idontwant([msg_id])
+        if verdict is Validation.PENDING:
+            self._pending[msg_id] = _Pending(msg, encoded, peer, now)
+            return
+        self._conclude(msg_id, msg, encoded, peer, verdict, events)
+
+    def report_validation(self, msg_id: bytes, verdict: Validation, now: float) -> list[Event]:
+        """The application's late verdict on a message its validator left PENDING.
+        An id that is not pending (unknown, already decided, timed out) changes
+        nothing and is counted."""
+        pending = self._pending.pop(msg_id, None)
+        if pending is None or verdict is Validation.PENDING:
+            if pending is not None:
+                self._pending[msg_id] = pending
+            self.counters["validation_report_unknown"] += 1
+            return []
+        events: list[Event] = []
+        self._conclude(msg_id, pending.message, pending.encoded, pending.source, verdict,
+                       events)
+        return events
+
+    def _conclude(self, msg_id: bytes, msg: Message, encoded: bytes, peer: bytes,
+                  verdict: Validation, events: list[Event]) -> None:
+        topic = msg.topic
+        assert topic is not None
         if verdict is Validation.REJECT:
             self.counters["msg_rejected"] += 1
             self._score.invalid_delivery(peer, topic)
@@ -666,6 +707,10 @@ class Router:
                 state.dont_send = {m: t for m, t in state.dont_send.items() if t > now}
         self._check_promises(now)
         self._expire_backoffs(now)
+        for mid in [m for m, p in self._pending.items()
+                    if now - p.since >= self.params.validation_timeout_s]:
+            del self._pending[mid]
+            self.counters["validation_timeout"] += 1
         for topic in list(self._mesh):
             self._maintain_mesh(topic, now, events)
         self._maintain_fanout(now)
@@ -801,6 +846,7 @@ class Router:
         msg_duplicate, msg_self_origin, msg_invalid_signature, msg_rejected,
         msg_ignored, ihave_over_limit, ihave_unknown_topic, ihave_bad_id,
         iwant_unknown, iwant_over_retransmission, idontwant_over_limit,
+        validation_backlog_full, validation_timeout, validation_report_unknown,
         graft_unknown_topic, graft_during_backoff, graft_low_score, graft_mesh_full,
         gossip_ignored_low_score, px_ignored_low_score, iwant_broken_promises.
         Dropped or refused here: dropped_forward_queue_full, publish_backpressure,

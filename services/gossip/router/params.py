@@ -7,7 +7,6 @@ construction: a bad value is a `ValueError` naming the field, never a silent cla
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 PROTOCOL_V10 = "/meshsub/1.0.0"
@@ -134,6 +133,9 @@ class GossipParams:
     max_topic_length: int = 256
     max_message_id_length: int = 256
     max_topics_per_peer: int = 1000
+    # Messages waiting for a PENDING validation verdict, and for how long.
+    max_pending_validations: int = 1024
+    validation_timeout_s: float = 30.0
     # Outbound queues, per peer (see queues.py for the policy).
     max_forward_queue: int = 1024
     max_own_queue: int = 1024
@@ -152,7 +154,8 @@ class GossipParams:
         _check(1 <= self.mcache_gossip <= self.mcache_len, "mcache_gossip",
                "needs 1 <= mcache_gossip <= mcache_len")
         _check(0.0 <= self.gossip_factor <= 1.0, "gossip_factor", "must be in [0, 1]")
-        for name in ("heartbeat_s", "fanout_ttl_s", "seen_ttl_s", "iwant_followup_s"):
+        for name in ("heartbeat_s", "fanout_ttl_s", "seen_ttl_s", "iwant_followup_s",
+                     "validation_timeout_s"):
             _check(getattr(self, name) > 0, name, "must be > 0")
         for name in ("prune_backoff_s", "unsubscribe_backoff_s", "graft_flood_threshold_s"):
             _check(getattr(self, name) >= 0, name, "must be >= 0")
@@ -161,11 +164,8 @@ class GossipParams:
         _check(self.max_rpc_size >= self.max_message_size + 1024, "max_rpc_size",
                "must exceed max_message_size by at least 1 KiB (framing, control)")
         for name in ("max_topic_length", "max_message_id_length", "max_topics_per_peer",
-                     "max_forward_queue", "max_own_queue"):
+                     "max_forward_queue", "max_own_queue", "max_pending_validations"):
             _check(getattr(self, name) >= 1, name, "must be >= 1")
-
-    def replace(self, **changes: object) -> "GossipParams":
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
 
 def _check(ok: bool, name: str, why: str) -> None:

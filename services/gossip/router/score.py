@@ -122,12 +122,8 @@ class PeerScore:
         p = self.params
         if self._last_decay is None:
             self._last_decay = now
-        rounds = 0
-        while now - self._last_decay >= p.decay_interval_s and rounds < 1000:
-            self._last_decay += p.decay_interval_s
-            rounds += 1
-        if now - self._last_decay >= p.decay_interval_s:
-            self._last_decay = now  # clock jumped far ahead; what decayed is gone anyway
+        rounds = max(0, int((now - self._last_decay) / p.decay_interval_s))
+        self._last_decay += rounds * p.decay_interval_s
         for peer, stats in list(self._peers.items()):
             if not stats.connected and now >= stats.expires_at:
                 del self._peers[peer]
