@@ -6,6 +6,8 @@ P2PM ?= .venv/bin/p2pm
 DEMO_HOME ?= $(CURDIR)/.p2pm-demo
 # A hung test is killed after this many seconds instead of eating CI's time.
 TEST_TIMEOUT ?= 300
+# What `make test` runs; narrow it by hand: make test TESTS=tests/integration/test_cli.py
+TESTS ?= tests/unit tests/integration
 
 .PHONY: setup test test-unit test-integration bench run stop clean
 
@@ -29,7 +31,7 @@ define run_pytest
 endef
 
 test: setup
-	$(call run_pytest,tests/unit tests/integration)
+	$(call run_pytest,$(TESTS))
 
 test-unit: setup
 	$(call run_pytest,tests/unit)

@@ -75,6 +75,12 @@ def test_each_killed_actor_is_restarted_and_the_others_keep_running(node_factory
             {n: p for n, p in before.items() if n != victim}
     assert node.call("keystore", "identity")["peer_id"] == node.peer_id
 
+    # A command sent while its actor restarts is answered by the new process.
+    old = node.pids()["gateway"]
+    os.kill(old, signal.SIGKILL)
+    out = node.p2pm("--json", "call", "gateway", "sys.ping", check=True)
+    assert orjson.loads(out.stdout)["pid"] not in (0, old)
+
 
 def test_clean_stop_of_an_actor_stays_stopped(node: Node) -> None:
     pid = node.pids()["gossip"]
