@@ -1,0 +1,220 @@
+"""Transport processes as supervisord runs them (each node: keystore + transport over
+ipc in its own home): dial, identify and ping both ways; kill -9 of the transport
+(peers redialled, owners re-registered by themselves); kill -9 of an owner actor (its
+streams reset, the connection stays)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import zmq
+
+from p2pm.common import errors
+from p2pm.common.client import open_client
+from p2pm.common.home import Home
+from p2pm.common.identity import create_identity
+from p2pm.services.transport.streams import ProtocolSpec, StreamReset, open_streams
+
+pytestmark = pytest.mark.slow
+
+ECHO = "/p2pm-test/echo/1.0.0"
+DEADLINE = 20.0
+
+
+class ProcNode:
+    """One node's keystore and transport processes, in their own process groups."""
+
+    def __init__(self) -> None:
+        self.home = Home(Path(tempfile.mkdtemp(prefix="p2pm-", dir="/tmp"))).ensure()
+        create_identity(self.home.identity_file, None)
+        self.home.config_file.write_text(
+            '[transport]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n')
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.endpoints = self.home.endpoints()
+
+    def start(self, actor: str) -> None:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("P2PM_HOME", "P2PM_KEYSTORE_KEY", "P2PM_PASSPHRASE")}
+        with open(self.home.logs / f"{actor}.log", "ab") as log:
+            self.procs[actor] = subprocess.Popen(
+                [sys.executable, "-m", "p2pm.common.service", actor,
+                 "--home", str(self.home.root)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill9(self, actor: str) -> None:
+        proc = self.procs.pop(actor)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+    def destroy(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait(10)
+        shutil.rmtree(self.home.root, ignore_errors=True)
+
+    async def call(self, method: str, params: dict[str, Any] | None = None,
+                   **kw: Any) -> Any:
+        # The error leaves the client's nursery unwrapped only if raised outside it.
+        async with open_client(zmq.Context.instance(), self.endpoints.rpc("transport"),
+                               "transport") as client:
+            try:
+                return await client.call(method, params, **kw)
+            except errors.BusError as exc:
+                failure = exc
+        raise failure
+
+    async def wait_up(self) -> dict[str, Any]:
+        with trio.fail_after(DEADLINE):
+            while True:
+                try:
+                    return await self.call("addrs", timeout=1.0, retries=0)
+                except errors.BusError:
+                    await trio.sleep(0.1)
+
+
+@pytest.fixture
+def nodes() -> Iterator[Callable[[], ProcNode]]:
+    made: list[ProcNode] = []
+
+    def make() -> ProcNode:
+        node = ProcNode()
+        made.append(node)
+        node.start("keystore")
+        node.start("transport")
+        return node
+
+    try:
+        yield make
+    finally:
+        for node in made:
+            node.destroy()
+
+
+async def wait_for(condition: Callable[[], Any], what: str) -> Any:
+    with trio.fail_after(DEADLINE):
+        while True:
+            value = await condition()
+            if value:
+                return value
+            await trio.sleep(0.05)
+
+
+async def connected(node: ProcNode, peer_id: str) -> bool:
+    try:
+        return any(p["peer_id"] == peer_id for p in await node.call("peers", timeout=1.0))
+    except errors.BusError:
+        return False
+
+
+async def test_two_transport_processes_dial_identify_and_ping_both_ways(nodes) -> None:  # type: ignore[no-untyped-def]
+    a, b = nodes(), nodes()
+    ida, idb = await a.wait_up(), await b.wait_up()
+    assert all(x.endswith("/p2p/" + ida["peer_id"]) for x in ida["addrs"])
+    await a.call("dial", {"addr": idb["addrs"][0]})
+    for me, other in ((a, idb["peer_id"]), (b, ida["peer_id"])):
+        async def knows_protocols() -> bool:
+            info = await me.call("peer_info", {"peer_id": other})
+            return {"/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"} <= set(info["protocols"])
+
+        await wait_for(knows_protocols, "identify")
+        pong = await me.call("ping", {"peer_id": other})
+        assert pong["peer_id"] == other and pong["rtt_ms"] > 0
+
+
+async def test_kill9_transport_redials_peers_and_owners_reregister(nodes) -> None:  # type: ignore[no-untyped-def]
+    a, b = nodes(), nodes()
+    ida, idb = await a.wait_up(), await b.wait_up()
+    async with open_streams(a.endpoints, "owner", {ECHO: ProtocolSpec()}) as owner, \
+            open_streams(b.endpoints, "remote") as remote:
+        await a.call("dial", {"addr": idb["addrs"][0]})
+        s = await remote.open_stream(ECHO, peer=ida["peer_id"])
+        await owner.accept()
+        epoch = owner.epoch
+        # The peer list reaches the disk before we kill.
+        peers_file = a.home.data / "transport-peers.json"
+
+        async def persisted() -> bool:
+            return peers_file.exists() and idb["peer_id"] in peers_file.read_text()
+
+        await wait_for(persisted, "the peers file")
+        a.kill9("transport")
+        with trio.fail_after(DEADLINE), pytest.raises(StreamReset):
+            await s.receive()  # the remote side sees the stream die with the connection
+        a.start("transport")
+        await a.wait_up()
+        # No manual action: a redials b, and the owner re-registers on the new epoch.
+        await wait_for(lambda: connected(a, idb["peer_id"]), "redial after restart")
+
+        async def reregistered() -> bool:
+            return owner.epoch not in (None, epoch) and owner.restarts == 1
+
+        await wait_for(reregistered, "owner re-registration")
+        with trio.fail_after(DEADLINE):
+            while True:
+                try:
+                    s = await remote.open_stream(ECHO, peer=ida["peer_id"])
+                    break
+                except Exception:
+                    await trio.sleep(0.1)  # until the owner's protocol is back
+            inbound = await owner.accept()
+            await s.send(b"after kill -9")
+            assert await inbound.receive() == b"after kill -9"
+
+
+OWNER_SCRIPT = textwrap.dedent("""
+    import sys, trio
+    from p2pm.common.home import Home
+    from p2pm.services.transport.streams import ProtocolSpec, open_streams
+
+    async def main():
+        endpoints = Home(__import__("pathlib").Path(sys.argv[1])).endpoints()
+        async with open_streams(endpoints, "dht", {sys.argv[2]: ProtocolSpec()}) as c:
+            print("ready", flush=True)
+            async for s in c.inbound():
+                print("stream", flush=True)
+    trio.run(main)
+""")
+
+
+async def test_kill9_of_an_owner_resets_its_streams_not_the_connection(nodes) -> None:  # type: ignore[no-untyped-def]
+    a, b = nodes(), nodes()
+    ida, idb = await a.wait_up(), await b.wait_up()
+    owner = subprocess.Popen([sys.executable, "-c", OWNER_SCRIPT, str(a.home.root), ECHO],
+                             stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert owner.stdout is not None
+        with trio.fail_after(DEADLINE):
+            line = await trio.to_thread.run_sync(owner.stdout.readline)
+        assert line.strip() == b"ready"
+        async with open_streams(b.endpoints, "remote") as remote:
+            s = await remote.open_stream(ECHO, addrs=[ida["addrs"][0]])
+            line = await trio.to_thread.run_sync(owner.stdout.readline)
+            assert line.strip() == b"stream"
+            os.killpg(owner.pid, signal.SIGKILL)
+            # The transport notices the silent owner and resets its stream...
+            with trio.fail_after(DEADLINE), pytest.raises(StreamReset):
+                await s.receive()
+            # ...while the connection between the nodes stays up.
+            assert await connected(b, ida["peer_id"])
+            assert await connected(a, idb["peer_id"])
+    finally:
+        if owner.poll() is None:
+            os.killpg(owner.pid, signal.SIGKILL)
+        owner.wait(10)
+        if owner.stdout is not None:
+            owner.stdout.close()
