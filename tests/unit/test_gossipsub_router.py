@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import Any
 
 import nacl.signing
 import pytest
@@ -22,7 +23,8 @@ ME, A, B, C = PEERS[0], PEERS[1], PEERS[2], PEERS[3]
 T = "room"
 
 
-def make_router(validate=None, score_params=None, **params) -> Router:  # type: ignore[no-untyped-def]
+def make_router(validate: Any = None, score_params: ScoreParams | None = None,
+                **params: Any) -> Router:
     return Router(ME, verify=verify_ed25519, sign=ed25519_signer(KEYS[0]),
                   rng=random.Random(7), validate=validate,
                   params=GossipParams(**params), score_params=score_params)
@@ -381,8 +383,8 @@ def test_ihave_leads_to_iwant_and_broken_promises_cost_score() -> None:
     r.subscribe(T, 0.0)
     joined(r, A)
     ids = [PEERS[5] + (i).to_bytes(8, "big") for i in range(3)]
-    r.handle_rpc(A, frame(control=m.ControlMessage(ihave=(m.ControlIHave(topic_id=T,
-                                                                          message_ids=tuple(ids)),))), 1.0)
+    ihave = m.ControlIHave(topic_id=T, message_ids=tuple(ids))
+    r.handle_rpc(A, frame(control=m.ControlMessage(ihave=(ihave,))), 1.0)
     assert control(sent(r)[A]).iwant == (m.ControlIWant(message_ids=tuple(ids)),)
     r.heartbeat(2.0)
     assert r.score(A) >= 0
@@ -410,7 +412,8 @@ def test_iwant_is_answered_from_mcache_a_limited_number_of_times() -> None:
     joined(r, A)
     res = r.publish(T, b"cached", 1.0)
     r.flush()
-    ask = frame(control=m.ControlMessage(iwant=(m.ControlIWant(message_ids=(res.msg_id, b"nope")),)))
+    iwant = m.ControlIWant(message_ids=(res.msg_id, b"nope"))
+    ask = frame(control=m.ControlMessage(iwant=(iwant,)))
     for _ in range(3):
         r.handle_rpc(A, ask, 1.1)
     assert [x.data for x in published(sent(r)[A])] == [b"cached", b"cached"]
@@ -450,7 +453,8 @@ def test_idontwant_from_v12_peer_skips_forwarding_and_we_send_it_for_big_message
     r.handle_rpc(A, frame(small, big), 1.2)
     out = sent(r)
     assert [x.data for x in published(out[B])] == [big.data]  # small one skipped
-    assert control(out[B]).idontwant == (m.ControlIDontWant(message_ids=(PEERS[5] + (2).to_bytes(8, "big"),)),)
+    big_id = PEERS[5] + (2).to_bytes(8, "big")
+    assert control(out[B]).idontwant == (m.ControlIDontWant(message_ids=(big_id,)),)
     assert control(out[C]).idontwant == ()  # not a 1.2 peer
 
 
