@@ -1,1 +1,8 @@
-"""The dht actor: Kademlia (/ipfs/kad/1.0.0) through the transport's stream API."""
+"""The dht actor: Kademlia (/ipfs/kad/1.0.0) through the transport's stream API.
+
+The protocol is a sans-IO core, usable without the actor: `messages` (the wire
+format), `keyspace` and `routing` (k-buckets), `lookup` (one iterative lookup),
+`records` (strict validators, record and provider stores), `ratelimit`, and `core`
+(`KadCore`, which ties them together and says what to send and when). `sim` runs
+thousands of cores on a simulated network; `actor` is the shell around one core.
+"""

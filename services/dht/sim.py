@@ -28,7 +28,7 @@ from .core import (Action, Config, KadCore, LookupDone, ProvideDone, PutDone,
                    RequestRejected, SendRequest)
 from .keyspace import KEY_BITS, kad_key
 from .lookup import LookupResult
-from .messages import Message, Peer, decode_message, encode_message
+from .messages import Message, Peer, encode_message
 from .records import Validators
 
 _ED25519_PEER_ID_PREFIX = b"\x00\x24\x08\x01\x12\x20"  # identity multihash of an Ed25519 key
