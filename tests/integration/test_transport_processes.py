@@ -218,3 +218,41 @@ async def test_kill9_of_an_owner_resets_its_streams_not_the_connection(nodes) ->
         owner.wait(10)
         if owner.stdout is not None:
             owner.stdout.close()
+
+
+def p2pm(node: ProcNode, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "p2pm.common.cli", "--home",
+                           str(node.home.root), *args], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+
+
+async def test_cli_peers_dial_ping_and_their_errors(nodes) -> None:  # type: ignore[no-untyped-def]
+    import orjson
+
+    a, b = nodes(), nodes()
+    await a.wait_up()
+    idb = await b.wait_up()
+    run = lambda *args: trio.to_thread.run_sync(lambda: p2pm(a, *args))  # noqa: E731
+    assert orjson.loads((await run("peers", "--json")).stdout) == []
+    dialled = await run("dial", idb["addrs"][0])
+    assert dialled.returncode == 0 and idb["peer_id"] in dialled.stdout
+    listed = orjson.loads((await run("peers", "--json")).stdout)
+    assert [p["peer_id"] for p in listed] == [idb["peer_id"]]
+    assert listed[0]["addrs"] and listed[0]["direction"] == "outbound"
+    pong = await run("ping", idb["peer_id"], "--json")
+    assert pong.returncode == 0
+    assert orjson.loads(pong.stdout)["peer_id"] == idb["peer_id"]
+    assert orjson.loads(pong.stdout)["rtt_ms"] > 0
+    human = await run("ping", idb["peer_id"], "-c", "2")
+    assert human.returncode == 0 and "rtt" in human.stdout
+    # Bad input: exit 2 and one clear line. Unreachable: exit 1 and one line.
+    for args, code, words in (
+            (("dial", "not-a-multiaddr"), 2, "not a multiaddr"),
+            (("ping", "nonsense"), 2, "not a peer id"),
+            (("dial", "/ip4/127.0.0.1/tcp/1/p2p/" + idb["peer_id"][:-1] + "x"), None, ""),
+            (("dial", "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWGb2JGNZGzuRLvkLsWRFAGbRXpyyiPz1Hb1d7"
+                      "KSMzXzEY"), 1, "cannot reach")):
+        proc = await run(*args)
+        assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc
+        if code is not None:
+            assert proc.returncode == code and words in proc.stderr, proc
