@@ -6,11 +6,15 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from p2pm.services.dht.core import (CancelRequest, Config, KadCore, LookupDone, ProvideDone,
                                     PutDone, RequestRejected, SendRequest)
 from p2pm.services.dht.keyspace import kad_key
-from p2pm.services.dht.messages import Message, MessageType, Peer, Record, encode_message
+from p2pm.common.protobuf import DecodeError
+from p2pm.services.dht.messages import (Message, MessageType, Peer, Record, decode_message,
+                                        encode_message)
 from p2pm.services.dht.records import (PublicKeyValidator, RecordError, SignedRecordValidator,
                                        Validators)
 from p2pm.services.dht.sim import random_peer_id
@@ -287,3 +291,43 @@ def test_tick_refreshes_stale_buckets_and_looks_itself_up() -> None:
                if s.message.key != core.local.id}
     assert buckets and buckets <= set(range(13))
     assert any(s.message.key == core.local.id for s in later)
+
+
+_peer_st = st.builds(Peer, id=st.binary(min_size=1, max_size=40),
+                     addrs=st.lists(st.binary(max_size=20), max_size=2).map(tuple))
+_message_st = st.builds(
+    Message, type=st.integers(0, 7), key=st.sampled_from([b"", MH_KEY, b"/pk/x", b"/p2pm/a/b"])
+    | st.binary(max_size=40),
+    record=st.none() | st.builds(Record, key=st.binary(max_size=20), value=st.binary(max_size=60)),
+    closer_peers=st.lists(_peer_st, max_size=3).map(tuple),
+    provider_peers=st.lists(_peer_st, max_size=3).map(tuple))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_message_st.map(encode_message), st.binary(max_size=120)))
+def test_any_request_is_answered_or_rejected_never_crashes(data: bytes) -> None:
+    core, _ = make_core(peers=5)
+    sender = Peer(b"\x00\x01fuzz")
+    before = (len(core.records), core.providers.key_count(), len(core.routing))
+    try:
+        reply = core.handle_request_bytes(data, sender, NOW, sender_is_server=True)
+    except RequestRejected:
+        assert (len(core.records), core.providers.key_count(), len(core.routing)) == before
+        return
+    if reply is not None:
+        assert isinstance(encode_message(reply), bytes)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(_message_st.map(encode_message), st.binary(max_size=120)))
+def test_any_reply_is_taken_or_counted_as_a_failure(data: bytes) -> None:
+    core, _ = make_core(peers=3, max_failures=1)
+    _, actions = core.find_node(b"t", NOW)
+    try:
+        usable = decode_message(data).type == MessageType.FIND_NODE
+    except DecodeError:
+        usable = False
+    for req in sends(actions):
+        core.handle_reply(req.request_id, data, NOW)
+        # an answer we can use keeps the peer; anything else evicts it (max_failures=1)
+        assert (req.peer.id in core.routing) == usable

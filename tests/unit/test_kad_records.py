@@ -157,3 +157,21 @@ def test_provider_store_refuses_beyond_its_limits() -> None:
     assert not store.add(b"k1", Peer(b"c"), NOW)
     assert not store.add(b"k2", Peer(b"a"), NOW)
     assert store.get(b"k1", NOW) == [Peer(b"a"), Peer(b"b")] and store.get(b"k2", NOW) == []
+
+
+def test_records_signed_by_the_node_identity_verify_with_it() -> None:
+    from p2pm.common import identity
+    signer = nacl.signing.SigningKey(bytes([7]) * 32)
+    raw = bytes(signer.verify_key)
+    assert pb.encode(PublicKey(1, raw)) == identity.public_key_proto(raw)
+    owner = peer_id_of_public_key(identity.public_key_proto(raw))
+    key = p2pm_record_key("profile", owner)
+    body = signed_bytes(key, owner, 1, int(NOW + 60), b"v")
+    value = pb.encode(SignedValue(owner, 1, int(NOW + 60), b"v",
+                                  identity.sign(signer, RECORD_DOMAIN, body)))
+    strict = Validators(SignedRecordValidator(identity.verify))
+    strict.validate(key, value, NOW)
+    forged = pb.encode(SignedValue(owner, 2, int(NOW + 60), b"v",
+                                   identity.sign(signer, RECORD_DOMAIN, body)))
+    with pytest.raises(RecordError, match="bad signature"):
+        strict.validate(key, forged, NOW)
