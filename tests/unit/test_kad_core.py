@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2pm.common.protobuf import DecodeError
 from p2pm.services.dht.core import (CancelRequest, Config, KadCore, LookupDone, ProvideDone,
                                     PutDone, RequestRejected, SendRequest)
 from p2pm.services.dht.keyspace import kad_key
-from p2pm.common.protobuf import DecodeError
 from p2pm.services.dht.messages import (Message, MessageType, Peer, Record, decode_message,
                                         encode_message)
 from p2pm.services.dht.records import (PublicKeyValidator, RecordError, SignedRecordValidator,
