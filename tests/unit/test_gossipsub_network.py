@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from p2pm.services.gossip.router import GossipParams
+from p2pm.services.gossip.router import PROTOCOL_V10, PROTOCOL_V11, PROTOCOL_V12, GossipParams
 from p2pm.services.gossip.router import messages as m
 from p2pm.services.gossip.router.sim import Simulation, ring_with_chords
 
@@ -31,6 +31,23 @@ def test_every_message_reaches_every_subscriber_exactly_once() -> None:
         # Exactly once: one MessageReceived per message, duplicates only on the wire.
         assert node.deliveries == len(node.received) == 60 - sum(
             1 for author, _ in sim.published.values() if author == node.index)
+
+
+def test_mixed_v10_v11_v12_network_delivers_everything_once() -> None:
+    n = 9
+    versions = [PROTOCOL_V10, PROTOCOL_V11, PROTOCOL_V12]
+    sim = Simulation(n, ring_with_chords(n, 1, random.Random(4)), seed=4,
+                     params=GossipParams(idontwant_min_size=300),
+                     protocols={i: versions[i % 3] for i in range(n)})
+    for i in range(n):
+        sim.subscribe(i, T)
+    sim.run_until(3.0)
+    for k in range(30):
+        sim.publish(k % n, T, bytes([k]) * (50 if k % 2 else 500), at=3.0 + k * 0.05)
+    sim.run_until(8.0)
+    report = sim.delivery_report(list(range(n)))
+    assert report["delivered"] == report["expected"] == 30 * (n - 1)
+    assert all(node.deliveries == len(node.received) for node in sim.nodes)
 
 
 def test_late_joiner_gets_missed_messages_through_ihave_iwant() -> None:

@@ -376,6 +376,29 @@ def test_unsubscribe_prunes_mesh_with_short_backoff() -> None:
     assert r.mesh(T) == set()
 
 
+def test_direct_peers_get_every_message_stay_out_of_the_mesh_and_are_never_graylisted() -> None:
+    r = make_router(flood_publish=False)
+    r.subscribe(T, 0.0)
+    joined(r, A, B)
+    r.add_peer(C, PROTOCOL_V11, outbound=True, now=0.0, direct=True)
+    r.handle_rpc(C, frame(subs=(T,)), 0.0)
+    r.heartbeat(1.0)
+    assert r.mesh(T) == {A, B}
+    r.flush()
+    relayed = signed(5, b"relayed", 1)
+    r.handle_rpc(A, frame(relayed), 1.1)
+    r.publish(T, b"own", 1.2)
+    assert [x.data for x in published(sent(r)[C])] == [b"own", b"relayed"]  # own first
+    graft = frame(control=m.ControlMessage(graft=(m.ControlGraft(topic_id=T),)))
+    r.handle_rpc(C, graft, 1.3)
+    assert C not in r.mesh(T) and control(sent(r)[C]).prune
+    for seq in range(2, 6):  # a misbehaving direct peer is still heard
+        r.handle_rpc(C, frame(dataclasses.replace(signed(5, b"x", seq), data=b"y")), 1.4)
+    assert r.score(C) < r._score.params.graylist_threshold
+    ok = signed(6, b"still heard", 1)
+    assert [e.message for e in r.handle_rpc(C, frame(ok), 1.5)] == [ok]
+
+
 # -- gossip ----------------------------------------------------------------------------
 
 def test_ihave_leads_to_iwant_and_broken_promises_cost_score() -> None:

@@ -35,7 +35,8 @@ shadow the genuine message.
 
 Protocol awareness per peer: towards `/meshsub/1.0.0` peers a PRUNE carries neither
 peer exchange nor backoff, and their early re-GRAFT is refused without the P7
-penalty (they cannot know our backoff); IDONTWANT goes only to 1.2 peers.
+penalty (they cannot know our backoff); IDONTWANT goes only to 1.2 peers. Direct
+peers (v1.1 explicit peering) stay outside the mesh and get every message.
 
 Every input a peer controls is bounded: IHAVE messages and advertised ids per
 heartbeat, IWANT retransmissions per message, IDONTWANT ids per heartbeat, topics
@@ -163,6 +164,7 @@ class _Pending:
 class _Peer:
     protocol: str
     outbound: bool
+    direct: bool = False  # v1.1 explicit peering: outside the mesh, always forwarded to
     topics: set[str] = field(default_factory=set)
     queue: PeerQueue = field(default_factory=PeerQueue)
     # Per-heartbeat spam budgets, reset every heartbeat.
@@ -201,8 +203,13 @@ class Router:
         self.counters: Counter[str] = Counter()
 
     # -- peers -------------------------------------------------------------------------
-    def add_peer(self, peer: bytes, protocol: str, *, outbound: bool, now: float) -> None:
-        """A pubsub stream to `peer` is up. Our subscriptions go to it on next flush."""
+    def add_peer(self, peer: bytes, protocol: str, *, outbound: bool, now: float,
+                 direct: bool = False) -> None:
+        """A pubsub stream to `peer` is up. Our subscriptions go to it on next flush.
+
+        A `direct` peer (v1.1 explicit peering, e.g. the user's own other devices) is
+        never in the mesh, gets every message of its topics, and its RPCs are taken
+        whatever its score."""
         if protocol not in PROTOCOLS:
             raise ValueError(f"unsupported pubsub protocol {protocol!r}; "
                              f"one of {', '.join(PROTOCOLS)}")
@@ -211,7 +218,7 @@ class Router:
         if peer in self._peers:
             self._peers[peer].protocol = protocol
             return
-        state = _Peer(protocol, outbound)
+        state = _Peer(protocol, outbound, direct)
         state.queue.subscriptions.update(dict.fromkeys(sorted(self._topics), True))
         self._peers[peer] = state
         self._score.add_peer(peer)
@@ -353,17 +360,19 @@ class Router:
 
     def _publish_targets(self, topic: str, now: float) -> list[bytes]:
         threshold = self._score.params.publish_threshold
+        members = self._topic_peers.get(topic, set())
+        direct = [p for p in members if self._peers[p].direct]
         if self.params.flood_publish:
-            return [p for p in self._topic_peers.get(topic, ())
-                    if self._score.score(p) >= threshold]
+            return direct + [p for p in members if not self._peers[p].direct
+                             and self._score.score(p) >= threshold]
         if topic in self._topics:
-            return list(self._mesh.get(topic, ()))
+            return direct + list(self._mesh.get(topic, ()))
         fanout = self._fanout.get(topic)
         if not fanout:
-            candidates = [p for p in self._topic_peers.get(topic, ())
-                          if self._score.score(p) >= threshold]
+            candidates = [p for p in members if not self._peers[p].direct
+                          and self._score.score(p) >= threshold]
             fanout = self._fanout[topic] = set(self._pick(candidates, self.params.d))
-        return list(fanout)
+        return direct + list(fanout)
 
     # -- receiving ---------------------------------------------------------------------
     def handle_rpc(self, peer: bytes, frame: bytes, now: float) -> list[Event]:
@@ -384,7 +393,8 @@ class Router:
             self.counters["rpc_malformed"] += 1
             log.debug("rpc.malformed", peer=peer.hex()[:16], error=str(exc))
             return []
-        if self._score.score(peer) < self._score.params.graylist_threshold:
+        if not state.direct \
+                and self._score.score(peer) < self._score.params.graylist_threshold:
             self.counters["rpc_graylisted"] += 1
             return []
         if unknown_control:
@@ -510,7 +520,8 @@ class Router:
         self._mcache.put(msg_id, msg, encoded)
         events.append(MessageReceived(msg_id, topic, msg, peer))
         part = publish_field(encoded)
-        for other in self._mesh.get(topic, ()):
+        direct = [q for q in self._topic_peers.get(topic, ()) if self._peers[q].direct]
+        for other in self._mesh.get(topic, set()).union(direct):
             if other == peer or other == msg.from_:
                 continue
             target = self._peers[other]
@@ -600,6 +611,12 @@ class Router:
         mesh = self._mesh.setdefault(topic, set())
         if peer in mesh:
             return
+        if state.direct:
+            # The spec calls this an error of the other side: refuse, log, no penalty.
+            self.counters["graft_from_direct"] += 1
+            log.warning("graft.from_direct_peer", peer=peer.hex()[:16], topic=topic)
+            self._prune(peer, topic, now, events, px=False, in_mesh=False)
+            return
         expiry = self._backoff.get(topic, {}).get(peer)
         if expiry is not None and now < expiry:
             self.counters["graft_during_backoff"] += 1
@@ -683,8 +700,8 @@ class Router:
     def _graft_candidates(self, topic: str, now: float) -> list[bytes]:
         mesh = self._mesh.get(topic, set())
         return [p for p in self._topic_peers.get(topic, ())
-                if p not in mesh and not self._in_backoff(topic, p, now)
-                and self._score.score(p) >= 0]
+                if p not in mesh and not self._peers[p].direct
+                and not self._in_backoff(topic, p, now) and self._score.score(p) >= 0]
 
     def _pick(self, items: Iterable[bytes], n: int) -> list[bytes]:
         pool = sorted(items)  # sorted first: a seeded rng gives the same choice every run
@@ -790,13 +807,12 @@ class Router:
                 del self._fanout[topic]
                 self._fanout_last_publish.pop(topic, None)
                 continue
+            eligible = {q for q in self._topic_peers.get(topic, ())
+                        if not self._peers[q].direct and self._score.score(q) >= threshold}
             members = self._fanout[topic]
-            members &= {q for q in self._topic_peers.get(topic, ())
-                        if self._score.score(q) >= threshold}
+            members &= eligible
             if len(members) < self.params.d:
-                candidates = [q for q in self._topic_peers.get(topic, ())
-                              if q not in members and self._score.score(q) >= threshold]
-                members.update(self._pick(candidates, self.params.d - len(members)))
+                members.update(self._pick(eligible - members, self.params.d - len(members)))
 
     def _emit_gossip(self) -> None:
         p = self.params
@@ -807,7 +823,8 @@ class Router:
                 continue
             exclude = self._mesh.get(topic, set()) | self._fanout.get(topic, set())
             candidates = [q for q in self._topic_peers.get(topic, ())
-                          if q not in exclude and self._score.score(q) >= threshold]
+                          if q not in exclude and not self._peers[q].direct
+                          and self._score.score(q) >= threshold]
             target = max(p.d_lazy, int(p.gossip_factor * len(candidates)))
             if len(ids) > p.max_ihave_length:
                 ids = self._rng.sample(ids, p.max_ihave_length)
@@ -847,7 +864,7 @@ class Router:
         msg_ignored, ihave_over_limit, ihave_unknown_topic, ihave_bad_id,
         iwant_unknown, iwant_over_retransmission, idontwant_over_limit,
         validation_backlog_full, validation_timeout, validation_report_unknown,
-        graft_unknown_topic, graft_during_backoff, graft_low_score, graft_mesh_full,
+        graft_unknown_topic, graft_from_direct, graft_during_backoff, graft_low_score, graft_mesh_full,
         gossip_ignored_low_score, px_ignored_low_score, iwant_broken_promises.
         Dropped or refused here: dropped_forward_queue_full, publish_backpressure,
         own_discarded_on_disconnect, forward_discarded_on_disconnect. Activity:
