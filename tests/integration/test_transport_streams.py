@@ -1,6 +1,7 @@
 """Two transports (each with its keystore) in one trio loop over real loopback TCP:
 dial, identify, ping, the stream API (echo, messages, flow control, close and reset),
-limits and bad input. (Restarts need real processes: test_transport_processes.py.)"""
+limits, peer events and bad input. (Restarts need real processes, whose ipc sockets
+reconnect: test_transport_processes.py.)"""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from contextlib import asynccontextmanager
 
 import pytest
 import trio
+import zmq
 
 from p2pm.common import errors
-from p2pm.services.transport.frames import DEFAULT_WINDOW, CHUNK
+from p2pm.common.actor import Actor, ActorRuntime, on_event
+from p2pm.common.zmqtrio import AsyncSocket
+from p2pm.services.transport.frames import CHUNK, DEFAULT_WINDOW, encode_sid
 from p2pm.services.transport.streams import (ProtocolSpec, Stream, StreamClient, StreamError,
-                                             StreamReset, open_streams)
+                                             StreamReset, open_streams, streams_endpoint)
 from p2pm.services.transport.testing import LocalNode, open_test_node
 
 ECHO = "/p2pm-test/echo/1.0.0"
@@ -253,3 +257,63 @@ async def test_second_owner_of_a_protocol_is_refused() -> None:
         async with open_streams(a.endpoints, "dht", {ECHO: ProtocolSpec()}), \
                 open_streams(a.endpoints, "gossip", {ECHO: ProtocolSpec()}) as other:
             assert "dht" in other.refused[ECHO]
+
+
+class EventLog(Actor):
+    """Subscribes to the transport's peer events, as the dht and gossip will."""
+
+    name = "eventlog"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, dict]] = []
+
+    @on_event("transport.peer")
+    async def _peer(self, topic: str, data: dict) -> None:
+        self.events.append((topic, data))
+
+
+async def test_peer_events_connected_identified_disconnected() -> None:
+    async with two_nodes() as (a, b):
+        log = EventLog()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ActorRuntime(log, a.endpoints).serve)
+            await trio.sleep(0.2)  # PUB/SUB joins asynchronously
+            await a.call("dial", {"addr": b.addrs[0]})
+            await wait_until(lambda: any(t.endswith("identified") for t, _ in log.events))
+            await a.call("hangup", {"peer_id": b.peer_id})
+            await wait_until(lambda: any(t.endswith("disconnected") for t, _ in log.events))
+            by_topic = {t: d for t, d in log.events}
+            assert by_topic["transport.peer.connected"]["peer_id"] == b.peer_id
+            assert by_topic["transport.peer.connected"]["direction"] == "outbound"
+            ident = by_topic["transport.peer.identified"]
+            assert ident["peer_id"] == b.peer_id and "/ipfs/ping/1.0.0" in ident["protocols"]
+            assert ident["addrs"]
+            assert by_topic["transport.peer.disconnected"] == {"peer_id": b.peer_id}
+            nursery.cancel_scope.cancel()
+
+
+async def test_garbage_on_the_stream_socket_changes_nothing() -> None:
+    async with open_test_node("a") as a:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(streams_endpoint(a.endpoints))
+        rogue = AsyncSocket(sock)
+        try:
+            for frames in ([b"junk"], [b"R", b"12345678", b"not json"],
+                           [b"R", encode_sid(0), b'{"owner": 5}'],
+                           [b"O", encode_sid(1), b"{}"],  # not registered
+                           [b"D", encode_sid(99), b"data"], [b"Z", encode_sid(0), b""],
+                           [b"R", encode_sid(0), b'{"owner": "x", "instance": "i", '
+                                                 b'"protocols": {"bad": {}}}']):
+                await rogue.send_multipart(frames)
+            # An OPEN before registering is answered with a reset, not silence.
+            with trio.fail_after(5):
+                reply = await rogue.recv_multipart()
+            assert reply[0] == b"X"
+            await wait_until(lambda: a.transport.hub.counters["bad_frames"] >= 4)
+            assert not a.transport.hub.owners
+            async with open_streams(a.endpoints, "fine", {ECHO: ProtocolSpec()}) as ok:
+                assert ok.epoch and not ok.refused
+        finally:
+            rogue.close(linger_ms=0)
