@@ -41,9 +41,9 @@ import random
 from collections.abc import Callable
 
 from p2pm.common.log import get_logger
-from p2pm.common.protobuf import DecodeError, decode_uvarint
+from p2pm.common.protobuf import DecodeError
 
-from .keyspace import MAX_REFRESH_CPL, kad_key, random_key_in_bucket
+from .keyspace import MAX_REFRESH_CPL, is_multihash, kad_key, random_key_in_bucket
 from .lookup import Lookup, LookupKind, LookupResult
 from .messages import Message, MessageType, Peer, Record, decode_message
 from .ratelimit import RateLimiter
@@ -138,17 +138,10 @@ class _Put:
     failed: list[bytes]
 
 
-def _is_multihash(key: bytes) -> bool:
-    """ADD_PROVIDER/GET_PROVIDERS keys are multihashes: <code varint><len varint><digest>."""
-    try:
-        _, pos = decode_uvarint(key, 0)
-        length, pos = decode_uvarint(key, pos)
-    except DecodeError:
-        return False
-    return 0 < length == len(key) - pos
-
-
 class KadCore:
+    """One node's DHT. `server_mode` may be flipped by the shell as reachability changes
+    (spec: only publicly reachable nodes serve; client-mode nodes only query)."""
+
     def __init__(self, local: Peer, validators: Validators, config: Config = Config(),
                  server_mode: bool = True) -> None:
         self.local = local
@@ -187,6 +180,8 @@ class KadCore:
     def handle_request(self, msg: Message, sender: Peer, now: float,
                        sender_is_server: bool = False) -> Message | None:
         """Answer one inbound request; None means the type takes no reply."""
+        if not self.server_mode:
+            raise RequestRejected("client mode: this node does not serve the DHT")
         if not self.limiter.allow(sender.id, now):
             raise RequestRejected("rate limited")
         handler = _HANDLERS.get(msg.type)
@@ -231,7 +226,7 @@ class KadCore:
 
     def _on_add_provider(self, msg: Message, sender: Peer, now: float) -> None:
         key = self._need_key(msg)
-        if not _is_multihash(key):
+        if not is_multihash(key):
             raise RequestRejected("ADD_PROVIDER key is not a multihash")
         mine = [p for p in msg.provider_peers if p.id == sender.id]
         if not mine:
@@ -243,7 +238,7 @@ class KadCore:
 
     def _on_get_providers(self, msg: Message, sender: Peer, now: float) -> Message:
         key = self._need_key(msg)
-        if not _is_multihash(key):
+        if not is_multihash(key):
             raise RequestRejected("GET_PROVIDERS key is not a multihash")
         providers = tuple(self.providers.get(key, now)[:self.config.k])
         return Message(type=MessageType.GET_PROVIDERS, key=key, provider_peers=providers,
@@ -262,7 +257,7 @@ class KadCore:
         return self._start(LookupKind.GET_VALUE, key, now, "user")
 
     def get_providers(self, key: bytes, now: float) -> tuple[int, list[Action]]:
-        if not _is_multihash(key):
+        if not is_multihash(key):
             raise ValueError("provider keys are multihashes")
         return self._start(LookupKind.GET_PROVIDERS, key, now, "user")
 
@@ -275,7 +270,7 @@ class KadCore:
 
     def provide(self, key: bytes, now: float) -> tuple[int, list[Action]]:
         """Announce ourselves as a provider of `key`, and keep doing so every 22 h."""
-        if not _is_multihash(key):
+        if not is_multihash(key):
             raise ValueError("provider keys are multihashes")
         self.providers.add(key, self.local, now)
         self._provided[key] = now + self.config.provider_republish

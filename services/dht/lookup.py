@@ -30,7 +30,7 @@ import dataclasses
 import enum
 from collections.abc import Callable
 
-from .keyspace import kad_key
+from .keyspace import is_multihash, kad_key
 from .messages import Message, MessageType, Peer
 
 
@@ -111,8 +111,8 @@ class Lookup:
     # -- candidates ---------------------------------------------------------------------
 
     def _add_candidate(self, peer: Peer, hop: int) -> None:
-        if peer.id == self.local_id or peer.id in self._candidates:
-            return
+        if peer.id == self.local_id or peer.id in self._candidates or not is_multihash(peer.id):
+            return  # ourselves, known already, or not a peer ID anyone could dial
         distance = kad_key(peer.id) ^ self.target
         self._candidates[peer.id] = Candidate(peer, distance, hop)
         bisect.insort(self._order, (distance, peer.id))
@@ -204,7 +204,7 @@ class Lookup:
             self._take_value(cand.peer, reply)
         elif self.kind is LookupKind.GET_PROVIDERS:
             for provider in reply.provider_peers:
-                if len(self._providers) < self.want_providers:
+                if len(self._providers) < self.want_providers and is_multihash(provider.id):
                     self._providers.setdefault(provider.id, provider)
         self._check_done()
 

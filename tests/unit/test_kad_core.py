@@ -331,3 +331,14 @@ def test_any_reply_is_taken_or_counted_as_a_failure(data: bytes) -> None:
         core.handle_reply(req.request_id, data, NOW)
         # an answer we can use keeps the peer; anything else evicts it (max_failures=1)
         assert (req.peer.id in core.routing) == usable
+
+
+def test_client_mode_serves_nothing_but_still_queries() -> None:
+    core, _ = make_core(peers=5)
+    core.server_mode = False
+    with pytest.raises(RequestRejected, match="client mode"):
+        core.handle_request(Message(type=MessageType.FIND_NODE, key=b"k"), Peer(b"\x00\x01s"),
+                            NOW, sender_is_server=True)
+    assert len(core.routing) == 5
+    _, actions = core.find_node(b"k", NOW)
+    assert len(sends(actions)) == 3

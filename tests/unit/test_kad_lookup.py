@@ -157,3 +157,12 @@ def test_get_providers_deduplicates_and_stops_at_enough(want: int) -> None:
         if lookup.done:
             break
     assert lookup.done and [p.id for p in lookup.result().providers] == [p.id for p in provs[:want]]
+
+
+def test_named_peers_that_are_not_peer_ids_are_ignored() -> None:
+    seeds = peers(1)
+    lookup = find(seeds, k=5, alpha=3)
+    (first,) = lookup.poll(0.0)
+    bogus = (Peer(b"x"), Peer(b"\x12\x20short"), Peer(b"me"))  # not multihashes, or ourselves
+    lookup.on_reply(first.id, reply(*bogus, *peers(2, seed=4)))
+    assert len(lookup.poll(0.0)) == 2 and len(lookup._candidates) == 3
