@@ -279,7 +279,7 @@ class Router:
         fanout = self._fanout.pop(topic, set())
         self._fanout_last_publish.pop(topic, None)
         events: list[Event] = []
-        for peer in fanout:
+        for peer in sorted(fanout):
             if len(mesh) < self.params.d and self._score.score(peer) >= 0:
                 self._graft(peer, topic, now, events)
         if len(mesh) < self.params.d:
