@@ -29,7 +29,7 @@ from .core import (Action, Config, KadCore, LookupDone, ProvideDone, PutDone,
 from .keyspace import KEY_BITS, kad_key
 from .lookup import LookupResult
 from .messages import Message, Peer, encode_message
-from .records import Validators
+from .records import PublicKeyValidator, Validators
 
 _ED25519_PEER_ID_PREFIX = b"\x00\x24\x08\x01\x12\x20"  # identity multihash of an Ed25519 key
 
@@ -264,3 +264,35 @@ def measure(size: int, lookups: int, churn: float, seed: int = 1,
         "latency_median": statistics.median(s.latency for s in stats),
         "messages": net.messages,
     }
+
+
+def measure_records(size: int, records: int, churn: float, seed: int = 1,
+                    wire: bool = False) -> dict[str, Any]:
+    """Publish `records` /pk/ records from random nodes, take `churn` of the nodes
+    offline, then read each record back from another random online node."""
+    net = Network(size, seed=seed, wire=wire, validators=Validators(PublicKeyValidator()))
+    net.fill_tables()
+    rng = random.Random(seed + 2)
+    publishers = rng.sample(sorted(net.nodes), records)
+    stored: list[int] = []
+    for pid in publishers:
+        key, value = b"/pk/" + pid, pid[2:]  # an identity peer ID inlines its public key
+        op_id = net.start(pid, lambda c, k=key, v=value: c.put_value(k, v, net.now))
+        net.run()
+        stored.append(len(net.result(pid, op_id).stored_at))
+    net.set_churn(churn)
+    online = net.online_ids()
+    found = 0
+    rounds: list[int] = []
+    for pid in publishers:
+        reader = pid
+        while reader == pid:
+            reader = rng.choice(online)
+        op_id = net.start(reader, lambda c, k=b"/pk/" + pid: c.get_value(k, net.now))
+        net.run()
+        result: LookupResult = net.result(reader, op_id).result
+        found += result.value == pid[2:]
+        rounds.append(result.rounds)
+    return {"nodes": size, "records": records, "churn": churn,
+            "stored_at_mean": statistics.fmean(stored), "found": found / records,
+            "rounds_median": statistics.median(rounds), "rounds_max": max(rounds)}

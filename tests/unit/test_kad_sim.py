@@ -10,7 +10,7 @@ import pytest
 
 from p2pm.services.dht.core import LookupDone, ProvideDone, PutDone
 from p2pm.services.dht.records import PublicKeyValidator, SignedRecordValidator, Validators
-from p2pm.services.dht.sim import Network, measure
+from p2pm.services.dht.sim import Network, measure, measure_records
 
 from .test_kad_records import Owner, nacl_verify
 
@@ -103,3 +103,8 @@ def test_simulation_is_deterministic_and_wire_encoding_changes_nothing() -> None
     wired = measure(300, 15, churn=0.2, seed=5, wire=True)
     assert plain == again == wired
     assert plain["success"] >= 0.9
+
+
+def test_records_survive_churn_after_they_were_put() -> None:
+    got = measure_records(SIZE, 20, churn=0.3, seed=3)
+    assert got["stored_at_mean"] == 20 and got["found"] == 1.0
