@@ -159,7 +159,7 @@ class KadCore:
         self._puts: dict[int, _Put] = {}
         self._provided: dict[bytes, float] = {}  # key -> when to republish
         self._refreshing: set[int] = set()
-        self._next_maintenance: float | None = None
+        self._next_maintenance = float("-inf")  # the first tick bootstraps the table
         self._self_lookup_due = 0.0
 
     def _new_id(self) -> int:
@@ -403,12 +403,10 @@ class KadCore:
 
     # -- timers -------------------------------------------------------------------------
 
-    def next_deadline(self) -> float | None:
-        times = [p.deadline for p in self._pending.values()]
-        times += self._provided.values()
-        if self._next_maintenance is not None:
-            times.append(self._next_maintenance)
-        return min(times) if times else None
+    def next_deadline(self) -> float:
+        """When `tick` is due next (-inf before the first tick: call it at start)."""
+        return min([self._next_maintenance, *self._provided.values(),
+                    *(p.deadline for p in self._pending.values())])
 
     def tick(self, now: float, rng: random.Random) -> list[Action]:
         """Everything due at `now`: timeouts, refreshes, republishing, expiry."""
@@ -419,7 +417,7 @@ class KadCore:
                 actions += self._failed(rid, pending, now)
         for key in [k for k, due in self._provided.items() if due <= now]:
             actions += self.provide(key, now)[1]
-        if self._next_maintenance is None or self._next_maintenance <= now:
+        if self._next_maintenance <= now:
             self._next_maintenance = now + MAINTENANCE_INTERVAL
             self.records.expire(now)
             self.providers.expire(now)

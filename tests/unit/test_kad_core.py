@@ -173,7 +173,7 @@ def test_lookup_keeps_alpha_in_flight_and_survives_timeouts_and_bad_replies() ->
     refill = sends(actions)
     assert len(refill) == 2  # two more to keep three in flight
     assert garbage.peer.id not in core.routing  # a broken reply counts as a failure
-    assert core.next_deadline() == NOW + 5.0
+    assert core.next_deadline() == float("-inf")  # never ticked: maintenance is due
     actions = core.tick(NOW + 5.0, random.Random(0))
     assert silent.peer.id not in core.routing  # timed out: evicted (max_failures=1)
     assert core.handle_reply(silent.request_id, Message(type=MessageType.FIND_NODE),
@@ -284,6 +284,7 @@ def test_tick_refreshes_stale_buckets_and_looks_itself_up() -> None:
     first = sends(core.tick(NOW, random.Random(1)))
     assert any(s.message.key == core.local.id for s in first)  # the self-lookup
     _answer_all(core, first, NOW)
+    assert core.next_deadline() == NOW + 60.0  # nothing in flight: the next maintenance
     assert not any(s.message.key == core.local.id
                    for s in sends(core.tick(NOW + 120, random.Random(1))))
     later = sends(core.tick(NOW + 700, random.Random(1)))
