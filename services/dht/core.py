@@ -12,7 +12,7 @@ simulator in `sim.py`) feeds it four kinds of input and performs what comes out:
     find_node / get_value / get_providers /
     put_value / provide (..., now)            ->    (operation id, [actions])
     handle_reply(request_id, msg, now),
-    handle_failure(request_id, now)           ->    [actions]
+    handle_failure(request_id, now, refused)  ->    [actions]
     tick(now, rng)                            ->    [actions]; call it again at
                                                     next_deadline() at the latest
 
@@ -386,15 +386,20 @@ class KadCore:
             actions += self._advance(pending.op_id, now)
         return actions
 
-    def handle_failure(self, request_id: int, now: float) -> list[Action]:
-        """One of our requests failed: no connection, stream reset, or a bad reply."""
+    def handle_failure(self, request_id: int, now: float,
+                       refused: bool = False) -> list[Action]:
+        """One of our requests failed: no connection or no answer in time, or, with
+        `refused`, the peer reset the stream after reading it (it is alive but said no,
+        e.g. it holds a newer record or rate-limits us: no mark against its liveness)."""
         pending = self._pending.pop(request_id, None)
         if pending is None:
             return []
-        return self._failed(request_id, pending, now)
+        return self._failed(request_id, pending, now, refused)
 
-    def _failed(self, rid: int, pending: _Pending, now: float) -> list[Action]:
-        self.routing.peer_failed(pending.peer.id)
+    def _failed(self, rid: int, pending: _Pending, now: float,
+                refused: bool = False) -> list[Action]:
+        if not refused:
+            self.routing.peer_failed(pending.peer.id)
         actions = self._settle_put(rid, pending, False)
         if pending.op_id is not None and pending.op_id in self._ops:
             self._ops[pending.op_id].lookup.on_failure(pending.peer.id)

@@ -176,7 +176,8 @@ class Network:
 
             def back() -> None:
                 if answer is None:
-                    self.perform(node, node.core.handle_failure(req.request_id, self.now))
+                    self.perform(node, node.core.handle_failure(req.request_id, self.now,
+                                                                refused=True))
                 else:
                     self.perform(node, node.core.handle_reply(req.request_id, answer, self.now))
             self._at(self.now + self._delay(), back)

@@ -343,3 +343,21 @@ def test_client_mode_serves_nothing_but_still_queries() -> None:
     assert len(core.routing) == 5
     _, actions = core.find_node(b"k", NOW)
     assert len(sends(actions)) == 3
+
+
+def test_a_refusal_fails_the_request_but_not_the_peer() -> None:
+    core, _ = make_core(peers=3, k=3, max_failures=1)
+    key, value = Owner(1).record("profile", b"v")
+    _, actions = core.put_value(key, value, NOW)
+    seen = list(actions)
+    for req in sends(actions):  # the lookup: everyone answers with nobody new
+        seen += core.handle_reply(req.request_id, Message(type=MessageType.FIND_NODE), NOW)
+    puts = [s for s in sends(seen) if s.message.type == MessageType.PUT_VALUE]
+    assert len(puts) == 3
+    seen += core.handle_failure(puts[0].request_id, NOW, refused=True)  # holds a newer one
+    seen += core.handle_failure(puts[1].request_id, NOW)  # unreachable
+    seen += core.handle_reply(puts[2].request_id, puts[2].message, NOW)
+    (put_done,) = done(seen, PutDone)
+    assert put_done.stored_at == (puts[2].peer.id,)
+    assert set(put_done.failed) == {puts[0].peer.id, puts[1].peer.id}
+    assert puts[0].peer.id in core.routing and puts[1].peer.id not in core.routing
