@@ -66,6 +66,7 @@ class Command(click.Command):
 
 class Group(click.Group):
     command_class = Command
+    group_class = type  # sub-groups are Groups too, so their commands get --json
 
 
 @click.group(cls=Group)

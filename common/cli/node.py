@@ -106,8 +106,9 @@ def init(obj: Ctx, no_passphrase: bool, passphrase_file: Path | None,
     if transport:
         overrides["transport"] = transport
     try:
-        home.endpoints().rpc("keystore")
-    except ValueError as exc:
+        for actor in ACTORS:
+            home.endpoints().events(actor)
+    except ValueError as exc:  # too long for a unix socket path
         fail(str(exc), EXIT_USAGE)
     passphrase = None if no_passphrase else _passphrase(passphrase_file, confirm=True)
 

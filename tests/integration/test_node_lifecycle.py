@@ -28,7 +28,7 @@ PASSPHRASE = "correct horse battery staple"
 
 def test_fresh_node_comes_up_with_every_actor_healthy(node: Node) -> None:
     assert set(node.up_output["actors"]) == set(ACTORS)
-    assert all(row["healthy"] for row in node.up_output["actors"].values())
+    assert all(row["healthy"] for row in node.up_output["actors"].values()), node.up_output
     assert node.up_output["peer_id"] == node.peer_id
     print(f"\ntime to healthy after up: {node.up_output['healthy_after_s']:.3f}s")
 
@@ -36,9 +36,9 @@ def test_fresh_node_comes_up_with_every_actor_healthy(node: Node) -> None:
     pids = node.pids()
     for name in ACTORS:
         row = status["actors"][name]
-        assert row["healthy"] is True
-        assert row["pid"] == pids[name] != 0
-        assert row["supervised"] is True
+        assert row["healthy"] is True, (name, row)
+        assert row["pid"] == pids[name] != 0, (name, row, pids)
+        assert row["supervised"] is True, (name, row)
     assert node.call("keystore", "identity")["peer_id"] == node.peer_id
     # supervisord and the actors log where the home says.
     for name in (*ACTORS, "supervisord"):
