@@ -379,9 +379,23 @@ def _strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
 def _conn_addr(conn: INetConn) -> str:
     try:
         addrs = conn.get_transport_addresses()
-        return str(addrs[0]) if addrs else ""
+        if addrs and "/p2p/" not in str(addrs[0]):
+            return str(addrs[0])
     except Exception:
-        return ""
+        pass
+    # py-libp2p 0.8.1 has no address for IPv6 TCP connections (it rejects getpeername's
+    # 4-tuple): find the socket under the session layers and ask it ourselves.
+    layer: Any = conn.muxed_conn
+    for attr in ("secured_conn", "conn", "read_writer", "read_write_closer", "stream",
+                 "stream", "socket"):
+        layer = getattr(layer, attr, layer)
+        if hasattr(layer, "getpeername"):
+            try:
+                host, port = layer.getpeername()[:2]
+            except OSError:
+                return ""
+            return f"/{'ip6' if ':' in host else 'ip4'}/{host}/tcp/{port}"
+    return ""
 
 
 def _why(exc: BaseException) -> str:

@@ -33,6 +33,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peer_record import PeerRecord
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.utils.address_validation import expand_wildcard_address
 
 from p2pm.common.log import get_logger
 
@@ -152,7 +153,15 @@ class NodeHost:
         """Re-sign the peer record through the keystore if the candidate addresses
         changed; True if a new record was installed."""
         async with self._record_lock:
-            candidates = list(self.host.get_transport_addrs())
+            candidates = []
+            for addr in self.host.get_transport_addrs():
+                # A wildcard listener (0.0.0.0, ::) is reachable at each interface's
+                # address, and at none of its own: advertise the concrete ones.
+                if str(addr).startswith(("/ip4/0.0.0.0/", "/ip6/::/")):
+                    candidates += [a for a in expand_wildcard_address(addr)
+                                   if str(a) not in {str(c) for c in candidates}]
+                else:
+                    candidates.append(addr)
             obs = self.host._observed_addr_manager
             if obs is not None:
                 seen = {str(a) for a in candidates}

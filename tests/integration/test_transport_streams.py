@@ -317,3 +317,14 @@ async def test_garbage_on_the_stream_socket_changes_nothing() -> None:
                 assert ok.epoch and not ok.refused
         finally:
             rogue.close(linger_ms=0)
+
+
+async def test_ipv6_listener_and_wildcards_advertise_concrete_addresses() -> None:
+    async with open_test_node("a", listen=["/ip4/0.0.0.0/tcp/0", "/ip6/::/tcp/0"]) as a, \
+            open_test_node("b", listen=["/ip4/127.0.0.1/tcp/0", "/ip6/::1/tcp/0"]) as b:
+        assert a.addrs and not any("/0.0.0.0/" in x or "/ip6/::/" in x for x in a.addrs)
+        (v6,) = [x for x in b.addrs if x.startswith("/ip6/::1/")]
+        await a.call("dial", {"addr": v6})
+        (entry,) = await a.call("peers")
+        assert entry["remote_addr"].startswith("/ip6/::1/"), entry
+        assert (await a.call("ping", {"peer_id": b.peer_id}))["rtt_ms"] > 0
