@@ -15,7 +15,7 @@ needed) median / p90 / max, peers queried per lookup, simulated lookup time, and
 wall-clock CPU time per lookup. The churn rows are compared with the same run without
 churn.
 
-Then records: 200 random nodes each put their /pk/ record at the 20 closest nodes,
+Then records: 100 random nodes each put their /pk/ record at the 20 closest nodes,
 the churn fraction goes offline, and every record is read back (GET_VALUE, quorum 3)
 from another random online node: the share found, and the rounds a get needed.
 """
@@ -30,7 +30,7 @@ from p2pm.services.dht.sim import measure, measure_records
 NODES = 10_000
 LOOKUPS = 300
 CHURNS = (0.0, 0.2)
-RECORDS = 200
+RECORDS = 100
 
 
 def _row(name: str, value: float, unit: str, base: dict[str, Any] | None = None,
