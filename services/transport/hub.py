@@ -385,13 +385,34 @@ class StreamHub:
                     done["write"] = True
                     return
                 payload = fr.encode_message(body) if stream.spec.messages else body
-                await stream.net.write(payload)
+                await _write_patiently(stream.net, payload)
                 stream.queued -= len(body)
                 if body:
                     await self.send(stream.owner, fr.frame(fr.CREDIT, stream.sid,
                                                            fr.encode_uvarint(len(body))))
         except Exception as exc:
             await self.reset(stream, f"write failed ({type(exc).__name__})", to_owner=True)
+
+
+async def _write_patiently(net: INetStream, payload: bytes) -> None:
+    """Write, waiting as long as the remote's Yamux window stays shut.
+
+    py-libp2p's Yamux `write()` gives up with an error after 5 s without window, which
+    would reset the stream of any reader slower than that. A slow reader is exactly the
+    case flow control is for, so we only hand Yamux as much as its window takes and wait
+    (at Yamux's own 10 ms polling pace) for more. Only this task writes on the stream,
+    so the window can only grow between the check and the write."""
+    muxed = getattr(net, "muxed_stream", None)
+    if not hasattr(muxed, "send_window"):
+        await net.write(payload)
+        return
+    view = memoryview(payload)
+    while view:
+        while muxed.send_window <= 0 and not muxed.closed:  # type: ignore[union-attr]
+            await trio.sleep(0.01)
+        n = min(len(view), max(muxed.send_window, 1))  # type: ignore[union-attr]
+        await net.write(bytes(view[:n]))
+        view = view[n:]
 
 
 def _remote_addr(net: INetStream) -> str:

@@ -328,3 +328,26 @@ async def test_ipv6_listener_and_wildcards_advertise_concrete_addresses() -> Non
         (entry,) = await a.call("peers")
         assert entry["remote_addr"].startswith("/ip6/::1/"), entry
         assert (await a.call("ping", {"peer_id": b.peer_id}))["rtt_ms"] > 0
+
+
+async def test_a_receiver_paused_longer_than_yamux_patience_keeps_its_stream() -> None:
+    # py-libp2p's Yamux write errors out after 5 s of shut window; the pump must wait.
+    async with two_nodes() as (a, b):
+        async with open_streams(b.endpoints, "sleepy", {ECHO: ProtocolSpec()}) as server, \
+                open_streams(a.endpoints, "eager") as user, trio.open_nursery() as nursery:
+            s = await user.open_stream(ECHO, addrs=[b.addrs[0]])
+            total = 24 * 1024 * 1024
+
+            async def send_all() -> None:
+                for _ in range(total // CHUNK):
+                    await s.send(b"z" * CHUNK)
+                await s.close()
+
+            nursery.start_soon(send_all)
+            inbound = await server.accept()
+            await trio.sleep(6.5)
+            got = 0
+            with trio.fail_after(60):
+                async for chunk in inbound:
+                    got += len(chunk)
+            assert got == total
