@@ -129,14 +129,8 @@ class FieldSpec:
     repeated: bool
     optional: bool
     packed: bool
-
-    @property
-    def is_message(self) -> bool:
-        return not isinstance(self.kind, str)
-
-    @property
-    def wire_type(self) -> int:
-        return LEN if self.is_message else _SCALAR_WIRE[self.kind]  # type: ignore[index]
+    is_message: bool  # derived from kind, stored because encode/decode ask per value
+    wire_type: int
 
 
 def field(number: int, kind: str | type, *, repeated: bool = False,
@@ -170,7 +164,9 @@ def message(cls: type[T]) -> type[T]:
         number, kind, repeated, optional, packed = f.metadata["pb"]
         if not isinstance(kind, str) and not hasattr(kind, "__pb_fields__"):
             raise TypeError(f"{cls.__name__}.{f.name}: {kind!r} is not a @message class")
-        specs.append(FieldSpec(number, f.name, kind, repeated, optional, packed))
+        is_msg = not isinstance(kind, str)
+        specs.append(FieldSpec(number, f.name, kind, repeated, optional, packed, is_msg,
+                               LEN if is_msg else _SCALAR_WIRE[kind]))
     numbers = [s.number for s in specs]
     if len(set(numbers)) != len(numbers):
         raise TypeError(f"{cls.__name__} declares a field number twice")

@@ -72,6 +72,7 @@ class Network:
         self.done: dict[tuple[bytes, int], Any] = {}  # (node id, op id) -> result action
         self.messages = 0
         self._unfilled: set[bytes] = set()
+        self._online_points: list[tuple[int, bytes]] | None = None  # for true_closest
         for _ in range(size):
             self._new_node()
 
@@ -82,6 +83,7 @@ class Network:
         peer = Peer(id=pid, addrs=(b"/sim/" + pid[-8:],))
         node = SimNode(KadCore(peer, self.validators, self.config), kad_key(pid))
         self.nodes[pid] = node
+        self._online_points = None
         return node
 
     def fill_tables(self) -> None:
@@ -116,6 +118,7 @@ class Network:
 
     def set_churn(self, fraction: float) -> None:
         """Take `fraction` of the nodes offline (they stay in others' tables)."""
+        self._online_points = None
         for node in self.nodes.values():
             node.online = True
         for pid in self.rng.sample(sorted(self.nodes), int(len(self.nodes) * fraction)):
@@ -127,9 +130,10 @@ class Network:
     def true_closest(self, key: bytes, count: int, exclude: bytes = b"") -> list[bytes]:
         """The `count` online nodes nearest to `key` (a lookup never returns its origin)."""
         target = kad_key(key)
-        online = [(n.point ^ target, pid) for pid, n in self.nodes.items()
-                  if n.online and pid != exclude]
-        return [pid for _, pid in heapq.nsmallest(count, online)]
+        if self._online_points is None:
+            self._online_points = [(n.point, pid) for pid, n in self.nodes.items() if n.online]
+        best = heapq.nsmallest(count + 1, self._online_points, key=lambda e: e[0] ^ target)
+        return [pid for _, pid in best if pid != exclude][:count]
 
     # -- event loop ---------------------------------------------------------------------
 
