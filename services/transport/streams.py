@@ -21,7 +21,7 @@ A `Stream` is a trio-style bidirectional channel: `send()` waits for credit (a s
 remote pushes back here), `receive()` returns the next chunk or message and raises
 `trio.EndOfChannel` once the remote has closed its side, `close()` ends our side (the
 remote reads EOF), `reset()` aborts both. `async with` closes on success and resets on
-error. Delivery is bounded: at most the window (default 256 KiB) plus one message is
+error. A stream ends when both sides have closed (or either reset). Delivery is bounded: at most the window (default 256 KiB) plus one message is
 buffered per stream; the transport stops reading from the network beyond that.
 """
 
@@ -113,7 +113,14 @@ class Stream:
 
     def _on_eof(self) -> None:
         self._eof = True
+        self._forget_if_done()
         self._notify()
+
+    def _forget_if_done(self) -> None:
+        # Both halves closed: the transport has finished the stream, nothing more can
+        # arrive for it (what is buffered stays readable).
+        if self._eof and self._closed_write:
+            self._client._streams.pop(self.sid, None)
 
     def _on_reset(self, err: StreamReset) -> None:
         if self._reset is None:
@@ -174,6 +181,7 @@ class Stream:
             return
         self._closed_write = True
         await self._client._send(fr.frame(fr.EOF, self.sid))
+        self._forget_if_done()
         self._notify()
 
     async def reset(self) -> None:

@@ -157,6 +157,10 @@ async def test_close_and_reset_propagate() -> None:
             assert await s.receive() == b"answer"
             with pytest.raises(trio.EndOfChannel):
                 await s.receive()
+            # Closed both ways: finished everywhere, nothing kept for it.
+            assert user.statistics()["streams"] == server.statistics()["streams"] == 0
+            await wait_until(lambda: not b.transport.hub.owners["srv"].streams
+                             and not a.transport.hub.owners["user"].streams)
             # reset from the opener reaches the acceptor, and the other way round.
             for resetter_is_opener in (True, False):
                 s = await user.open_stream(ECHO, peer=b.peer_id)
