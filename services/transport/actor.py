@@ -28,13 +28,15 @@ from p2pm.common import errors, wire
 from p2pm.common.actor import Actor, every, rpc
 from p2pm.common.zmqtrio import AsyncSocket
 
-from .host import NodeHost, open_host, ping_rtt_ms
+from .host import ConnectionWatcher, NodeHost, open_host, ping_rtt_ms
 from .hub import StreamHub
 from .streams import streams_endpoint
 
 PEERS_FILE = "transport-peers.json"
 DIAL_TIMEOUT_S = 10.0
 ADDR_TTL_S = 3600
+MAX_CONNECTIONS = 256  # fallbacks for out-of-range settings (same as default.toml)
+MAX_STREAMS_PER_PEER = 64
 
 
 class Transport(Actor):
@@ -45,8 +47,8 @@ class Transport(Actor):
         cfg = (config or {}).get("transport", {})
         self.listen: list[str] = list(cfg.get("listen", ["/ip4/0.0.0.0/tcp/0"]))
         self.bootstrap: list[str] = list(cfg.get("bootstrap", []))
-        self.max_connections = int(cfg.get("max_connections", 256))
-        self.max_streams_per_peer = int(cfg.get("max_streams_per_peer", 64))
+        self.max_connections = int(cfg.get("max_connections", MAX_CONNECTIONS))
+        self.max_streams_per_peer = int(cfg.get("max_streams_per_peer", MAX_STREAMS_PER_PEER))
         self.node: NodeHost | None = None
         self.hub: StreamHub | None = None
         self._started = trio.Event()
@@ -55,6 +57,7 @@ class Transport(Actor):
         self._persist = trio.Event()
         self._persisting = True
         self._connected_at: dict[ID, float] = {}
+        self._problem: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -62,27 +65,73 @@ class Transport(Actor):
 
     def status(self) -> dict[str, Any]:
         if self.node is None:
-            return {"host": "starting"}
+            return {"host": "starting", "problem": self._problem}
         return {"peer_id": str(self.node.peer_id), "addrs": self.node.full_addrs(),
                 "peers": len(self.node.host.get_connected_peers()),
-                "streams": self.hub.status() if self.hub else {}}
+                "streams": self.hub.status() if self.hub else {},
+                "problem": self._problem}
+
+    def _check_config(self) -> list[str]:
+        """Problems with the [transport] settings; bad entries are dropped, so one
+        typo does not keep the node off the network."""
+        problems = []
+        good = []
+        for addr in self.listen:
+            try:
+                maddr = multiaddr.Multiaddr(addr)
+                if "tcp" not in {p.name for p in maddr.protocols()}:
+                    raise ValueError("only TCP listeners are supported")
+                good.append(addr)
+            except Exception as exc:
+                problems.append(f"transport.listen: {addr!r} skipped ({exc})")
+        self.listen = good
+        boot = []
+        for addr in self.bootstrap:
+            try:
+                if not multiaddr.Multiaddr(addr).get_peer_id():
+                    raise ValueError("needs /p2p/<peer id>")
+                boot.append(addr)
+            except Exception as exc:
+                problems.append(f"transport.bootstrap: {addr!r} skipped ({exc})")
+        self.bootstrap = boot
+        if self.max_connections < 1:
+            problems.append(f"transport.max_connections must be >= 1; using {MAX_CONNECTIONS}")
+            self.max_connections = MAX_CONNECTIONS
+        if self.max_streams_per_peer < 1:
+            problems.append("transport.max_streams_per_peer must be >= 1; using "
+                            f"{MAX_STREAMS_PER_PEER}")
+            self.max_streams_per_peer = MAX_STREAMS_PER_PEER
+        if not self.listen:
+            problems.append("transport.listen has no usable address; listening on "
+                            "/ip4/0.0.0.0/tcp/0")
+            self.listen = ["/ip4/0.0.0.0/tcp/0"]
+        for problem in problems:
+            self.log.error("transport.bad_config", problem=problem)
+        return problems
 
     async def run(self) -> None:
-        assert self.runtime is not None
-        for addr in self.listen + self.bootstrap:
-            try:
-                multiaddr.Multiaddr(addr)
-            except Exception:
-                raise ValueError(f"transport: not a multiaddr in config: {addr!r}") from None
+        problems = self._check_config()
+        self._problem = "; ".join(problems) or None
         identity = await self._wait_keystore()
         public_key = wire.b64d(identity["public_key"], "keystore public_key")
+        await self._serve_host(public_key, identity)
+
+    async def _serve_host(self, public_key: bytes, identity: dict[str, Any]) -> None:
+        assert self.runtime is not None
         async with open_host(public_key, self._sign, self.listen,
                              self.max_connections) as node:
             if str(node.peer_id) != identity.get("peer_id", str(node.peer_id)):
                 raise RuntimeError("keystore peer_id does not match its public key")
             self.node = node
-            from .host import ConnectionWatcher
-
+            listening = list(node.host.get_transport_addrs())
+            if len(listening) < len(self.listen):
+                # py-libp2p logs a failed listener (address in use, not on this
+                # machine) and carries on without it.
+                missing = f"listening on {len(listening)} of the {len(self.listen)} " \
+                          f"transport.listen addresses (in use, or not on this machine?)"
+                self.log.error("transport.listen_failed", listening=len(listening),
+                               configured=len(self.listen))
+                self._problem = "; ".join(filter(None, [self._problem, missing]))
             node.host.get_network().register_notifee(
                 ConnectionWatcher(self._on_connected, self._on_disconnected))
             node.host.on_identified = self._on_identified

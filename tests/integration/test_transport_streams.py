@@ -355,3 +355,29 @@ async def test_a_receiver_paused_longer_than_yamux_patience_keeps_its_stream() -
                 async for chunk in inbound:
                     got += len(chunk)
             assert got == total
+
+
+async def test_bad_transport_settings_are_reported_not_fatal() -> None:
+    async with open_test_node("a", listen=["/ip4/127.0.0.1/tcp/0", "garbage", "/ip4/1.2.3.4"],
+                              transport_config={"max_connections": 0,
+                                                "bootstrap": ["/ip4/127.0.0.1/tcp/1"]}) as a:
+        status = await a.call("sys.status")
+        assert status["healthy"] is True
+        for words in ("'garbage' skipped", "'/ip4/1.2.3.4' skipped", "bootstrap",
+                      "max_connections"):
+            assert words in status["problem"], status["problem"]
+        assert len(a.addrs) == 1 and a.transport.max_connections == 256
+
+
+async def test_a_listen_address_in_use_is_reported() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with open_test_node("a", listen=[f"/ip4/127.0.0.1/tcp/{port}",
+                                               "/ip4/127.0.0.1/tcp/0"]) as a:
+            status = await a.call("sys.status")
+            assert "listening on 1 of the 2" in status["problem"]
+            assert len(a.addrs) == 1 and f"/tcp/{port}/" not in a.addrs[0]
