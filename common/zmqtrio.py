@@ -40,16 +40,21 @@ class AsyncSocket:
         self.closed = False
 
     # -- waiting ---------------------------------------------------------------------
-    def _poke(self) -> None:
-        """Our operation may have consumed the edge: wake waiters that can now go."""
-        wanted = (POLLIN if self._waiting[POLLIN] else 0) | (
+    def _wanted(self) -> int:
+        return (POLLIN if self._waiting[POLLIN] else 0) | (
             POLLOUT if self._waiting[POLLOUT] else 0)
-        if not wanted or not (self.closed or self.sock.get(EVENTS) & wanted):
-            return
+
+    def _wake(self) -> None:
         if self._fd_scope is not None:
             self._fd_scope.cancel()
         if self._lot:
             self._lot.unpark_all()
+
+    def _poke(self) -> None:
+        """Our operation may have consumed the edge: wake waiters that can now go."""
+        wanted = self._wanted()
+        if wanted and (self.closed or self.sock.get(EVENTS) & wanted):
+            self._wake()
 
     def _check_open(self) -> None:
         if self.closed:
@@ -65,8 +70,14 @@ class AsyncSocket:
     async def _wait_for(self, flag: int) -> None:
         while True:
             self._check_open()
-            if self.sock.get(EVENTS) & flag:
+            events = self.sock.get(EVENTS)
+            if events & flag:
                 return
+            if events & self._wanted():
+                # Reading EVENTS consumed the edge, and what it found is what another
+                # task waits for (a sender that just got connected while the reader
+                # looked): rule 3 applies to this read too.
+                self._wake()
             if self._fd_scope is None:
                 with trio.CancelScope() as scope:
                     self._fd_scope = scope
