@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import main
 
 # Importing a module registers its commands on `main`.
+from . import chat as _chat  # noqa: E402,F401
 from . import introspect as _introspect  # noqa: E402,F401
 from . import node as _node  # noqa: E402,F401
 from . import transport as _transport  # noqa: E402,F401

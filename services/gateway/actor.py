@@ -1,10 +1,527 @@
-"""The gateway actor shell. The user API lands here; for now it serves the bus contract
-every actor has (ping, status, heartbeat)."""
+"""The gateway actor: the local user API, and the only door for local clients.
+
+Every command a person gives (the `p2pm` chat commands, `p2pm attach`, a script) is a
+gateway RPC, and every live change they see is a gateway event. The gateway holds no
+protocol logic and no state of its own: it validates what the user typed, resolves the
+names people use (a contact, a room name) to what the other actors need (peer IDs,
+conversation ids), calls them, and shapes the answer. Invites are the one thing it
+builds itself, from the keystore's signature and the transport's addresses.
+
+Who may call: anyone who can reach the `run/` folder (mode 0700, checked and tightened
+at start), which is the node's owner; for the optional TCP endpoint (`gateway.tcp`)
+every request also carries the token in `<home>/gateway.token` (0600, generated on
+first use) as `"token"` next to `"method"`.
+
+Events (re-published from the actors behind it, for attached clients):
+  gateway.message.received {"id", "conversation", "author", "body", "ts"}
+  gateway.message.state    {"id", "conversation", "state"}
+  gateway.peer.connected / gateway.peer.disconnected {"peer_id"}
+  gateway.resync {"source", "reason"}: an actor restarted or events were lost; clients
+      re-read what they show.
+"""
 
 from __future__ import annotations
 
-from p2pm.common.actor import Actor
+import hmac
+import os
+import secrets
+import stat
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+import zmq
+
+from p2pm.common import errors, identity, wire
+from p2pm.common import invite as invites
+from p2pm.common.actor import Actor, on_event, rpc
+from p2pm.common.zmqtrio import AsyncSocket
+
+# Bodies are text typed by a person; a bus frame could carry far more, a chat should not.
+MAX_TEXT_BYTES = 16 * 1024
+MAX_REF = 256  # a conversation id, room name or contact name as typed
+MAX_INBOX_MESSAGES = 20  # per conversation
+TOKEN_FILE = "gateway.token"
+NAME_KEY = "gateway.name"
+# Calls to the actors behind the gateway: one that is restarting (about a second under
+# supervisord) is retried; one that stays silent is reported, not waited for forever.
+DOWNSTREAM_TIMEOUT = 2.0
+DOWNSTREAM_RETRIES = 3
+# The transport gives a dial 10 s; a first direct message may need one.
+DIAL_TIMEOUT = 12.0
+
+
+@dataclass(frozen=True, slots=True)
+class Invite:
+    invite: str
+    peer_id: str
+    name: str
+    addrs: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    name: str
+    peer_id: str
+    addrs: list[str]
+    verified: bool
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyNumber:
+    name: str
+    peer_id: str
+    safety_number: str
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    id: str
+    state: str
+    conversation: str
+
+
+def check_text(text: str) -> str:
+    """A message body: not empty, at most MAX_TEXT_BYTES, no control characters but
+    newlines and tabs."""
+    if not text.strip():
+        raise errors.bad_params("the message is empty")
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > MAX_TEXT_BYTES:
+        raise errors.bad_params(
+            f"the message is {size} bytes; at most {MAX_TEXT_BYTES} bytes are allowed")
+    if any(not c.isprintable() and c not in "\n\t" for c in text):
+        raise errors.bad_params("the message contains control characters")
+    return text
+
+
+def _check_ref(ref: str, what: str) -> str:
+    if not ref.strip() or len(ref) > MAX_REF or not ref.isprintable():
+        raise errors.bad_params(f"{what} must be 1-{MAX_REF} printable characters")
+    return ref
 
 
 class Gateway(Actor):
     name = "gateway"
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.tcp = str(self.config.get("gateway", {}).get("tcp", "") or "")
+        self.tcp_bound: str | None = None
+        self.tcp_refused = 0
+        self._token: bytes | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def setup(self) -> None:
+        if self.home is not None:
+            _guard_run_dir(self.home.run)
+            self.log.info("gateway.local_clients", run_dir=str(self.home.run), mode="0700")
+        if self.tcp:
+            if not self.tcp.startswith("tcp://"):
+                raise ValueError(f"gateway.tcp must be a tcp:// endpoint, got {self.tcp!r}")
+            if self.home is None:
+                raise ValueError("gateway.tcp needs a home for its token")
+            self._token = load_or_create_token(self.home.root / TOKEN_FILE)
+
+    async def run(self) -> None:
+        if self.tcp:
+            await self._serve_tcp()
+
+    def status(self) -> dict[str, Any]:
+        return {"tcp": self.tcp_bound, "tcp_refused": self.tcp_refused}
+
+    async def resync(self, source: str, reason: str) -> None:
+        self.publish("gateway.resync", {"source": source, "reason": reason})
+
+    # -- the TCP door ------------------------------------------------------------------
+    async def _serve_tcp(self) -> None:
+        assert self.runtime is not None and self._token is not None
+        sock = self.runtime.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(self.tcp)
+        self.tcp_bound = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.log.info("gateway.tcp", endpoint=self.tcp_bound)
+        asock = AsyncSocket(sock)
+        try:
+            async with trio.open_nursery() as nursery:
+                while True:
+                    frames = await asock.recv_multipart()
+                    nursery.start_soon(self._tcp_request, asock, frames)
+        finally:
+            asock.close(linger_ms=0)
+
+    async def _tcp_request(self, sock: AsyncSocket, frames: list[bytes]) -> None:
+        assert self.runtime is not None and self._token is not None
+        if len(frames) < 2:
+            return
+        envelope, body = frames[:-1], frames[-1]
+        try:
+            req = wire.decode_request(body)
+            token = wire.loads(body).get("token")
+        except errors.BusError as exc:
+            await sock.send_multipart([*envelope, wire.encode_error(None, exc)])
+            return
+        if not isinstance(token, str) or not hmac.compare_digest(
+                token.encode(), self._token):
+            self.tcp_refused += 1
+            self.log.warning("gateway.tcp_refused", reason="bad token")
+            await sock.send_multipart([*envelope, wire.encode_error(req.id, errors.forbidden(
+                f"a valid token is required on the TCP endpoint (see {TOKEN_FILE})"))])
+            return
+        await sock.send_multipart([*envelope, await self.runtime._dispatch(req)])
+
+    # -- calling the actors behind -----------------------------------------------------
+    async def _call(self, actor: str, method: str, params: dict[str, Any] | None = None,
+                    timeout: float = DOWNSTREAM_TIMEOUT) -> Any:
+        try:
+            return await self.call(actor, method, params, timeout=timeout,
+                                   retries=DOWNSTREAM_RETRIES)
+        except errors.BusError as exc:
+            if exc.code == errors.TIMEOUT:
+                raise errors.unavailable(
+                    f"the {actor} actor is not answering (down or restarting)") from None
+            if exc.code == errors.UNKNOWN_METHOD:
+                raise errors.unavailable(
+                    f"the {actor} actor does not offer {method} (not built yet?)") from None
+            raise
+
+    async def _peer_id(self) -> str:
+        return str((await self._call("keystore", "identity"))["peer_id"])
+
+    async def _display_name(self) -> str:
+        try:
+            got = await self._call("storage", "kv_get", {"key": NAME_KEY})
+        except errors.BusError as exc:
+            if exc.code != errors.NOT_FOUND:
+                raise
+            return ""
+        value = got.get("value") if isinstance(got, dict) else None
+        return wire.b64d(value, "name").decode("utf-8", "replace") if value else ""
+
+    async def _contact(self, name: str) -> dict[str, Any]:
+        _check_ref(name, "a contact name")
+        try:
+            return await self._call("storage", "contact_get", {"name": name})
+        except errors.BusError as exc:
+            if exc.code == errors.NOT_FOUND:
+                raise errors.not_found(f"no contact named {name!r} (see p2pm contacts "
+                                       "list)") from None
+            raise
+
+    async def _conversations(self) -> list[dict[str, Any]]:
+        got = await self._call("gossip", "conversation_list")
+        return list(got) if isinstance(got, list) else []
+
+    async def resolve(self, ref: str) -> dict[str, Any]:
+        """A conversation named by its id, its name (room or direct chat) or a contact's
+        name (whose direct chat is opened if needed)."""
+        _check_ref(ref, "a conversation")
+        convs = await self._conversations()
+        for c in convs:
+            if c.get("id") == ref:
+                return c
+        named = [c for c in convs if c.get("name") == ref]
+        if len(named) == 1:
+            return named[0]
+        if len(named) > 1:
+            ids = ", ".join(str(c.get("id")) for c in named)
+            raise errors.bad_params(f"{ref!r} names several conversations ({ids}); use an id")
+        try:
+            contact = await self._call("storage", "contact_get", {"name": ref})
+        except errors.BusError as exc:
+            if exc.code != errors.NOT_FOUND:
+                raise
+            raise errors.not_found(
+                f"no conversation, room or contact named {ref!r}") from None
+        return await self._open_direct(contact)
+
+    async def _open_direct(self, contact: dict[str, Any]) -> dict[str, Any]:
+        return await self._call("gossip", "direct_open", {
+            "peer_id": contact["peer_id"], "addrs": list(contact.get("addrs") or []),
+            "name": contact["name"]}, timeout=DIAL_TIMEOUT)
+
+    # -- identity and invites ----------------------------------------------------------
+    @rpc
+    async def node_info(self) -> dict[str, Any]:
+        """{} -> {"peer_id", "name", "addrs"}: who this node is, as invites show it."""
+        peer_id = await self._peer_id()
+        addrs = (await self._call("transport", "addrs"))["addrs"]
+        return {"peer_id": peer_id, "name": await self._display_name(), "addrs": addrs}
+
+    @rpc
+    async def invite(self, name: str | None = None) -> Invite:
+        """{"name"?} -> {"invite", "peer_id", "name", "addrs"}
+
+        A node invite signed by the keystore (`p2pm-invite:`) with the current
+        addresses. A given name is remembered for later invites; without one, the
+        remembered name, else the short peer ID.
+        """
+        if name is not None:
+            try:
+                invites.check_name(name)
+            except invites.InviteError as exc:
+                raise errors.bad_params(str(exc)) from None
+        peer_id = await self._peer_id()
+        addrs = (await self._call("transport", "addrs"))["addrs"]
+        if name is not None:
+            await self._call("storage", "kv_put",
+                             {"key": NAME_KEY, "value": wire.b64e(name.encode())})
+        shown = name or await self._display_name() or peer_id[-8:]
+        inv = invites.NodeInvite(peer_id, shown, tuple(addrs[:invites.MAX_ADDRS]),
+                                 time.time())
+        signed = await self._call("keystore", "sign", {
+            "domain": invites.DOMAIN, "data": wire.b64e(inv.payload())})
+        text = invites.encode(inv, wire.b64d(signed["signature"], "signature"))
+        return Invite(text, peer_id, shown, list(inv.addrs))
+
+    # -- contacts ----------------------------------------------------------------------
+    @rpc
+    async def contact_add(self, name: str, invite: str) -> Contact:
+        """{"name", "invite"} -> {"name", "peer_id", "addrs", "verified", "created"}
+
+        `invite` is a node invite (verified here; a tampered one is refused) or a
+        bare peer ID, whose addresses are then looked up in the DHT.
+        """
+        try:
+            invites.check_name(name)
+        except invites.InviteError as exc:
+            raise errors.bad_params(str(exc)) from None
+        text = invite.strip()
+        if invites.looks_like_invite(text):
+            try:
+                inv = invites.decode(text)
+            except invites.InviteError as exc:
+                raise errors.bad_params(f"invalid invite: {exc}") from None
+            peer_id, addrs = inv.peer_id, list(inv.addrs)
+        else:
+            try:
+                identity.public_key_from_peer_id(text)
+            except identity.IdentityError:
+                raise errors.bad_params(
+                    "not an invite (p2pm-node:...) nor a peer ID (12D3KooW...)") from None
+            peer_id = text
+            found = await self._call("dht", "find_peer", {"peer_id": peer_id},
+                                     timeout=DIAL_TIMEOUT)
+            addrs = list(found.get("addrs") or [])
+        if peer_id == await self._peer_id():
+            raise errors.bad_params("that invite is this node's own")
+        try:
+            existing = await self._call("storage", "contact_get", {"name": name})
+        except errors.BusError as exc:
+            if exc.code != errors.NOT_FOUND:
+                raise
+            existing = None
+        if existing is not None and existing["peer_id"] != peer_id:
+            raise errors.BusError(errors.CONFLICT,
+                                  f"{name!r} is already the contact {existing['peer_id']}")
+        if existing is None:
+            try:
+                known = await self._call("storage", "contact_get", {"peer_id": peer_id})
+            except errors.BusError as exc:
+                if exc.code != errors.NOT_FOUND:
+                    raise
+            else:
+                raise errors.BusError(errors.CONFLICT,
+                                      f"that peer is already your contact {known['name']!r}")
+        got = await self._call("storage", "contact_add",
+                               {"name": name, "peer_id": peer_id, "addrs": addrs})
+        self.log.info("gateway.contact_added", name=name, peer_id=peer_id)
+        return Contact(name, peer_id, addrs, False, bool(got.get("created")))
+
+    @rpc
+    async def contact_list(self) -> list[dict[str, Any]]:
+        """{} -> [{"name", "peer_id", "addrs", "added_at", "verified"}, ...] by name."""
+        return list((await self._call("storage", "contact_list"))["contacts"])
+
+    @rpc
+    async def contact_verify(self, name: str) -> SafetyNumber:
+        """{"name"} -> {"name", "peer_id", "safety_number"}: 60 digits both sides read
+        out to each other; they match only if each has the other's real key."""
+        contact = await self._contact(name)
+        number = invites.safety_number(await self._peer_id(), contact["peer_id"])
+        return SafetyNumber(name, contact["peer_id"], number)
+
+    @rpc
+    async def find_peer(self, peer_id: str) -> dict[str, Any]:
+        """{"peer_id"} -> {"peer_id", "addrs"} from the DHT."""
+        return await self._call("dht", "find_peer", {"peer_id": peer_id},
+                                timeout=DIAL_TIMEOUT)
+
+    # -- conversations -----------------------------------------------------------------
+    @rpc
+    async def send(self, contact: str, text: str) -> Posted:
+        """{"contact", "text"} -> {"id", "state", "conversation"}: a direct message."""
+        check_text(text)
+        conv = await self._open_direct(await self._contact(contact))
+        return await self._post(conv["id"], text)
+
+    @rpc
+    async def post(self, conversation: str, text: str) -> Posted:
+        """{"conversation", "text"} -> {"id", "state", "conversation"}; the
+        conversation by id, name or contact name."""
+        check_text(text)
+        conv = await self.resolve(conversation)
+        return await self._post(conv["id"], text)
+
+    async def _post(self, conversation: str, text: str) -> Posted:
+        got = await self._call("gossip", "post", {"conversation": conversation, "text": text},
+                               timeout=DIAL_TIMEOUT)
+        return Posted(str(got["id"]), str(got["state"]), conversation)
+
+    @rpc
+    async def room_create(self, name: str) -> dict[str, Any]:
+        """{"name"} -> {"id", "name", "kind": "room", "invite"}"""
+        try:
+            invites.check_name(name)
+        except invites.InviteError as exc:
+            raise errors.bad_params(f"room {exc}") from None
+        return await self._call("gossip", "room_create", {"name": name})
+
+    @rpc
+    async def room_invite(self, conversation: str) -> dict[str, Any]:
+        """{"conversation"} -> {"invite"} for a room, by id or name."""
+        conv = await self.resolve(conversation)
+        return await self._call("gossip", "room_invite", {"conversation": conv["id"]})
+
+    @rpc
+    async def room_join(self, invite: str) -> dict[str, Any]:
+        """{"invite"} -> {"id", "name", "kind": "room"}"""
+        text = invite.strip()
+        if not text or len(text) > invites.MAX_INVITE_CHARS:
+            raise errors.bad_params("the room invite is empty or too long")
+        if invites.looks_like_invite(text):
+            raise errors.bad_params("that is a node invite: use p2pm contacts add")
+        return await self._call("gossip", "room_join", {"invite": text},
+                                timeout=DIAL_TIMEOUT)
+
+    @rpc
+    async def conversations(self) -> list[dict[str, Any]]:
+        """{} -> [{"id", "name", "kind", "members", "unread", "last_ts"}, ...]"""
+        return await self._conversations()
+
+    @rpc
+    async def leave(self, conversation: str) -> dict[str, Any]:
+        """{"conversation"} -> {"id", "left": true}"""
+        conv = await self.resolve(conversation)
+        await self._call("gossip", "conversation_leave", {"conversation": conv["id"]})
+        return {"id": conv["id"], "left": True}
+
+    @rpc
+    async def history(self, conversation: str, limit: int = 50,
+                      before: str | None = None) -> list[dict[str, Any]]:
+        """{"conversation", "limit"?, "before"?} -> [{"id", "author", "author_name",
+        "body", "ts", "state", "seq"}, ...] oldest first."""
+        if not 1 <= limit <= 1000:
+            raise errors.bad_params("limit must be between 1 and 1000")
+        conv = await self.resolve(conversation)
+        params: dict[str, Any] = {"conversation": conv["id"], "limit": limit}
+        if before is not None:
+            params["before"] = before
+        return await self._named(list(await self._call("gossip", "history", params)))
+
+    async def _named(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Adds "author_name": "me", a contact's name, or "" for a stranger."""
+        names = {c["peer_id"]: c["name"] for c in await self.contact_list()}
+        names[await self._peer_id()] = "me"
+        return [{**m, "author_name": names.get(m.get("author"), "")} for m in messages]
+
+    @rpc
+    async def mark_read(self, conversation: str) -> dict[str, Any]:
+        """{"conversation"} -> {"id"}"""
+        conv = await self.resolve(conversation)
+        await self._call("gossip", "mark_read", {"conversation": conv["id"]})
+        return {"id": conv["id"]}
+
+    @rpc
+    async def inbox(self) -> list[dict[str, Any]]:
+        """{} -> [{"id", "name", "kind", "unread", "messages": [...]}, ...]: every
+        conversation with unread messages, with the latest of them (at most 20)."""
+        out = []
+        for conv in await self._conversations():
+            unread = int(conv.get("unread") or 0)
+            if unread <= 0:
+                continue
+            shown = min(unread, MAX_INBOX_MESSAGES)
+            messages = await self._named(await self._call(
+                "gossip", "history", {"conversation": conv["id"], "limit": shown}))
+            out.append({"id": conv["id"], "name": conv.get("name", ""),
+                        "kind": conv.get("kind"), "unread": unread, "messages": messages})
+        return out
+
+    @rpc
+    async def message_state(self, id: str) -> dict[str, Any]:
+        """{"id"} -> {"id", "state", "members": {peer_id: state}}"""
+        return await self._call("gossip", "message_state", {"id": _check_ref(id, "id")})
+
+    @rpc
+    async def node_status(self) -> dict[str, Any]:
+        """{} -> {"peer_id", "peers", "reachability", "addrs", "actors": {name: bool}}:
+        what a status line shows. Never fails: an actor that does not answer is
+        reported as down."""
+        from p2pm.common.home import ACTORS
+
+        actors: dict[str, bool] = {}
+        statuses: dict[str, Any] = {}
+
+        async def one(name: str) -> None:
+            try:
+                st = await self.call(name, "sys.status", timeout=0.5, retries=0)
+                statuses[name] = st
+                actors[name] = bool(st.get("healthy"))
+            except errors.BusError:
+                actors[name] = False
+
+        async with trio.open_nursery() as nursery:
+            for name in ACTORS:
+                if name != self.name:
+                    nursery.start_soon(one, name)
+        actors[self.name] = True
+        transport = statuses.get("transport") or {}
+        return {"peer_id": (statuses.get("keystore") or {}).get("peer_id"),
+                "peers": transport.get("peers", 0),
+                "reachability": transport.get("reachability", "unknown"),
+                "addrs": transport.get("addrs", []), "actors": actors}
+
+    # -- live events -------------------------------------------------------------------
+    @on_event("gossip.message")
+    async def _message_event(self, topic: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            return
+        kind = topic.rsplit(".", 1)[-1]
+        if kind in ("received", "state"):
+            self.publish(f"gateway.message.{kind}", data)
+
+    @on_event("transport.peer")
+    async def _peer_event(self, topic: str, data: Any) -> None:
+        kind = topic.rsplit(".", 1)[-1]
+        if kind in ("connected", "disconnected") and isinstance(data, dict):
+            self.publish(f"gateway.peer.{kind}", {"peer_id": data.get("peer_id")})
+
+
+def _guard_run_dir(run: Any) -> None:
+    """Local clients are let in by the file system: only the owner may enter `run/`."""
+    run.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = run.stat()
+    if st.st_uid != os.getuid():
+        raise PermissionError(f"{run} belongs to uid {st.st_uid}, not to this user")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(run, 0o700)
+
+
+def load_or_create_token(path: Any) -> bytes:
+    """The TCP token: created 0600 on first use, tightened if someone loosened it."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+            os.chmod(path, 0o600)
+        token = open(path, "rb").read().strip()
+        if len(token) < 32:
+            raise ValueError(f"{path} holds no usable token; delete it to make a new one")
+        return token
+    with os.fdopen(fd, "wb") as f:
+        token = secrets.token_urlsafe(32).encode()
+        f.write(token + b"\n")
+    return token

@@ -1,0 +1,226 @@
+"""The commands people chat with: invites, contacts, direct messages, rooms, history
+and the inbox. Each is one call to the node's gateway.
+
+Wherever a conversation is named, its id, its name (a room's, or a direct chat's) or a
+contact's name works. Exit codes: 0 done, 1 refused (unknown contact, bad invite...,
+one line on stderr), 2 bad input, 3 the node did not answer (down, or still restarting
+after the retries).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from .. import errors
+from .. import supervisor as supmod
+from ..home import Home
+from . import bus
+from .base import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, Ctx, fail, main
+
+# An actor that supervisord restarts is back within about a second; a command keeps
+# trying for several before it gives up. Attempts carry the same request id, so a
+# slow operation (a first message may dial the peer) is answered, not repeated.
+ATTEMPT_TIMEOUT = 2.0
+RETRIES = 5
+SLOW_RETRIES = 9
+STATE_MARKS = {"pending": "(pending)", "sent": "(sent)", "delivered": "(delivered)",
+               "received": ""}
+
+
+def node_may_run(home: Home) -> bool:
+    """False only when nothing of the node runs: then waiting is pointless."""
+    return (supmod.supervisord_pid(home) is not None or bool(supmod.actor_pids(home))
+            or (home.run / "gateway.rpc").exists())
+
+
+def gateway(home: Home, method: str, params: dict[str, Any] | None = None, *,
+            retries: int = RETRIES) -> Any:
+    """Call the gateway; raises BusError (TIMEOUT when the node is down)."""
+    if not node_may_run(home):
+        raise errors.BusError(errors.TIMEOUT,
+                              f"the node in {home.root} is not running (p2pm up starts it)")
+    return bus.call(home, "gateway", method, params, timeout=ATTEMPT_TIMEOUT,
+                    retries=retries)
+
+
+def _call(obj: Ctx, method: str, params: dict[str, Any] | None = None,
+          retries: int = RETRIES) -> Any:
+    try:
+        return gateway(obj.home, method, params, retries=retries)
+    except errors.BusError as exc:
+        code = {errors.TIMEOUT: EXIT_TIMEOUT, errors.BAD_PARAMS: EXIT_USAGE}.get(
+            exc.code, EXIT_ERROR)
+        if exc.code == errors.TIMEOUT and "not running" not in exc.message:
+            fail(f"the node in {obj.home.root} did not answer; is it running? "
+                 "(p2pm status)", code)
+        fail(exc.message, code)
+    except ValueError as exc:  # a home path too long for a unix socket
+        fail(str(exc), EXIT_USAGE)
+
+
+def format_message(m: dict[str, Any]) -> str:
+    when = time.strftime("%H:%M:%S", time.localtime(float(m.get("ts") or 0)))
+    who = m.get("author_name") or str(m.get("author", "?"))[-8:]
+    mark = STATE_MARKS.get(str(m.get("state")), f"({m.get('state')})")
+    return f"[{when}] {who}: {m.get('body', '')}" + (f"  {mark}" if mark else "")
+
+
+# -- invites and contacts ------------------------------------------------------------
+
+
+@main.command()
+@click.option("--name", default=None, help="The name your contacts see (remembered).")
+@click.option("--qr", is_flag=True, help="Also show the invite as a QR code.")
+@click.pass_obj
+def invite(obj: Ctx, name: str | None, qr: bool) -> None:
+    """Print a signed invite for this node: give it to someone to add you."""
+    params = {"name": name} if name is not None else {}
+    got = _call(obj, "invite", params)
+    if obj.json:
+        obj.out({"invite": got["invite"], "peer_id": got["peer_id"], "name": got["name"],
+                 "addrs": got["addrs"]}, "")
+        return
+    click.echo(got["invite"])
+    if qr:
+        import segno
+
+        segno.make(got["invite"], error="l").terminal(compact=True)
+
+
+@main.group()
+def contacts() -> None:
+    """Your contacts: add one from an invite, list them, verify one."""
+
+
+@contacts.command(name="add")
+@click.argument("name")
+@click.argument("invite_text", metavar="INVITE")
+@click.pass_obj
+def contacts_add(obj: Ctx, name: str, invite_text: str) -> None:
+    """Add NAME from their INVITE (or from a bare peer ID, looked up in the DHT)."""
+    got = _call(obj, "contact_add", {"name": name, "invite": invite_text}, SLOW_RETRIES)
+    obj.out(got, f"{'added' if got['created'] else 'updated'} {got['name']} "
+                 f"({got['peer_id']}); compare safety numbers with "
+                 f"p2pm contacts verify {got['name']}")
+
+
+@contacts.command(name="list")
+@click.pass_obj
+def contacts_list(obj: Ctx) -> None:
+    """Every contact with its peer ID."""
+    found = _call(obj, "contact_list")
+    lines = [f"{len(found)} contact{'s' if len(found) != 1 else ''}"]
+    lines += [f"  {c['name']:<20} {c['peer_id']}" for c in found]
+    obj.out(found, "\n".join(lines))
+
+
+@contacts.command(name="verify")
+@click.argument("name")
+@click.pass_obj
+def contacts_verify(obj: Ctx, name: str) -> None:
+    """The safety number of NAME: read it to each other; it must match."""
+    got = _call(obj, "contact_verify", {"name": name})
+    obj.out(got, f"safety number with {got['name']}:\n  {got['safety_number']}\n"
+                 "it must read the same on their side (p2pm contacts verify <you>)")
+
+
+# -- messages ------------------------------------------------------------------------
+
+
+def _posted(obj: Ctx, got: dict[str, Any], where: str) -> None:
+    obj.out({"id": got["id"], "state": got["state"], "conversation": got["conversation"]},
+            f"sent to {where} {STATE_MARKS.get(got['state'], got['state'])}  id {got['id']}")
+
+
+@main.command()
+@click.argument("contact")
+@click.argument("text")
+@click.pass_obj
+def send(obj: Ctx, contact: str, text: str) -> None:
+    """Send TEXT to CONTACT in your direct chat."""
+    _posted(obj, _call(obj, "send", {"contact": contact, "text": text}, SLOW_RETRIES),
+            contact)
+
+
+@main.command()
+@click.argument("room")
+@click.argument("text")
+@click.pass_obj
+def post(obj: Ctx, room: str, text: str) -> None:
+    """Post TEXT in ROOM (or any conversation, by id or name)."""
+    _posted(obj, _call(obj, "post", {"conversation": room, "text": text}, SLOW_RETRIES),
+            room)
+
+
+@main.group()
+def rooms() -> None:
+    """Rooms: create one, join one from its invite, list them."""
+
+
+@rooms.command(name="create")
+@click.argument("name")
+@click.pass_obj
+def rooms_create(obj: Ctx, name: str) -> None:
+    """Create room NAME and print its invite."""
+    got = _call(obj, "room_create", {"name": name})
+    obj.out({"id": got["id"], "name": got["name"], "invite": got["invite"]},
+            f"room {got['name']} created ({got['id']}); its invite:\n{got['invite']}")
+
+
+@rooms.command(name="join")
+@click.argument("invite_text", metavar="INVITE")
+@click.pass_obj
+def rooms_join(obj: Ctx, invite_text: str) -> None:
+    """Join the room of INVITE."""
+    got = _call(obj, "room_join", {"invite": invite_text}, SLOW_RETRIES)
+    obj.out(got, f"joined room {got['name']} ({got['id']})")
+
+
+@rooms.command(name="invite")
+@click.argument("room")
+@click.pass_obj
+def rooms_invite(obj: Ctx, room: str) -> None:
+    """Print the invite of ROOM again."""
+    got = _call(obj, "room_invite", {"conversation": room})
+    obj.out(got, got["invite"])
+
+
+@rooms.command(name="list")
+@click.pass_obj
+def rooms_list(obj: Ctx) -> None:
+    """Your rooms, with their members and unread messages."""
+    found = [c for c in _call(obj, "conversations") if c.get("kind") == "room"]
+    lines = [f"{len(found)} room{'s' if len(found) != 1 else ''}"]
+    lines += [f"  {c['name']:<20} {c['id']}  {len(c.get('members') or [])} members, "
+              f"{c.get('unread', 0)} unread" for c in found]
+    obj.out(found, "\n".join(lines))
+
+
+@main.command()
+@click.argument("conversation")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True,
+              help="How many of the latest messages.")
+@click.pass_obj
+def history(obj: Ctx, conversation: str, limit: int) -> None:
+    """The latest messages of CONVERSATION (id, room name or contact name), oldest
+    first."""
+    found = _call(obj, "history", {"conversation": conversation, "limit": limit})
+    obj.out(found, "\n".join(format_message(m) for m in found) or "no messages yet")
+
+
+@main.command()
+@click.pass_obj
+def inbox(obj: Ctx) -> None:
+    """Unread messages across your conversations."""
+    found = _call(obj, "inbox")
+    if not found:
+        obj.out(found, "no unread messages")
+        return
+    lines = []
+    for conv in found:
+        lines.append(f"{conv['name'] or conv['id']} ({conv['kind']}): {conv['unread']} unread")
+        lines += ["  " + format_message(m) for m in conv["messages"]]
+    obj.out(found, "\n".join(lines))

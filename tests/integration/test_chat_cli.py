@@ -1,0 +1,165 @@
+"""The chat commands end to end: `p2pm` (click, --json, exit codes) -> the real gateway
+-> real keystore, storage and transport, with the gossip and dht actors replaced by the
+spec'd fakes of services/gateway/testing.py (two nodes in one process, on their
+homes' ipc sockets). Against real gossip: test_gateway_nodes.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from p2pm.common.cli import main
+from p2pm.common.home import Home
+from p2pm.services.gateway.actor import MAX_TEXT_BYTES
+from p2pm.services.gateway.testing import FakeNetwork, FakeNode
+from tests.helpers import wait_for
+
+
+def p2pm(home: Home, *args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, ["--home", str(home.root), *args],
+                                catch_exceptions=False)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def ok_json(home: Home, *args: str) -> Any:
+    code, out, err = p2pm(home, *args, "--json")
+    assert code == 0, f"p2pm {' '.join(args)} exited {code}: {err}"
+    return orjson.loads(out)
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[tuple[FakeNode, FakeNode]]:
+    with FakeNetwork().run("alice", "bob") as (alice, bob):
+        # Alice and Bob trade invites once for the whole module.
+        inv = ok_json(alice.home, "invite", "--name", "Alice")["invite"]
+        ok_json(bob.home, "contacts", "add", "alice", inv)
+        inv = ok_json(bob.home, "invite", "--name", "Bob")["invite"]
+        ok_json(alice.home, "contacts", "add", "bob", inv)
+        yield alice, bob
+
+
+def test_invite_contacts_and_matching_safety_numbers(pair: tuple[FakeNode, FakeNode]) -> None:
+    alice, bob = pair
+    listed = ok_json(alice.home, "contacts", "list")
+    assert [(c["name"], c["peer_id"]) for c in listed] == [("bob", bob.peer_id)]
+    code, out, _ = p2pm(alice.home, "contacts", "list")
+    assert code == 0 and "bob" in out and bob.peer_id in out
+    a = ok_json(alice.home, "contacts", "verify", "bob")["safety_number"]
+    b = ok_json(bob.home, "contacts", "verify", "alice")["safety_number"]
+    assert a == b and len(a.replace(" ", "")) == 60
+    # The invite carries the current addresses and the remembered name.
+    again = ok_json(alice.home, "invite")
+    assert again["name"] == "Alice" and again["addrs"] and again["peer_id"] == alice.peer_id
+
+
+def test_qr_invite_prints_the_invite_and_a_code(pair: tuple[FakeNode, FakeNode]) -> None:
+    code, out, _ = p2pm(pair[0].home, "invite", "--qr")
+    assert code == 0
+    first, *rest = out.splitlines()
+    assert first.startswith("p2pm-node:") and len(rest) > 10
+
+
+def test_direct_messages_are_delivered_with_receipts(pair: tuple[FakeNode, FakeNode]) -> None:
+    alice, bob = pair
+    sent = ok_json(alice.home, "send", "bob", "hello bob")
+    assert sent["state"] in ("pending", "sent", "delivered") and sent["id"]
+
+    def bob_has_it() -> Any:
+        return [m for m in ok_json(bob.home, "history", "alice") if m["id"] == sent["id"]]
+
+    (got,) = wait_for(bob_has_it, 5, "bob to receive the message")
+    assert got["body"] == "hello bob" and got["author"] == alice.peer_id
+    assert got["author_name"] == "alice"
+    mine = wait_for(lambda: [m for m in ok_json(alice.home, "history", "bob")
+                             if m["id"] == sent["id"] and m["state"] == "delivered"],
+                    5, "the delivery receipt")
+    assert set(mine[0]) >= {"id", "author", "body", "ts", "state"}
+    code, out, _ = p2pm(alice.home, "history", "bob", "--limit", "1")
+    assert code == 0 and "me: hello bob" in out and "(delivered)" in out
+
+
+def test_inbox_lists_unread_until_read(pair: tuple[FakeNode, FakeNode]) -> None:
+    alice, bob = pair
+    ok_json(bob.home, "send", "alice", "are you there?")
+    inbox = wait_for(lambda: ok_json(alice.home, "inbox"), 5, "an unread message")
+    (conv,) = inbox
+    assert conv["unread"] >= 1
+    assert conv["messages"][-1]["body"] == "are you there?"
+    code, _, _ = p2pm(alice.home, "call", "gateway", "mark_read", '{"conversation": "bob"}')
+    assert code == 0
+    assert ok_json(alice.home, "inbox") == []
+
+
+def test_rooms_by_invite_and_by_name(pair: tuple[FakeNode, FakeNode]) -> None:
+    alice, bob = pair
+    room = ok_json(alice.home, "rooms", "create", "friends")
+    assert set(room) == {"id", "name", "invite"} and room["name"] == "friends"
+    joined = ok_json(bob.home, "rooms", "join", room["invite"])
+    assert joined["id"] == room["id"]
+    listed = ok_json(bob.home, "rooms", "list")
+    assert [(r["id"], r["name"]) for r in listed] == [(room["id"], "friends")]
+    posted = ok_json(bob.home, "post", "friends", "hi all")
+    assert set(posted) >= {"id", "state"}
+    got = wait_for(lambda: ok_json(alice.home, "history", room["id"]), 5, "the room post")
+    assert [m["body"] for m in got] == ["hi all"] and got[0]["author_name"] == "bob"
+
+
+@pytest.mark.parametrize("args, code, words", [
+    (("send", "nobody", "hi"), 1, "no contact named 'nobody'"),
+    (("post", "nowhere", "hi"), 1, "no conversation, room or contact named 'nowhere'"),
+    (("history", "nowhere"), 1, "no conversation, room or contact"),
+    (("contacts", "verify", "nobody"), 1, "no contact named"),
+    (("send", "bob", "   "), 2, "the message is empty"),
+    (("send", "bob", "x" * (MAX_TEXT_BYTES + 1)), 2, f"at most {MAX_TEXT_BYTES} bytes"),
+    (("contacts", "add", "eve", "p2pm-node:garbage"), 2, "invalid invite"),
+    (("contacts", "add", "eve", "hello"), 2, "nor a peer ID"),
+    (("rooms", "join", "p2pm-fake-room:unknown"), 2, "not a valid room invite"),
+])
+def test_bad_input_is_one_clear_line_and_changes_nothing(
+        pair: tuple[FakeNode, FakeNode], args: tuple[str, ...], code: int,
+        words: str) -> None:
+    alice = pair[0]
+    before = (ok_json(alice.home, "contacts", "list"),
+              ok_json(alice.home, "call", "gateway", "conversations"))
+    got, out, err = p2pm(alice.home, *args)
+    assert got == code, err
+    assert out == "" and err.count("\n") == 1 and words in err and err.startswith("p2pm: ")
+    after = (ok_json(alice.home, "contacts", "list"),
+             ok_json(alice.home, "call", "gateway", "conversations"))
+    assert after == before
+
+
+def test_tampered_invite_is_refused_and_no_contact_is_added(
+        pair: tuple[FakeNode, FakeNode]) -> None:
+    alice, bob = pair
+    good = ok_json(bob.home, "invite")["invite"]
+    body, sig = good.split(".")
+    # One character of the signed payload changed: still base64, no longer Bob's words.
+    pos = len("p2pm-node:") + 5
+    tampered = body[:pos] + ("A" if body[pos] != "A" else "B") + body[pos + 1:] + "." + sig
+    code, _, err = p2pm(alice.home, "contacts", "add", "mallory", tampered)
+    assert code == 2 and "invalid invite" in err
+    own = ok_json(alice.home, "invite")["invite"]
+    code, _, err = p2pm(alice.home, "contacts", "add", "me-again", own)
+    assert code == 2 and "own" in err
+    assert [c["name"] for c in ok_json(alice.home, "contacts", "list")] == ["bob"]
+
+
+def test_contact_by_peer_id_alone_is_found_in_the_dht(pair: tuple[FakeNode, FakeNode]) -> None:
+    alice, bob = pair
+    got = ok_json(alice.home, "contacts", "add", "bob", bob.peer_id)
+    assert got["peer_id"] == bob.peer_id and got["addrs"] and not got["created"]
+    # The same peer under a second name would silently rename a contact: refused.
+    code, _, err = p2pm(alice.home, "contacts", "add", "bobby", bob.peer_id)
+    assert code == 1 and "already your contact 'bob'" in err
+    assert [c["name"] for c in ok_json(alice.home, "contacts", "list")] == ["bob"]
+
+
+def test_a_node_that_is_down_is_a_clear_error(short_tmp: Any) -> None:
+    code, out, err = p2pm(Home(short_tmp), "send", "bob", "hi")
+    assert code == 3 and out == ""
+    assert err.strip() == f"p2pm: the node in {short_tmp} is not running (p2pm up starts it)"
