@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from p2pm.common.cli import bus
 from p2pm.common.home import ACTORS
 from tests.helpers import Node, run_p2pm
 
@@ -68,6 +69,12 @@ def test_status_and_id_json_shapes(node: Node) -> None:
             assert row["state"] == "RUNNING" or row["state"] == "STARTING"
     text = node.p2pm("status", check=True).stdout
     assert node.peer_id in text and all(a in text for a in ACTORS)
+
+    # Each status asks every actor once with a fresh client: none may go unanswered
+    # (a lost wake-up in the bus once failed about one such call in a hundred).
+    for _ in range(50):
+        missing = {a: r for a, r in bus.statuses(node.home).items() if not isinstance(r, dict)}
+        assert missing == {}
 
     ident = orjson.loads(node.p2pm("id", "--json", check=True).stdout)
     assert set(ident) == {"peer_id", "addrs"} and ident["peer_id"] == node.peer_id
