@@ -348,6 +348,30 @@ class Transport(Actor):
                 "connect_ms": round((time.perf_counter() - start) * 1000, 3)}
 
     @rpc
+    async def add_addrs(self, peer_id: str, addrs: list[str]) -> dict[str, Any]:
+        """{"peer_id", "addrs": [multiaddr, ...]} -> {"peer_id", "added": n}
+
+        Remember addresses learnt elsewhere (the dht's find_peer) for an hour, so a
+        later dial or ping by peer ID works. Nothing is dialled."""
+        node = self._require()
+        peer = _parse_peer(peer_id)
+        if peer == node.peer_id:
+            raise errors.bad_params("that is this node's own peer id")
+        if not 1 <= len(addrs) <= 32:
+            raise errors.bad_params("give 1..32 addrs")
+        parsed = []
+        for a in addrs:
+            try:
+                maddr = multiaddr.Multiaddr(a)
+            except Exception:
+                raise errors.bad_params(f"not a multiaddr: {a!r}") from None
+            if maddr.get_peer_id() not in (None, peer_id):
+                raise errors.bad_params(f"{a} names another peer")
+            parsed.append(_strip_p2p(maddr))
+        node.host.get_peerstore().add_addrs(peer, parsed, ADDR_TTL_S)
+        return {"peer_id": peer_id, "added": len(parsed)}
+
+    @rpc
     async def hangup(self, peer_id: str) -> dict[str, Any]:
         """{"peer_id"} -> {"peer_id", "disconnected": true}; not_found if not connected."""
         node = self._require()

@@ -381,3 +381,19 @@ async def test_a_listen_address_in_use_is_reported() -> None:
             status = await a.call("sys.status")
             assert "listening on 1 of the 2" in status["problem"]
             assert len(a.addrs) == 1 and f"/tcp/{port}/" not in a.addrs[0]
+
+
+async def test_addresses_learnt_elsewhere_make_a_peer_dialable_by_id() -> None:
+    async with two_nodes() as (a, b):
+        bare = b.addrs[0].split("/p2p/")[0]
+        for bad in ({"peer_id": b.peer_id, "addrs": []},
+                    {"peer_id": b.peer_id, "addrs": ["nope"]},
+                    {"peer_id": b.peer_id, "addrs": [a.addrs[0]]},  # names another peer
+                    {"peer_id": a.peer_id, "addrs": [bare]}):
+            with pytest.raises(errors.BusError) as info:
+                await a.call("add_addrs", bad, retries=0)
+            assert info.value.code == errors.BAD_PARAMS
+        assert not a.transport.node.host.get_connected_peers()  # nothing dialled
+        added = await a.call("add_addrs", {"peer_id": b.peer_id, "addrs": [bare]})
+        assert added == {"peer_id": b.peer_id, "added": 1}
+        assert (await a.call("ping", {"peer_id": b.peer_id}))["rtt_ms"] > 0
