@@ -237,3 +237,16 @@ def test_no_secret_key_on_the_bus_or_in_logs(node_factory) -> None:
                    Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in entry)
         expected = unlock_key.hex().encode() if actor == "keystore" else b""
         assert env.get(b"P2PM_KEYSTORE_KEY") == expected, actor
+
+
+def test_down_stops_actors_orphaned_by_a_dead_supervisord(node: Node) -> None:
+    actors = node.pids()
+    sup_pid = node.supervisor().pid()
+    os.kill(sup_pid, signal.SIGKILL)
+    wait_for(lambda: supmod.supervisord_pid(node.home) is None, 10, "supervisord to die")
+    assert supmod.actor_pids(node.home) == actors  # the actors outlive it
+    refused = node.p2pm("up")
+    assert refused.returncode != 0 and "outside supervisord" in refused.stderr
+    node.p2pm("down", check=True)
+    assert supmod.wait_gone(list(actors.values()), 0) == []
+    assert supmod.actor_pids(node.home) == {}
