@@ -9,8 +9,10 @@ simulator in `sim.py`) feeds it four kinds of input and performs what comes out:
     handle_request(msg, sender, now)          ->    the reply Message, or None (no
                                                     reply: ADD_PROVIDER), or raises
                                                     RequestRejected (reset the stream)
-    find_node / get_value / get_providers /
-    put_value / provide (..., now)            ->    (operation id, [actions])
+    find_node / find_peer / get_value /
+    get_providers / put_value / provide /
+    bootstrap (..., now)                      ->    (operation id, [actions])
+    probe(peer, now)                          ->    one SendRequest
     handle_reply(request_id, msg, now),
     handle_failure(request_id, now, refused)  ->    [actions]
     tick(now, rng)                            ->    [actions]; call it again at
@@ -24,7 +26,8 @@ Actions are `SendRequest` (open a stream to the peer, write the message, and unl
 Every request has a deadline; `tick` fails the ones past it, which counts against the
 peer in the routing table. Peers enter the table only when they prove they serve the
 DHT: by answering one of our queries, or when the shell reports an inbound request
-from a server-mode peer. `tick` also starts bucket refreshes and the self-lookup
+from a server-mode peer. The shell also keeps `connected` (peers it is connected to,
+with addresses) so FIND_NODE can name a connected peer that is not in the table. `tick` also starts bucket refreshes and the self-lookup
 (every `refresh_interval`), republishes what we provide (every 22 h), and sweeps
 expired records and providers.
 
@@ -92,7 +95,7 @@ class CancelRequest:
 @dataclasses.dataclass(frozen=True, slots=True)
 class LookupDone:
     op_id: int
-    purpose: str  # "user", "refresh", "put", "provide"
+    purpose: str  # "user", "find_peer", "refresh", "put", "provide"
     result: LookupResult
 
 
@@ -160,6 +163,8 @@ class KadCore:
         self._provided: dict[bytes, float] = {}  # key -> when to republish
         self._refreshing: set[int] = set()
         self._next_maintenance = float("-inf")  # the first tick bootstraps the table
+        # Peers the shell is connected to, with their addresses (DHT servers or not).
+        self.connected: dict[bytes, Peer] = {}
         self._self_lookup_due = 0.0
 
     def _new_id(self) -> int:
@@ -202,7 +207,15 @@ class KadCore:
 
     def _on_find_node(self, msg: Message, sender: Peer, now: float) -> Message:
         key = self._need_key(msg)
-        return Message(type=MessageType.FIND_NODE, closer_peers=self._closer(key, sender))
+        closer = self._closer(key, sender)
+        # The spec's FIND_NODE exception, which go- and py-libp2p implement: a peer we
+        # are connected to is named even when it is no DHT server (a client-mode or
+        # DHT-less peer can only be found this way).
+        target = self.connected.get(key)
+        if target is not None and target.id != sender.id and target.addrs \
+                and all(p.id != key for p in closer):
+            closer = (target, *closer[:self.config.k - 1])
+        return Message(type=MessageType.FIND_NODE, closer_peers=closer)
 
     def _on_get_value(self, msg: Message, sender: Peer, now: float) -> Message:
         key = self._need_key(msg)
@@ -253,6 +266,25 @@ class KadCore:
                   purpose: str = "user") -> tuple[int, list[Action]]:
         return self._start(LookupKind.FIND_NODE, key, now, purpose)
 
+    def find_peer(self, peer_id: bytes, now: float) -> tuple[int, list[Action]]:
+        """A FIND_NODE lookup for one peer that ends once its addresses are known
+        (`LookupDone.result.found`)."""
+        return self._start(LookupKind.FIND_NODE, peer_id, now, "find_peer",
+                           stop_when_found=True)
+
+    def bootstrap(self, seeds: list[Peer], now: float) -> tuple[int, list[Action]]:
+        """Look ourselves up through `seeds` (configured or remembered peers, not yet
+        proven) and the table: the peers that answer join the table, and the walk
+        fills the buckets near us."""
+        return self._start(LookupKind.FIND_NODE, self.local.id, now, "refresh",
+                           extra_seeds=seeds)
+
+    def probe(self, peer: Peer, now: float) -> SendRequest:
+        """Ask one peer a FIND_NODE for our own ID outside any lookup: a peer that
+        answers has proven it serves the DHT and joins the table."""
+        return self._send(peer, Message(type=MessageType.FIND_NODE, key=self.local.id),
+                          now, None)
+
     def get_value(self, key: bytes, now: float) -> tuple[int, list[Action]]:
         return self._start(LookupKind.GET_VALUE, key, now, "user")
 
@@ -280,17 +312,20 @@ class KadCore:
         self._provided.pop(key, None)
 
     def _start(self, kind: LookupKind, key: bytes, now: float, purpose: str,
-               record: Record | None = None,
-               refresh_bucket: int | None = None) -> tuple[int, list[Action]]:
+               record: Record | None = None, refresh_bucket: int | None = None,
+               stop_when_found: bool = False,
+               extra_seeds: list[Peer] | None = None) -> tuple[int, list[Action]]:
         if not key:
             raise ValueError("empty key")
         local_value = self.records.get(key, now) if kind is LookupKind.GET_VALUE else None
+        seeds = self.routing.closest(kad_key(key), self.config.k)
         lookup = Lookup(
-            kind, key, self.routing.closest(kad_key(key), self.config.k),
+            kind, key, seeds + list(extra_seeds or ()),
             local_id=self.local.id, k=self.config.k, alpha=self.config.alpha,
             timeout=self.config.request_timeout, quorum=self.config.quorum,
             validate=lambda k, v: self.validators.validate(k, v, now),
-            select=self.validators.select, local_value=local_value)
+            select=self.validators.select, local_value=local_value,
+            stop_when_found=stop_when_found)
         op_id = self._new_id()
         self._ops[op_id] = _Op(purpose, lookup, record, refresh_bucket)
         return op_id, self._advance(op_id, now)

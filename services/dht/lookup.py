@@ -15,7 +15,8 @@ keeping at most `alpha` WAITING. A reply adds its closer peers as NEW candidates
 hop further than the peer that named them). The lookup is done when the k nearest
 not-FAILED candidates have all SUCCEEDED, or when nothing is NEW or WAITING any more;
 GET_VALUE also stops at `quorum` valid values and GET_PROVIDERS at `want_providers`
-distinct providers. Nothing here sends or waits: the core turns `poll()` into requests
+distinct providers; a FIND_NODE for one peer (`stop_when_found`) stops as soon as a
+reply gives that peer's addresses. Nothing here sends or waits: the core turns `poll()` into requests
 and feeds back replies, failures and the clock.
 
 Hops: a seed from our own table is hop 1; a peer first named by a hop-h peer is hop
@@ -32,6 +33,9 @@ from collections.abc import Callable
 
 from .keyspace import is_multihash, kad_key
 from .messages import Message, MessageType, Peer
+
+
+MAX_FOUND_ADDRS = 32  # addresses kept for a found peer, merged from every reply naming it
 
 
 class LookupKind(enum.Enum):
@@ -68,6 +72,9 @@ class LookupResult:
     rounds: int
     queried: int
     failed: int
+    # FIND_NODE of a peer ID: that peer with the addresses we learnt for it, if any
+    # reply named it with addresses or it answered itself; None otherwise
+    found: Peer | None = None
 
 
 # (key, [values]) -> index of the best; raises on an invalid value.
@@ -80,7 +87,8 @@ class Lookup:
     def __init__(self, kind: LookupKind, key: bytes, seeds: list[Peer], *, local_id: bytes,
                  k: int = 20, alpha: int = 3, timeout: float = 10.0, quorum: int = 3,
                  want_providers: int = 20, validate: ValidateFn | None = None,
-                 select: SelectFn | None = None, local_value: bytes | None = None) -> None:
+                 select: SelectFn | None = None, local_value: bytes | None = None,
+                 stop_when_found: bool = False) -> None:
         if kind is LookupKind.GET_VALUE and (validate is None or select is None):
             raise ValueError("a GET_VALUE lookup needs validate and select")
         self.kind = kind
@@ -104,6 +112,10 @@ class Lookup:
         self._values_seen = 1 if local_value is not None else 0
         self._no_value: dict[bytes, Peer] = {}
         self._providers: dict[bytes, Peer] = {}
+        # Finding one peer ends as soon as its addresses are known: the rest of the
+        # walk would only confirm what a dial will tell anyway.
+        self.stop_when_found = stop_when_found
+        self.found: Peer | None = None
         for peer in seeds:
             self._add_candidate(peer, hop=1)
         self._check_done()
@@ -198,8 +210,12 @@ class Lookup:
         if cand is None:
             return
         self.rounds = max(self.rounds, cand.hop)
+        if self.kind is LookupKind.FIND_NODE and cand.peer.id == self.key and cand.peer.addrs:
+            self._note_found(cand.peer)
         for peer in reply.closer_peers:
             self._add_candidate(peer, cand.hop + 1)
+            if self.kind is LookupKind.FIND_NODE and peer.id == self.key and peer.addrs:
+                self._note_found(peer)
         if self.kind is LookupKind.GET_VALUE:
             self._take_value(cand.peer, reply)
         elif self.kind is LookupKind.GET_PROVIDERS:
@@ -207,6 +223,13 @@ class Lookup:
                 if len(self._providers) < self.want_providers and is_multihash(provider.id):
                     self._providers.setdefault(provider.id, provider)
         self._check_done()
+
+    def _note_found(self, peer: Peer) -> None:
+        known = self.found.addrs if self.found is not None else ()
+        addrs = known + tuple(a for a in peer.addrs if a not in known)
+        self.found = Peer(peer.id, addrs[:MAX_FOUND_ADDRS])
+        if self.stop_when_found:
+            self.done = True
 
     def _take_value(self, peer: Peer, reply: Message) -> None:
         assert self._validate is not None and self._select is not None
@@ -249,4 +272,4 @@ class Lookup:
             kind=self.kind, key=self.key, closest=tuple(closest), value=self._best,
             value_holders=tuple(self._best_holders), outdated=tuple(outdated.values()),
             providers=tuple(self._providers.values()), rounds=self.rounds,
-            queried=self.queried, failed=self.failed)
+            queried=self.queried, failed=self.failed, found=self.found)

@@ -4,7 +4,8 @@ Only namespaces with a registered validator are stored; everything else (plain k
 unknown namespaces) is refused, unlike py-libp2p's permissive default. Two namespaces:
 
 * `/pk/<peer id>`: the value is a libp2p PublicKey protobuf whose multihash is the peer
-  ID in the key (self-certifying, nothing to sign).
+  ID in the key (self-certifying, nothing to sign). The peer ID is the raw multihash
+  (spec) or its hex (py-libp2p's form).
 * `/p2pm/<label>/<owner peer id>`: a `SignedValue` envelope (owner, seq, expiry, value,
   signature) signed by the owner's Ed25519 key in the "p2pm-record:" domain over the
   record's key and every envelope field. The owner in the key must be the signer, so
@@ -91,13 +92,26 @@ class RecordValidator(Protocol):
         """The index of the best of several valid values (stable: same input, same pick)."""
 
 
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def pk_key_peer_id(key: bytes) -> bytes:
+    """The peer ID multihash a /pk/ key names. The spec (and go-libp2p) puts the raw
+    multihash after "/pk/"; py-libp2p puts its lowercase hex (its keys are text). A raw
+    peer ID starts with byte 0x00 or 0x12, never a hex digit, so both forms are read."""
+    rest = key[len(PublicKeyValidator.namespace):]
+    if not rest:
+        raise RecordError("/pk/ key without a peer ID")
+    if len(rest) % 2 == 0 and set(rest) <= _HEX:
+        return bytes.fromhex(rest.decode("ascii"))
+    return rest
+
+
 class PublicKeyValidator:
     namespace = b"/pk/"
 
     def validate(self, key: bytes, value: bytes, now: float) -> None:
-        peer_id = key[len(self.namespace):]
-        if not peer_id:
-            raise RecordError("/pk/ key without a peer ID")
+        peer_id = pk_key_peer_id(key)
         try:
             decoded = pb.decode(PublicKey, value)
         except DecodeError as exc:

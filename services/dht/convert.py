@@ -1,0 +1,163 @@
+"""Between the bus and the wire: peer IDs, multiaddrs, record keys and the routing-table
+snapshot in the text forms the bus and the CLI use, and the binary forms of
+`/ipfs/kad/1.0.0`.
+
+Everything that comes from outside (a peer's reply, a local caller, a stored snapshot)
+is checked here: a malformed address is dropped, a malformed key or peer ID is a
+ValueError with a message meant for the caller.
+"""
+
+from __future__ import annotations
+
+import base58
+import multiaddr
+import orjson
+
+from .keyspace import is_multihash
+from .messages import MAX_ADDRS_PER_PEER, Peer
+from .records import PublicKeyValidator, SignedRecordValidator
+
+MAX_SNAPSHOT_PEERS = 2000
+
+
+# -- peer IDs and addresses ----------------------------------------------------------------
+
+def peer_id_bytes(text: str) -> bytes:
+    """The multihash of a base58 peer ID ("12D3KooW...", "Qm..."); ValueError if not one."""
+    if not isinstance(text, str) or not 32 <= len(text) <= 128:
+        raise ValueError(f"not a peer id: {text!r}")
+    try:
+        raw = base58.b58decode(text)
+    except ValueError:
+        raise ValueError(f"not a peer id (not base58): {text!r}") from None
+    if not is_multihash(raw):
+        raise ValueError(f"not a peer id (not a multihash): {text!r}")
+    return raw
+
+
+def peer_id_text(raw: bytes) -> str:
+    return base58.b58encode(raw).decode("ascii")
+
+
+def addr_bytes(text: str) -> bytes | None:
+    """A multiaddr for the wire, without its /p2p/ part (the peer ID travels beside it);
+    None if it does not parse."""
+    try:
+        addr = multiaddr.Multiaddr(text)
+        try:
+            addr = addr.decapsulate_code(multiaddr.protocols.P_P2P)
+        except Exception:
+            pass  # no /p2p/ part
+        return addr.to_bytes()
+    except Exception:
+        return None
+
+
+def addr_text(raw: bytes) -> str | None:
+    """A wire multiaddr as text; None for bytes that are not one (peer input)."""
+    try:
+        return str(multiaddr.Multiaddr(raw))
+    except Exception:
+        return None
+
+
+def make_peer(peer_id: str, addrs: list[str] | tuple[str, ...]) -> Peer:
+    """A wire Peer from the transport's view of a peer; unparsable addresses dropped."""
+    wire = []
+    for a in addrs:
+        raw = addr_bytes(a)
+        if raw is not None and raw not in wire:
+            wire.append(raw)
+    return Peer(peer_id_bytes(peer_id), tuple(wire[:MAX_ADDRS_PER_PEER]))
+
+
+def peer_json(peer: Peer) -> dict[str, object]:
+    """{"peer_id", "addrs"} for the bus; addresses that do not parse are left out."""
+    texts = [t for t in (addr_text(a) for a in peer.addrs) if t is not None]
+    return {"peer_id": peer_id_text(peer.id), "addrs": texts}
+
+
+# -- record and provider keys ----------------------------------------------------------
+
+def record_key(text: str) -> bytes:
+    """The wire key for a key given as text.
+
+    `/p2pm/<label>/<peer id>` and `/pk/<peer id>` (base58) become the binary forms the
+    validators expect; `/pk/<hex>` (py-libp2p's form) and anything else are taken as
+    UTF-8 and judged by the validators.
+    """
+    if not isinstance(text, str) or not text:
+        raise ValueError("a key is a non-empty string")
+    raw = text.encode("utf-8")
+    p2pm = SignedRecordValidator.namespace.decode()
+    pk = PublicKeyValidator.namespace.decode()
+    if text.startswith(p2pm):
+        label, slash, owner = text[len(p2pm):].partition("/")
+        if not slash:
+            raise ValueError("a /p2pm/ key is /p2pm/<label>/<owner peer id>")
+        return SignedRecordValidator.namespace + label.encode() + b"/" + peer_id_bytes(owner)
+    if text.startswith(pk):
+        rest = text[len(pk):]
+        if rest and not all(c in "0123456789abcdef" for c in rest):
+            return PublicKeyValidator.namespace + peer_id_bytes(rest)
+    return raw
+
+
+def record_key_text(key: bytes) -> str:
+    """The inverse of `record_key`, for replies."""
+    for ns in (SignedRecordValidator.namespace, PublicKeyValidator.namespace):
+        if key.startswith(ns):
+            rest = key[len(ns):]
+            head, slash, owner = rest.rpartition(b"/")
+            if ns == SignedRecordValidator.namespace and slash:
+                return f"{ns.decode()}{head.decode(errors='replace')}/{peer_id_text(owner)}"
+            if ns == PublicKeyValidator.namespace and is_multihash(rest):
+                return f"{ns.decode()}{peer_id_text(rest)}"
+    return key.decode("utf-8", errors="backslashreplace")
+
+
+def provider_key(text: str) -> bytes:
+    """A provider key (a multihash) given as hex or base58."""
+    if not isinstance(text, str) or not text:
+        raise ValueError("a provider key is a non-empty string")
+    raw: bytes | None = None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        try:
+            raw = base58.b58decode(text)
+        except ValueError:
+            raw = None
+    if raw is None or not is_multihash(raw):
+        raise ValueError(f"a provider key is a multihash in hex or base58: {text!r}")
+    return raw
+
+
+# -- the routing-table snapshot --------------------------------------------------------
+
+def encode_snapshot(peers: list[Peer]) -> bytes:
+    return orjson.dumps({"version": 1, "peers": [peer_json(p) for p in peers]})
+
+
+def decode_snapshot(data: bytes) -> list[Peer]:
+    """The peers of a stored snapshot; ValueError if it is not one (entries that do not
+    parse are skipped: one bad entry should not cost the whole table)."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise ValueError("routing-table snapshot is not JSON") from None
+    if not isinstance(doc, dict) or doc.get("version") != 1 \
+            or not isinstance(doc.get("peers"), list):
+        raise ValueError("not a version-1 routing-table snapshot")
+    out: list[Peer] = []
+    for entry in doc["peers"][:MAX_SNAPSHOT_PEERS]:
+        try:
+            addrs = entry["addrs"]
+            if not isinstance(addrs, list):
+                continue
+            peer = make_peer(entry["peer_id"], [a for a in addrs if isinstance(a, str)])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if peer.addrs:
+            out.append(peer)
+    return out
