@@ -33,6 +33,7 @@ ECHO = "/p2pm-bench/echo/1.0.0"
 SINK = "/p2pm-bench/sink/1.0.0"
 CONNECTS = 10
 ROUND_TRIPS = 500
+NEW_STREAMS = 200
 MESSAGE = b"x" * 64
 BULK = 32 * 1024 * 1024
 WRITE = 64 * 1024
@@ -96,6 +97,18 @@ async def raw_rtt_ms(a: IHost, b: IHost) -> list[float]:
     return samples
 
 
+async def raw_new_stream_ms(a: IHost, b: IHost) -> list[float]:
+    samples = []
+    for _ in range(NEW_STREAMS):
+        start = time.perf_counter()
+        stream = await a.new_stream(b.get_id(), [ECHO])  # type: ignore[list-item]
+        await stream.write(MESSAGE)
+        await read_exactly(stream, len(MESSAGE))
+        await stream.close()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
 async def raw_throughput(a: IHost, b: IHost) -> float:
     stream = await a.new_stream(b.get_id(), [SINK])  # type: ignore[list-item]
     chunk = b"y" * WRITE
@@ -146,6 +159,15 @@ async def api_measurements() -> dict[str, Any]:
                     while len(got) < len(MESSAGE):
                         got += await s.receive()
                     out["rtt"].append((time.perf_counter() - start) * 1000)
+            out["new_stream"] = []
+            for _ in range(NEW_STREAMS):
+                start = time.perf_counter()
+                async with client.open(ECHO, peer=b.peer_id) as s:
+                    await s.send(MESSAGE)
+                    got = b""
+                    while len(got) < len(MESSAGE):
+                        got += await s.receive()
+                out["new_stream"].append((time.perf_counter() - start) * 1000)
             async with client.open(SINK, peer=b.peer_id) as s:
                 chunk = b"y" * WRITE
                 start = time.perf_counter()
@@ -163,6 +185,7 @@ async def measure() -> list[dict[str, Any]]:
         raw_connect = await raw_connect_ms(a, b)
         await a.connect(info_from_p2p_addr(b.get_addrs()[0]))
         raw_rtt = await raw_rtt_ms(a, b)
+        raw_new = await raw_new_stream_ms(a, b)
         raw_mbps = await raw_throughput(a, b)
     return [
         {"name": "transport connect p50 (loopback, Noise+Yamux)", "value": round(p50(api["connect"]), 2),
@@ -174,6 +197,9 @@ async def measure() -> list[dict[str, Any]]:
          "value": round(statistics.quantiles(api["rtt"], n=100)[98], 3), "unit": "ms",
          "baseline": "raw py-libp2p stream",
          "baseline_value": round(statistics.quantiles(raw_rtt, n=100)[98], 3)},
+        {"name": "new stream + 64 B echo + close p50 (stream API)",
+         "value": round(p50(api["new_stream"]), 3), "unit": "ms",
+         "baseline": "raw py-libp2p stream", "baseline_value": round(p50(raw_new), 3)},
         {"name": f"stream throughput ({WRITE // 1024} KiB writes, stream API)",
          "value": round(api["mbps"], 1), "unit": "MB/s", "baseline": "raw py-libp2p stream",
          "baseline_value": round(raw_mbps, 1)},
