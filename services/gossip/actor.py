@@ -64,6 +64,7 @@ SYNC_INTERVAL_S = 30.0  # anti-entropy with one member per conversation
 SYNC_MIN_GAP_S = 5.0  # between two syncs of one conversation with one peer
 GAP_GRACE_S = 1.0  # gossip reorders; a gap still open after this triggers a sync
 RECEIPT_FLUSH_S = 0.2
+PROVIDE_EVERY_S = 600.0
 MAX_DEBUG_MESSAGES = 1000
 OPENED_CACHE = 4096
 STORAGE_TIMEOUT = 5.0
@@ -628,7 +629,6 @@ class Gossip(Actor):
                             members=[self.me], name=name)
         await self._register({"kind": "room", "secret": secret, "name": name,
                               "members": [self.me]})
-        self.spawn(self._provide, self.convs[keys.id])
         invite = await self._invite(self.convs[keys.id])
         return {"id": keys.id, "name": name, "kind": "room", "invite": invite}
 
@@ -665,7 +665,6 @@ class Gossip(Actor):
         if inv.inviter != self.me:
             await self._learn_addrs(inv.inviter, list(inv.addrs))
             self.spawn(self._dial, inv.inviter)
-        self.spawn(self._provide, conv)
         return {"id": conv.id, "name": conv.name, "kind": "room"}
 
     @rpc
@@ -1027,8 +1026,8 @@ class Gossip(Actor):
                                         retries=0)
                 await self._learn_addrs(peer, found.get("addrs") or [])
             except errors.BusError as exc:
-                if exc.code == errors.UNKNOWN_METHOD:
-                    self._dht_ok = False
+                if exc.code != errors.NOT_FOUND:
+                    self._dht_failed(exc)
         return self.addrs.get(peer, [])
 
     async def _dial(self, peer: str) -> bool:
@@ -1050,26 +1049,41 @@ class Gossip(Actor):
         return False
 
     async def _provide(self, conv: Conversation) -> None:
-        """Announce membership in the DHT under the conversation's provider key, and
-        look for other members there (no-op while the DHT does not serve it)."""
+        """Announce membership in the DHT under the conversation's provider key (a
+        no-op while the node runs no DHT that serves it)."""
         if not self._dht_ok:
             return
         try:
-            await self.call("dht", "provide", {"key": conv.keys.dht_key}, timeout=30,
-                            retries=0)
-            self._provided[conv.id] = self._now()
-            found = await self.call("dht", "find_providers", {"key": conv.keys.dht_key},
-                                    timeout=30, retries=0)
-            for prov in found.get("providers", found) if isinstance(found, dict) else found:
-                if isinstance(prov, dict) and isinstance(prov.get("peer_id"), str) \
-                        and prov["peer_id"] != self.me:
-                    await self._learn_addrs(prov["peer_id"], prov.get("addrs") or [])
-                    conv.members.add(prov["peer_id"])
+            await self.call("dht", "provide", {"key": conv.keys.dht_key.hex()},
+                            timeout=40, retries=0)
         except errors.BusError as exc:
-            if exc.code == errors.UNKNOWN_METHOD:
-                self._dht_ok = False
-        except (TypeError, AttributeError, KeyError):
-            self.counters["dht_bad_reply"] += 1
+            self._dht_failed(exc)
+        await self._discover(conv)
+
+    async def _discover(self, conv: Conversation) -> None:
+        """Other members from the DHT's provider records for the conversation."""
+        if not self._dht_ok:
+            return
+        try:
+            found = await self.call("dht", "find_providers", {"key": conv.keys.dht_key.hex()},
+                                    timeout=40, retries=0)
+        except errors.BusError as exc:
+            self._dht_failed(exc)
+            return
+        providers = found.get("providers") if isinstance(found, dict) else None
+        for prov in providers if isinstance(providers, list) else []:
+            peer = prov.get("peer_id") if isinstance(prov, dict) else None
+            if isinstance(peer, str) and peer != self.me:
+                addrs = prov.get("addrs")
+                await self._learn_addrs(peer, addrs if isinstance(addrs, list) else [])
+                if peer not in conv.members:
+                    conv.members.add(peer)
+                    self.spawn(self._save_members, conv)
+
+    def _dht_failed(self, exc: errors.BusError) -> None:
+        if exc.code == errors.UNKNOWN_METHOD:
+            self._dht_ok = False  # an older dht: members come from invites and sync
+        self.log.info("gossip.dht_failed", error=exc.message)
 
     @every(1.0)
     async def _maintain(self) -> None:
@@ -1105,9 +1119,13 @@ class Gossip(Actor):
             if here and now - self._last_sync.get(("*", conv.id), -1e9) > SYNC_INTERVAL_S:
                 self._last_sync[("*", conv.id)] = now
                 self.spawn(self._sync_with, random.choice(here), conv)
-            if self._dht_ok and now - self._provided.get(conv.id, -1e9) > 600:
+            if self._dht_ok and now - self._provided.get(conv.id, -1e9) > PROVIDE_EVERY_S:
                 self._provided[conv.id] = now
                 self.spawn(self._provide, conv)
+            elif self._dht_ok and not here and \
+                    now - self._last_sync.get(("dht", conv.id), -1e9) > SYNC_INTERVAL_S:
+                self._last_sync[("dht", conv.id)] = now
+                self.spawn(self._discover, conv)
 
 
 def _check_name(name: str) -> str:

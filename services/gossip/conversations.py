@@ -90,7 +90,9 @@ class Keys:
             raise ValueError("a conversation secret is 16-64 bytes")
         cid = kind[0] + _derive(secret, b"p2pm conversation id", 16).hex()
         topic = "/p2pm/conversation/" + _derive(secret, b"p2pm topic", 20).hex()
-        dht_key = _derive(secret, b"p2pm dht provider key", 32)
+        # A sha2-256 multihash, the shape Kademlia provider keys have.
+        dht_key = b"\x12\x20" + hashlib.sha256(
+            _derive(secret, b"p2pm dht provider key", 32)).digest()
         return cls(cid, kind, topic, dht_key, _derive(secret, b"p2pm content key", 32))
 
     def membership_proof(self, initiator: str, responder: str) -> bytes:
