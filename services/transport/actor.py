@@ -111,8 +111,8 @@ class Transport(Actor):
 
     async def run(self) -> None:
         problems = self._check_config()
-        self._problem = "; ".join(problems) or None
         identity = await self._wait_keystore()
+        self._problem = "; ".join(problems) or None
         public_key = wire.b64d(identity["public_key"], "keystore public_key")
         await self._serve_host(public_key, identity)
 
@@ -164,6 +164,7 @@ class Transport(Actor):
             try:
                 return await self.call("keystore", "identity", timeout=2.0, retries=0)
             except errors.BusError as exc:
+                self._problem = f"waiting for the keystore: {exc.message}"
                 self.log.warning("transport.waiting_for_keystore", error=exc.message)
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
