@@ -42,6 +42,7 @@ from p2pm.common.zmqtrio import AsyncSocket
 MAX_TEXT_BYTES = 16 * 1024
 MAX_REF = 256  # a conversation id, room name or contact name as typed
 MAX_INBOX_MESSAGES = 20  # per conversation
+MAX_ROOM_INVITE_CHARS = 16 * 1024
 TOKEN_FILE = "gateway.token"
 NAME_KEY = "gateway.name"
 # Calls to the actors behind the gateway: one that is restarting (about a second under
@@ -389,7 +390,7 @@ class Gateway(Actor):
     async def room_join(self, invite: str) -> dict[str, Any]:
         """{"invite"} -> {"id", "name", "kind": "room"}"""
         text = invite.strip()
-        if not text or len(text) > invites.MAX_INVITE_CHARS:
+        if not text or len(text) > MAX_ROOM_INVITE_CHARS:
             raise errors.bad_params("the room invite is empty or too long")
         if invites.looks_like_invite(text):
             raise errors.bad_params("that is a node invite: use p2pm contacts add")

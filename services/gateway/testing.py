@@ -227,7 +227,7 @@ class FakeGossip(Actor):
             members = self.network.rooms[conversation][1]
             if self.peer_id in members:
                 members.remove(self.peer_id)
-        return {"id": conversation}
+        return {"left": True}
 
     @rpc
     async def conversation_list(self) -> list[dict[str, Any]]:
@@ -269,7 +269,7 @@ class FakeGossip(Actor):
     async def mark_read(self, conversation: str) -> dict[str, Any]:
         conv = self._conv(conversation)
         conv.read = len(conv.messages)
-        return {"id": conversation}
+        return {"read_ts": time.time()}
 
 
 class FakeDht(Actor):
