@@ -37,6 +37,8 @@ log = get_logger("supervisor")
 RPC_TIMEOUT = 10.0
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 30.0
+# Named in supervisord.conf too, which blanks it for every program but the keystore.
+UNLOCK_KEY_ENV = "P2PM_KEYSTORE_KEY"
 
 
 class SupervisorError(RuntimeError):
@@ -48,17 +50,20 @@ def conf_path() -> Path:
     return Path(str(importlib.resources.files("p2pm.config").joinpath("supervisord.conf")))
 
 
+# Secrets the caller's environment may hold that no process of the node should inherit:
+# the passphrase (`p2pm up` reads it from there) and a stray unlock key.
+_NOT_INHERITED = ("P2PM_PASSPHRASE", UNLOCK_KEY_ENV)
+
+
 def supervisord_env(home: Home, unlock_key: str | None = None) -> dict[str, str]:
     """supervisord's environment: ours, plus where the node lives and which Python
-    runs its actors. The unlock key is set only when given, and removed otherwise so
-    a key left in the caller's environment never leaks into a node."""
-    env = dict(os.environ)
+    runs its actors, less any secret; the unlock key only when given."""
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_INHERITED}
     env["P2PM_HOME"] = str(home.root)
     env["P2PM_PYTHON"] = sys.executable
     env["PYTHONUNBUFFERED"] = "1"
-    env.pop("P2PM_KEYSTORE_KEY", None)
     if unlock_key:
-        env["P2PM_KEYSTORE_KEY"] = unlock_key
+        env[UNLOCK_KEY_ENV] = unlock_key
     return env
 
 

@@ -231,12 +231,17 @@ def test_no_secret_key_on_the_bus_or_in_logs(node_factory) -> None:
     for path in sorted(node.home.root.rglob("*")):
         if path.is_file() and not path.is_socket():
             assert _leaks(path.read_bytes(), secrets) == [], path
-    # The unlock key reaches the keystore only; the others see it blanked.
-    for actor, pid in node.pids().items():
+    # The unlock key lives in supervisord's environment and reaches the keystore only;
+    # the others see it blanked. The passphrase `p2pm up` read from its own
+    # environment reaches nobody.
+    for actor, pid in {**node.pids(), "supervisord": node.supervisor().pid()}.items():
         env = dict(entry.split(b"=", 1) for entry in
                    Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in entry)
-        expected = unlock_key.hex().encode() if actor == "keystore" else b""
+        holders = ("keystore", "supervisord")
+        expected = unlock_key.hex().encode() if actor in holders else b""
         assert env.get(b"P2PM_KEYSTORE_KEY") == expected, actor
+        assert b"P2PM_PASSPHRASE" not in env, actor
+        assert PASSPHRASE.encode() not in b"".join(env.values()), actor
 
 
 def test_down_stops_actors_orphaned_by_a_dead_supervisord(node: Node) -> None:
