@@ -378,6 +378,7 @@ class StreamHub:
                              to_owner=True)
 
     async def _pump_out(self, stream: HubStream, done: dict[str, bool]) -> None:
+        ungranted = 0
         try:
             async for body in stream.inbox_recv:
                 if body is None:
@@ -387,9 +388,14 @@ class StreamHub:
                 payload = fr.encode_message(body) if stream.spec.messages else body
                 await _write_patiently(stream.net, payload)
                 stream.queued -= len(body)
-                if body:
+                ungranted += len(body)
+                # Credit goes back in quarters of the window, or at once when nothing
+                # more is queued (the owner may be waiting for exactly this).
+                idle = stream.inbox_recv.statistics().current_buffer_used == 0
+                if ungranted and (idle or ungranted >= stream.recv_window // 4):
                     await self.send(stream.owner, fr.frame(fr.CREDIT, stream.sid,
-                                                           fr.encode_uvarint(len(body))))
+                                                           fr.encode_uvarint(ungranted)))
+                    ungranted = 0
         except Exception as exc:
             await self.reset(stream, f"write failed ({type(exc).__name__})", to_owner=True)
 
