@@ -228,8 +228,12 @@ class Transport(Actor):
             if path is None or not self._persisting:
                 continue
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self._known, indent=1))
-            os.replace(tmp, path)
+            try:
+                tmp.write_text(json.dumps(self._known, indent=1))
+                os.replace(tmp, path)
+            except OSError as exc:  # a full disk costs the redial list, nothing else
+                self.log.error("transport.peers_file_unwritable", path=str(path),
+                               error=str(exc))
             await trio.sleep(0.1)  # coalesce bursts of connects into one write
 
     def _load_peers(self) -> dict[str, list[str]]:
