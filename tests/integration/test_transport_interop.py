@@ -79,3 +79,14 @@ async def test_plaintext_only_host_cannot_connect_either_way() -> None:
             await node.call("dial", {"addr": str(ref.get_addrs()[0])}, retries=0, timeout=15)
         assert info.value.code == errors.UNAVAILABLE
         assert not ref.get_network().get_connections()
+
+
+async def test_mplex_is_accepted_only_as_a_fallback() -> None:
+    from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+
+    async with open_test_node("p2pm") as node, \
+            reference_host(muxer_opt={MPLEX_PROTOCOL_ID: Mplex}) as ref:
+        await ref.connect(info_from_p2p_addr(multiaddr.Multiaddr(node.addrs[0])))
+        conn = ref.get_network().get_connections(ID.from_base58(node.peer_id))[0]
+        assert type(conn.muxed_conn).__name__ == "Mplex"
+        assert (await node.call("ping", {"peer_id": str(ref.get_id())}))["rtt_ms"] > 0
