@@ -5,6 +5,7 @@ from __future__ import annotations
 from .base import main
 
 # Importing a module registers its commands on `main`.
+from . import attach as _attach  # noqa: E402,F401
 from . import chat as _chat  # noqa: E402,F401
 from . import demo as _demo  # noqa: E402,F401
 from . import introspect as _introspect  # noqa: E402,F401

@@ -402,6 +402,13 @@ class Gateway(Actor):
         """{} -> [{"id", "name", "kind", "members", "unread", "last_ts"}, ...]"""
         return await self._conversations()
 
+    @rpc(name="open")
+    async def open_conversation(self, conversation: str) -> dict[str, Any]:
+        """{"conversation"} -> {"id", "name", "kind"}; a contact's name opens (or
+        creates) the direct chat with them."""
+        conv = await self.resolve(conversation)
+        return {"id": conv["id"], "name": conv.get("name", ""), "kind": conv.get("kind")}
+
     @rpc
     async def leave(self, conversation: str) -> dict[str, Any]:
         """{"conversation"} -> {"id", "left": true}"""

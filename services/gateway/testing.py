@@ -345,7 +345,11 @@ class FakeNode:
         ctx = zmq.Context.instance()
         endpoints = self.home.endpoints()
         cfg = self.config
+        previous = self.gossip
         self.gossip = FakeGossip(self.home, cfg, self.network, self.peer_id)
+        if previous is not None:  # a restarted node keeps what gossip had stored
+            self.gossip.conversations = previous.conversations
+            self.gossip.messages = previous.messages
         self.gateway = Gateway(self.home, cfg)
         actors = [Keystore(self.home, cfg), Storage(self.home, cfg), Transport(self.home, cfg),
                   FakeDht(self.home, cfg, self.network), self.gossip, self.gateway]

@@ -6,7 +6,8 @@ the spec'd fakes of services/gateway/testing.py; everything else is real."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -44,6 +45,23 @@ def pair() -> Iterator[tuple[FakeNode, FakeNode]]:
         yield alice, bob
 
 
+@asynccontextmanager
+async def attached(node: FakeNode) -> AsyncIterator[tuple[AttachModel, Any]]:
+    """`p2pm attach` on `node`, fed by a pipe; the chat with bob open."""
+    with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
+        model = AttachModel(node.home)
+        app = asyncio.create_task(run_attach(model))
+        try:
+            await until(lambda: model.connected, "the gateway's heartbeat")
+            keys.send_text("/open bob\r")
+            await until(lambda: model.current is not None, "the chat with bob to open")
+            yield model, keys
+            keys.send_text("/quit\r")
+            await asyncio.wait_for(app, 5)
+        finally:
+            app.cancel()
+
+
 def lines_with(model: AttachModel, text: str) -> list[str]:
     return [line for line in model.message_lines() if text in line]
 
@@ -52,14 +70,8 @@ def test_typing_sends_and_incoming_messages_appear(pair: tuple[FakeNode, FakeNod
     alice, bob = pair
 
     async def drive() -> None:
-        with create_pipe_input() as keys, create_app_session(input=keys,
-                                                              output=DummyOutput()):
-            model = AttachModel(alice.home)
-            app = asyncio.create_task(run_attach(model))
-            await until(lambda: model.connected, "the gateway's heartbeat")
+        async with attached(alice) as (model, keys):
             assert "[connected]" in model.status_line()
-            keys.send_text("/open bob\r")
-            await until(lambda: model.current is not None, "the chat with bob to open")
             keys.send_text("hello from the terminal\r")
 
             async def bob_got_it() -> bool:
@@ -81,8 +93,6 @@ def test_typing_sends_and_incoming_messages_appear(pair: tuple[FakeNode, FakeNod
             assert "bob: hi from bob" in line
             keys.send_text("/nonsense\r")
             await until(lambda: "unknown command" in model.notice, "the error notice")
-            keys.send_text("/quit\r")
-            await asyncio.wait_for(app, 5)
 
     asyncio.run(drive())
 
@@ -91,13 +101,7 @@ def test_screen_survives_its_node_restarting(pair: tuple[FakeNode, FakeNode]) ->
     alice, bob = pair
 
     async def drive() -> None:
-        with create_pipe_input() as keys, create_app_session(input=keys,
-                                                              output=DummyOutput()):
-            model = AttachModel(alice.home)
-            app = asyncio.create_task(run_attach(model))
-            await until(lambda: model.connected, "the gateway's heartbeat")
-            keys.send_text("/open bob\r")
-            await until(lambda: model.current is not None, "the chat with bob to open")
+        async with attached(alice) as (model, keys):
             await asyncio.to_thread(alice.stop)
             await until(lambda: not model.connected, "the screen to notice", 8)
             assert "reconnecting" in model.status_line()
@@ -105,7 +109,5 @@ def test_screen_survives_its_node_restarting(pair: tuple[FakeNode, FakeNode]) ->
             await until(lambda: model.connected, "the screen to reconnect", 15)
             keys.send_text("still here\r")
             await until(lambda: lines_with(model, "still here"), "the message after restart")
-            keys.send_text("/quit\r")
-            await asyncio.wait_for(app, 5)
 
     asyncio.run(drive())
