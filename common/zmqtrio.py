@@ -111,6 +111,7 @@ class AsyncSocket:
         try:
             self.sock.send_multipart(frames, NOBLOCK, copy=False)
         except zmq.Again:
+            self._poke()  # the failed attempt may still have consumed the edge
             return False
         self._poke()
         return True
