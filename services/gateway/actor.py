@@ -106,6 +106,8 @@ def _check_ref(ref: str, what: str) -> str:
 
 class Gateway(Actor):
     name = "gateway"
+    downstream_timeout = DOWNSTREAM_TIMEOUT
+    downstream_retries = DOWNSTREAM_RETRIES
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
@@ -175,10 +177,11 @@ class Gateway(Actor):
 
     # -- calling the actors behind -----------------------------------------------------
     async def _call(self, actor: str, method: str, params: dict[str, Any] | None = None,
-                    timeout: float = DOWNSTREAM_TIMEOUT) -> Any:
+                    timeout: float | None = None) -> Any:
         try:
-            return await self.call(actor, method, params, timeout=timeout,
-                                   retries=DOWNSTREAM_RETRIES)
+            return await self.call(actor, method, params,
+                                   timeout=timeout or self.downstream_timeout,
+                                   retries=self.downstream_retries)
         except errors.BusError as exc:
             if exc.code == errors.TIMEOUT:
                 raise errors.unavailable(
