@@ -141,5 +141,11 @@ async def open_client(ctx: zmq.Context, endpoint: str, actor: str) -> AsyncItera
                 yield client
             finally:
                 nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The receive loop only ends by cancellation, so a group holds the caller's
+        # own exception: give it back unwrapped, as if there were no nursery.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     finally:
         client.close()

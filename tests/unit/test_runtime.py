@@ -265,3 +265,14 @@ async def test_many_concurrent_calls_share_one_client() -> None:
                     inner.start_soon(one, i)
         assert sorted(results) == list(range(1, 501))
         nursery.cancel_scope.cancel()
+
+
+async def test_errors_inside_open_client_are_not_wrapped() -> None:
+    ep = endpoints()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ActorRuntime(Counter(), ep).serve)
+        with pytest.raises(errors.BusError) as exc:
+            async with open_client(zmq.Context.instance(), ep.rpc("counter"), "counter") as c:
+                await c.call("nope")
+        assert exc.value.code == errors.UNKNOWN_METHOD
+        nursery.cancel_scope.cancel()
