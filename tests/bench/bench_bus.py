@@ -73,6 +73,55 @@ def raw_rpc(base: str) -> list[float]:
     return times
 
 
+def asyncio_rpc(base: str) -> list[float]:
+    """The same round trip from a zmq.asyncio client: the event-loop integration pyzmq
+    ships, which ours (trio over zmq.FD) should match."""
+    import asyncio
+
+    import zmq.asyncio
+
+    async def main() -> list[float]:
+        ctx = zmq.asyncio.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(base + "/raw.rpc")
+        payload = b'{"id":"0123456789abcdef","method":"echo","params":{"value":1}}'
+        await sock.send_multipart([b"", b"warm"])
+        await sock.recv_multipart()
+        times = []
+        for _ in range(REQUESTS):
+            t = time.perf_counter()
+            await sock.send_multipart([b"", payload])
+            await sock.recv_multipart()
+            times.append(time.perf_counter() - t)
+        sock.close(0)
+        ctx.term()
+        return times
+
+    return asyncio.run(main())
+
+
+def trio_rpc(base: str) -> list[float]:
+    """The same round trip from our trio AsyncSocket, without the runtime around it."""
+
+    async def main() -> list[float]:
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.connect(base + "/raw.rpc")
+        asock = AsyncSocket(sock)
+        payload = b'{"id":"0123456789abcdef","method":"echo","params":{"value":1}}'
+        await asock.send_multipart([b"", b"warm"])
+        await asock.recv_multipart()
+        times = []
+        for _ in range(REQUESTS):
+            t = time.perf_counter()
+            await asock.send_multipart([b"", payload])
+            await asock.recv_multipart()
+            times.append(time.perf_counter() - t)
+        asock.close(0)
+        return times
+
+    return trio.run(main)
+
+
 def raw_events(base: str) -> float:
     ctx = zmq.Context.instance()
     sub = ctx.socket(zmq.SUB)
@@ -144,6 +193,8 @@ def run() -> list[dict[str, Any]]:
     ]
     try:
         raw_times = raw_rpc(base)
+        aio_times = asyncio_rpc(base)
+        trio_times = trio_rpc(base)
         raw_rate = raw_events(base)
         ep = Endpoints(base)
         rt_times = trio.run(runtime_rpc, ep)
@@ -164,6 +215,9 @@ def run() -> list[dict[str, Any]]:
         {"name": "bus request/reply p99 (one hop, ipc)", "value": us(percentile(rt_times, 0.99)),
          "unit": "µs", "baseline": "raw pyzmq DEALER/ROUTER",
          "baseline_value": us(percentile(raw_times, 0.99))},
+        {"name": "trio AsyncSocket round trip p50 (client side only, ipc)",
+         "value": us(statistics.median(trio_times)), "unit": "µs",
+         "baseline": "zmq.asyncio client", "baseline_value": us(statistics.median(aio_times))},
         {"name": "bus events per second (one hop, ipc)", "value": round(rt_rate),
          "unit": "events/s", "baseline": "raw pyzmq PUB/SUB", "baseline_value": round(raw_rate)},
     ]
