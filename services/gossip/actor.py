@@ -430,6 +430,8 @@ class Gossip(Actor):
         for topic, conv in self.by_topic.items():
             if topic not in seen and pb in self.router.topic_peers(topic):
                 seen.add(topic)
+                if conv.kind == "direct" and peer not in conv.members:
+                    continue  # not a member: it cannot sync, and gets nothing
                 if self.me < peer or conv.kind == "direct":
                     self.spawn(self._sync_with, peer, conv)
 

@@ -42,8 +42,9 @@ class GossipNode:
         return await self.clients[actor].call(method, params, **kw)
 
     async def wait_for(self, condition: Any, what: str, timeout: float = 20.0) -> Any:
-        """Poll an async condition until it returns something truthy."""
-        with trio.fail_after(timeout):
+        """Poll an async condition until it returns something truthy; AssertionError
+        naming `what` after `timeout` seconds."""
+        with trio.move_on_after(timeout):
             while True:
                 try:
                     value = await condition()
@@ -52,6 +53,7 @@ class GossipNode:
                 if value:
                     return value
                 await trio.sleep(0.05)
+        raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 @asynccontextmanager
