@@ -9,7 +9,9 @@ after the retries).
 
 from __future__ import annotations
 
+import socket
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -33,7 +35,20 @@ STATE_MARKS = {"pending": "(pending)", "sent": "(sent)", "delivered": "(delivere
 def node_may_run(home: Home) -> bool:
     """False only when nothing of the node runs: then waiting is pointless."""
     return (supmod.supervisord_pid(home) is not None or bool(supmod.actor_pids(home))
-            or (home.run / "gateway.rpc").exists())
+            or _listening(home.run / "gateway.rpc"))
+
+
+def _listening(path: Path) -> bool:
+    """Whether a process is bound to this ipc socket (a stale file refuses)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(0.5)
+    try:
+        sock.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
 
 
 def gateway(home: Home, method: str, params: dict[str, Any] | None = None, *,
