@@ -1,4 +1,5 @@
-# p2pm developer targets. `make test` is what CI runs; `make run` starts a demo node.
+# p2pm developer targets. `make demo` shows p2pm working; `make test` is what CI runs;
+# `make run` starts a single node to play with.
 PY ?= .venv/bin/python
 PIP ?= $(PY) -m pip
 P2PM ?= .venv/bin/p2pm
@@ -9,7 +10,7 @@ TEST_TIMEOUT ?= 300
 # What `make test` runs; narrow it by hand: make test TESTS=tests/integration/test_cli.py
 TESTS ?= tests/unit tests/integration
 
-.PHONY: setup test test-unit test-integration bench run stop clean
+.PHONY: setup test test-unit test-integration bench demo run stop clean
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -41,6 +42,11 @@ test-integration: setup
 
 bench: setup
 	$(PY) -m tests.bench.run
+
+# A four-node network in a temporary folder plays a checked conversation, then stops.
+# DEMO_ARGS=--keep leaves the nodes running.
+demo: setup
+	$(P2PM) demo $(DEMO_ARGS)
 
 # A demo node with an unprotected identity in ./.p2pm-demo: set up, start, show.
 run: setup
