@@ -19,7 +19,7 @@ import trio
 import zmq
 
 from p2pm.common import config as configmod
-from p2pm.common import wire
+from p2pm.common import errors, wire
 from p2pm.common.actor import ActorRuntime
 from p2pm.common.cli.chat import gateway
 from p2pm.common.home import Home
@@ -170,3 +170,26 @@ async def test_gateway_without_gossip_says_so(short_tmp: Path) -> None:
         nursery.cancel_scope.cancel()
     assert info.value.code == "unavailable"  # type: ignore[attr-defined]
     assert "gossip actor is not answering" in info.value.message  # type: ignore[attr-defined]
+
+
+def test_malformed_requests_get_errors_and_the_gateway_stays_up(tcp_node: FakeNode) -> None:
+    """Wrong types, unknown params, huge or empty strings for every method: each an
+    error reply with a code, none a crash, and nothing stored."""
+    methods = [m for m in gateway(tcp_node.home, "sys.methods") if not m.startswith("sys.")]
+    junk: list[Any] = [None, 5, True, [], {}, "", " ", "\x00\x07", "x" * 70_000,
+                       "p2pm-node:" + "A" * 100 + ".AAAA"]
+    replies = 0
+    for method in methods:
+        for value in junk:
+            for params in ({"conversation": value}, {"name": value, "invite": value},
+                           {"contact": value, "text": value}, {"unexpected": value},
+                           {"id": value, "peer_id": value, "limit": value}):
+                try:
+                    gateway(tcp_node.home, method, params, retries=0)
+                except errors.BusError as exc:
+                    assert exc.code in ("bad_params", "not_found"), (method, params, exc)
+                replies += 1
+    assert replies == len(methods) * len(junk) * 5
+    assert gateway(tcp_node.home, "sys.status")["healthy"]
+    assert gateway(tcp_node.home, "contact_list") == []
+    assert gateway(tcp_node.home, "conversations") == []
