@@ -8,9 +8,9 @@ DEMO_HOME ?= $(CURDIR)/.p2pm-demo
 # A hung test is killed after this many seconds instead of eating CI's time.
 TEST_TIMEOUT ?= 300
 # What `make test` runs; narrow it by hand: make test TESTS=tests/integration/test_cli.py
-TESTS ?= tests/unit tests/integration
+TESTS ?= tests/unit tests/fuzz tests/integration
 
-.PHONY: setup test test-unit test-integration bench demo run stop clean
+.PHONY: setup test test-unit test-integration fuzz bench demo run stop clean
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -39,6 +39,10 @@ test-unit: setup
 
 test-integration: setup
 	$(call run_pytest,tests/integration)
+
+# The fuzz tests with thousands of examples per decoder instead of `make test`'s few.
+fuzz: setup
+	P2PM_FUZZ=long $(PYTEST) --timeout=3600 tests/fuzz
 
 bench: setup
 	$(PY) -m tests.bench.run

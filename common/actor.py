@@ -469,8 +469,11 @@ class ActorRuntime:
                                if not t.startswith(source + ".")}
             if not first:
                 await self._resync(source, "restarted")
-        if topic == f"{source}.sys.heartbeat" and isinstance(data, dict):
-            for t, last in (data.get("topics") or {}).items():
+        topics = data.get("topics") if isinstance(data, dict) else None
+        if topic == f"{source}.sys.heartbeat" and isinstance(topics, dict):
+            for t, last in topics.items():
+                if not isinstance(last, int):
+                    continue  # a malformed heartbeat must not take the subscriber down
                 seen = self._sub_state.get(t)
                 if seen is not None and seen[1] < last and _matches(t, prefixes):
                     self._sub_state[t] = (epoch, last)
