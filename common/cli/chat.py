@@ -128,18 +128,23 @@ def contacts_list(obj: Ctx) -> None:
     """Every contact with its peer ID."""
     found = _call(obj, "contact_list")
     lines = [f"{len(found)} contact{'s' if len(found) != 1 else ''}"]
-    lines += [f"  {c['name']:<20} {c['peer_id']}" for c in found]
+    lines += [f"  {c['name']:<20} {c['peer_id']}{'  verified' if c['verified'] else ''}"
+              for c in found]
     obj.out(found, "\n".join(lines))
 
 
 @contacts.command(name="verify")
 @click.argument("name")
+@click.option("--confirmed", is_flag=True,
+              help="You compared the numbers and they match: mark NAME verified.")
 @click.pass_obj
-def contacts_verify(obj: Ctx, name: str) -> None:
+def contacts_verify(obj: Ctx, name: str, confirmed: bool) -> None:
     """The safety number of NAME: read it to each other; it must match."""
-    got = _call(obj, "contact_verify", {"name": name})
-    obj.out(got, f"safety number with {got['name']}:\n  {got['safety_number']}\n"
-                 "it must read the same on their side (p2pm contacts verify <you>)")
+    got = _call(obj, "contact_verify", {"name": name, "confirmed": confirmed})
+    tail = f"{got['name']} is marked verified" if got["verified"] else \
+        "it must read the same on their side (p2pm contacts verify <you>); if it does, " \
+        f"run p2pm contacts verify {got['name']} --confirmed"
+    obj.out(got, f"safety number with {got['name']}:\n  {got['safety_number']}\n{tail}")
 
 
 # -- messages ------------------------------------------------------------------------

@@ -75,6 +75,7 @@ class SafetyNumber:
     name: str
     peer_id: str
     safety_number: str
+    verified: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,12 +341,19 @@ class Gateway(Actor):
         return list((await self._call("storage", "contact_list"))["contacts"])
 
     @rpc
-    async def contact_verify(self, name: str) -> SafetyNumber:
-        """{"name"} -> {"name", "peer_id", "safety_number"}: 60 digits both sides read
-        out to each other; they match only if each has the other's real key."""
+    async def contact_verify(self, name: str, confirmed: bool = False) -> SafetyNumber:
+        """{"name", "confirmed"?} -> {"name", "peer_id", "safety_number", "verified"}:
+        60 digits both sides read out to each other; they match only if each has the
+        other's real key. `confirmed`: they matched; the contact is marked verified."""
         contact = await self._contact(name)
         number = invites.safety_number(await self._peer_id(), contact["peer_id"])
-        return SafetyNumber(name, contact["peer_id"], number)
+        verified = bool(contact.get("verified"))
+        if confirmed and not verified:
+            await self._call("storage", "contact_add", {
+                "name": contact["name"], "peer_id": contact["peer_id"],
+                "addrs": list(contact.get("addrs") or []), "verified": True})
+            verified = True
+        return SafetyNumber(name, contact["peer_id"], number, verified)
 
     @rpc
     async def find_peer(self, peer_id: str) -> dict[str, Any]:

@@ -51,6 +51,9 @@ def test_invite_contacts_and_matching_safety_numbers(pair: tuple[FakeNode, FakeN
     a = ok_json(alice.home, "contacts", "verify", "bob")["safety_number"]
     b = ok_json(bob.home, "contacts", "verify", "alice")["safety_number"]
     assert a == b and len(a.replace(" ", "")) == 60
+    assert not listed[0]["verified"]
+    assert ok_json(alice.home, "contacts", "verify", "bob", "--confirmed")["verified"]
+    assert ok_json(alice.home, "contacts", "list")[0]["verified"]
     # The invite carries the current addresses and the remembered name.
     again = ok_json(alice.home, "invite")
     assert again["name"] == "Alice" and again["addrs"] and again["peer_id"] == alice.peer_id
