@@ -32,7 +32,7 @@ async def until(condition: Callable[[], Any], what: str, timeout: float = 10.0) 
         await asyncio.sleep(0.05)
 
 
-async def call(node: FakeNode, method: str, params: dict[str, Any] | None = None) -> Any:
+async def call(node: Any, method: str, params: dict[str, Any] | None = None) -> Any:
     return await asyncio.to_thread(gateway, node.home, method, params)
 
 
@@ -46,7 +46,7 @@ def pair() -> Iterator[tuple[FakeNode, FakeNode]]:
 
 
 @asynccontextmanager
-async def attached(node: FakeNode) -> AsyncIterator[tuple[AttachModel, Any]]:
+async def attached(node: Any) -> AsyncIterator[tuple[AttachModel, Any]]:
     """`p2pm attach` on `node`, fed by a pipe; the chat with bob open."""
     with create_pipe_input() as keys, create_app_session(input=keys, output=DummyOutput()):
         model = AttachModel(node.home)
@@ -109,5 +109,27 @@ def test_screen_survives_its_node_restarting(pair: tuple[FakeNode, FakeNode]) ->
             await until(lambda: model.connected, "the screen to reconnect", 15)
             keys.send_text("still here\r")
             await until(lambda: lines_with(model, "still here"), "the message after restart")
+
+    asyncio.run(drive())
+
+
+def test_attach_on_real_nodes(node_factory: Any) -> None:
+    """The same through real processes: gossip over libp2p between two nodes."""
+    alice, bob = node_factory.many(2, listen=["/ip4/127.0.0.1/tcp/0"])
+    for me, other, name in ((alice, bob, "bob"), (bob, alice, "alice")):
+        inv = gateway(other.home, "invite", {"name": name})["invite"]
+        gateway(me.home, "contact_add", {"name": name, "invite": inv})
+    gateway(bob.home, "open", {"conversation": "alice"})
+
+    async def drive() -> None:
+        async with attached(alice) as (model, keys):
+            keys.send_text("typed on a real node\r")
+            await until(lambda: any(line.endswith("✓✓") for line in
+                                    lines_with(model, "typed on a real node")),
+                        "bob's receipt", 30)
+            history = await call(bob, "history", {"conversation": "alice"})
+            assert [m["body"] for m in history] == ["typed on a real node"]
+            await call(bob, "send", {"contact": "alice", "text": "answer from bob"})
+            await until(lambda: lines_with(model, "answer from bob"), "bob's answer", 30)
 
     asyncio.run(drive())
