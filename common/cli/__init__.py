@@ -7,6 +7,7 @@ from .base import main
 # Importing a module registers its commands on `main`.
 from . import attach as _attach  # noqa: E402,F401
 from . import chat as _chat  # noqa: E402,F401
+from . import dht as _dht  # noqa: E402,F401
 from . import demo as _demo  # noqa: E402,F401
 from . import introspect as _introspect  # noqa: E402,F401
 from . import node as _node  # noqa: E402,F401

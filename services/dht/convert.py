@@ -72,9 +72,16 @@ def make_peer(peer_id: str, addrs: list[str] | tuple[str, ...]) -> Peer:
 
 
 def peer_json(peer: Peer) -> dict[str, object]:
-    """{"peer_id", "addrs"} for the bus; addresses that do not parse are left out."""
-    texts = [t for t in (addr_text(a) for a in peer.addrs) if t is not None]
-    return {"peer_id": peer_id_text(peer.id), "addrs": texts}
+    """{"peer_id", "addrs"} for the bus, each address a full multiaddr ending in
+    /p2p/<peer id> (ready for `p2pm dial`); addresses that do not parse are left out."""
+    pid = peer_id_text(peer.id)
+    texts: list[str] = []
+    for raw in peer.addrs:
+        bare = addr_bytes(addr_text(raw) or "")  # peers may or may not send /p2p/
+        text = addr_text(bare) if bare is not None else None
+        if text is not None and f"{text}/p2p/{pid}" not in texts:
+            texts.append(f"{text}/p2p/{pid}")
+    return {"peer_id": pid, "addrs": texts}
 
 
 # -- record and provider keys ----------------------------------------------------------

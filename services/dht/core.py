@@ -437,7 +437,11 @@ class KadCore:
             self.routing.peer_failed(pending.peer.id)
         actions = self._settle_put(rid, pending, False)
         if pending.op_id is not None and pending.op_id in self._ops:
-            self._ops[pending.op_id].lookup.on_failure(pending.peer.id)
+            lookup = self._ops[pending.op_id].lookup
+            if refused:
+                lookup.on_refused(pending.peer.id)
+            else:
+                lookup.on_failure(pending.peer.id)
             actions += self._advance(pending.op_id, now)
         return actions
 

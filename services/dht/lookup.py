@@ -6,7 +6,7 @@ Theory of operation
 A lookup keeps every peer it has heard of as a candidate, ordered by XOR distance to
 the target, each in one state:
 
-    NEW --poll()--> WAITING --on_reply()--> SUCCEEDED
+    NEW --poll()--> WAITING --on_reply() / on_refused()--> SUCCEEDED
                        |
                        +--on_failure() / expire(now) past its deadline--> FAILED
 
@@ -190,6 +190,18 @@ class Lookup:
 
     def on_failure(self, peer_id: bytes) -> None:
         if self._finish(peer_id, State.FAILED) is not None:
+            self._check_done()
+
+    def on_refused(self, peer_id: bytes) -> None:
+        """The peer read the request and reset the stream: it is alive and serves the
+        DHT but would not answer this one (py-libp2p refuses FIND_NODE for keys that are
+        not peer IDs, such as record keys). It counts as an answer naming nobody, so it
+        can still be among the closest peers a record is stored at."""
+        if self.done:
+            return
+        cand = self._finish(peer_id, State.SUCCEEDED)
+        if cand is not None:
+            self.rounds = max(self.rounds, cand.hop)
             self._check_done()
 
     def expire(self, now: float) -> list[bytes]:
