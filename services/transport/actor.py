@@ -5,9 +5,14 @@ stream API to the other actors (hub.py, owner side in streams.py), publishes con
 events, answers RPCs about peers, and redials the peers it was connected to when it
 comes back after a crash.
 
+NAT traversal (AutoNAT, relay, DCUtR) is in nat.py and the modules it names.
+
 Events: transport.peer.connected {peer_id, addr, direction},
         transport.peer.disconnected {peer_id},
-        transport.peer.identified {peer_id, protocols, addrs}.
+        transport.peer.identified {peer_id, protocols, addrs},
+        transport.reachability.changed {reachability, previous, confirmed_addrs},
+        transport.peer.relayed {peer_id, direction} (a connection through a relay),
+        transport.peer.upgraded {peer_id, addr} (DCUtR made it direct).
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from p2pm.common.zmqtrio import AsyncSocket
 
 from .host import ConnectionWatcher, NodeHost, open_host, ping_rtt_ms
 from .hub import StreamHub
+from .nat import NatManager, NatSettings
+from .relay import is_relayed, split_addrs
+from .reuseport import is_circuit
 from .streams import streams_endpoint
 
 PEERS_FILE = "transport-peers.json"
@@ -58,6 +66,8 @@ class Transport(Actor):
         self._persisting = True
         self._connected_at: dict[ID, float] = {}
         self._problem: str | None = None
+        self.nat_settings = NatSettings(cfg)
+        self.nat: NatManager | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -67,6 +77,8 @@ class Transport(Actor):
         if self.node is None:
             return {"host": "starting", "problem": self._problem}
         return {"peer_id": str(self.node.peer_id), "addrs": self.node.full_addrs(),
+                "reachability": self.nat.reachability if self.nat else "unknown",
+                "nat": self.nat.status() if self.nat else {},
                 "peers": len(self.node.host.get_connected_peers()),
                 "streams": self.hub.status() if self.hub else {},
                 "problem": self._problem}
@@ -105,6 +117,7 @@ class Transport(Actor):
             problems.append("transport.listen has no usable address; listening on "
                             "/ip4/0.0.0.0/tcp/0")
             self.listen = ["/ip4/0.0.0.0/tcp/0"]
+        problems += self.nat_settings.problems
         for problem in problems:
             self.log.error("transport.bad_config", problem=problem)
         return problems
@@ -147,6 +160,10 @@ class Transport(Actor):
                     self.hub = StreamHub(node, asock, self.runtime.epoch,
                                          self.max_streams_per_peer, self._connect)
                     await nursery.start(self.hub.run)
+                    self.nat = NatManager(node, self.nat_settings, self.publish,
+                                          self._connect)
+                    node.extra_addrs = self.nat.extra_addrs
+                    await nursery.start(self.nat.run)
                     nursery.start_soon(self._persist_loop)
                     self.log.info("transport.listening", peer_id=str(node.peer_id),
                                   addrs=" ".join(node.full_addrs()))
@@ -156,6 +173,7 @@ class Transport(Actor):
             finally:
                 self._persisting = False
                 self.node = None
+                self.nat = None
                 asock.close(linger_ms=0)
 
     async def _wait_keystore(self) -> dict[str, Any]:
@@ -196,6 +214,8 @@ class Transport(Actor):
         peer = conn.muxed_conn.peer_id
         if self.node is not None and self.node.host.get_network().get_connections(peer):
             return
+        if self.nat is not None:
+            self.nat.on_disconnected(peer)
         self._connected_at.pop(peer, None)
         if self._persisting and self._known.pop(str(peer), None) is not None:
             self._persist.set()
@@ -203,6 +223,8 @@ class Transport(Actor):
 
     def _on_identified(self, peer: ID) -> None:
         info = self._peer_entry(peer)
+        if self.nat is not None:
+            self.nat.on_identified(peer)
         self._remember(peer, info["addrs"])
         self.publish("transport.peer.identified", {
             "peer_id": str(peer), "protocols": info["protocols"], "addrs": info["addrs"]})
@@ -290,25 +312,38 @@ class Transport(Actor):
         if bare:
             host.get_peerstore().add_addrs(peer, bare, ADDR_TTL_S)
         try:
-            known = host.get_peerstore().addrs(peer)
+            known = list(host.get_peerstore().addrs(peer))
         except Exception:
             known = []
         if not known:
             raise errors.not_found(f"no known addresses for {peer}")
-        try:
-            with trio.fail_after(DIAL_TIMEOUT_S):
-                await host.connect(PeerInfo(peer, bare))
-        except trio.TooSlowError:
-            raise errors.unavailable(f"cannot reach {peer}: no answer in "
-                                     f"{DIAL_TIMEOUT_S:g}s") from None
-        except errors.BusError:
-            raise
-        except Exception as exc:
+        direct, circuits = split_addrs(known)
+        problem = "no direct address"
+        if direct:
+            try:
+                with trio.fail_after(DIAL_TIMEOUT_S):
+                    await host.connect(PeerInfo(peer, [a for a in bare if not is_circuit(a)]))
+                return
+            except trio.TooSlowError:
+                problem = f"no answer in {DIAL_TIMEOUT_S:g}s"
+            except errors.BusError:
+                raise
+            except Exception as exc:
+                problem = _why(exc)
             # The swarm remembers failures for a while; an explicit dial must retry.
             cache = getattr(host.get_network(), "_negative_peer_cache", None)
             if cache is not None:
                 cache.evict(str(peer))
-            raise errors.unavailable(f"cannot reach {peer}: {_why(exc)}") from None
+        if circuits and self.nat is not None:
+            try:
+                with trio.fail_after(DIAL_TIMEOUT_S):
+                    await self.nat.dial_via_relays(peer, circuits)
+                return
+            except trio.TooSlowError:
+                problem += f"; through relays: no answer in {DIAL_TIMEOUT_S:g}s"
+            except Exception as exc:
+                problem += f"; through relays: {_why(exc)}"
+        raise errors.unavailable(f"cannot reach {peer}: {problem}")
 
     # -- RPCs --------------------------------------------------------------------------
     @rpc
@@ -434,6 +469,7 @@ class Transport(Actor):
                 "direction": direction, "remote_addr": remote,
                 "streams": self.hub.streams_of(peer) if self.hub else 0,
                 "identified": peer in host._identified_peers,
+                "relayed": bool(conns) and all(is_relayed(c) for c in conns),
                 "connected_since": self._connected_at.get(peer)}
 
 

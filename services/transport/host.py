@@ -33,12 +33,14 @@ from libp2p.peer.id import ID
 from libp2p.peer.peer_record import PeerRecord
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.transport.tcp.tcp import TCP
 from libp2p.utils.address_validation import expand_wildcard_address
 
 from p2pm.common.log import get_logger
 
 from .custody import NOISE_DOMAIN, PEER_RECORD_DOMAIN, CustodyError, KeystoreBackedKey
 from .frames import decode_uvarint
+from .reuseport import ReuseportTCP, listening_port
 
 log = get_logger("transport")
 
@@ -51,6 +53,14 @@ class P2pmHost(BasicHost):
     peerstore (py-libp2p has no event for it)."""
 
     on_identified: Callable[[ID], None] | None = None
+
+    def get_addrs(self) -> list[multiaddr.Multiaddr]:
+        # BasicHost strips everything from the first /p2p/ before appending ours,
+        # which turns a circuit address (/.../p2p/RELAY/p2p-circuit) into the relay's
+        # own address. What we advertise never carries our /p2p/ yet: append it.
+        me = multiaddr.Multiaddr(f"/p2p/{self.get_id()}")
+        factory = self._addrs_factory
+        return [a.encapsulate(me) for a in (factory([]) if factory else [])]
 
     async def _identify_peer(self, peer_id: ID, *, reason: str) -> None:
         await super()._identify_peer(peer_id, reason=reason)
@@ -140,7 +150,15 @@ class NodeHost:
         self.key = key
         self.signer = signer
         self.advertised: list[multiaddr.Multiaddr] = []
+        # Addresses NAT traversal adds to the record (relay circuits, confirmed public).
+        self.extra_addrs: Callable[[], list[multiaddr.Multiaddr]] = lambda: []
         self._record_lock = trio.Lock()
+
+    def tcp(self) -> ReuseportTCP | None:
+        for transport in self.host.get_network().transport_manager.get_transports():
+            if isinstance(transport, ReuseportTCP):
+                return transport
+        return None
 
     @property
     def peer_id(self) -> ID:
@@ -166,6 +184,8 @@ class NodeHost:
             if obs is not None:
                 seen = {str(a) for a in candidates}
                 candidates += [a for a in obs.addrs() if str(a) not in seen]
+            seen = {str(a) for a in candidates}
+            candidates += [a for a in self.extra_addrs() if str(a) not in seen]
             if {str(a) for a in candidates} == {str(a) for a in self.advertised} \
                     and self.host.get_peerstore().get_local_record() is not None:
                 return False
@@ -194,6 +214,9 @@ def _build(key: KeystoreBackedKey, noise_private: Any, max_connections: int,
         connection_config=connection_config(max_connections),
     )
     swarm.auto_connector.__class__ = ManualDialsOnly  # type: ignore[attr-defined]
+    for transport in swarm.transport_manager.get_transports():
+        if isinstance(transport, TCP):
+            ReuseportTCP.adopt(transport)  # dial from the listening port (hole punching)
     # The constructor reads get_addrs() through this before `node` is filled in.
     return P2pmHost(
         network=swarm,
@@ -239,6 +262,10 @@ async def open_host(public_key: bytes, signer: Signer, listen: Sequence[str],
     node.append(nh)
     addrs = [multiaddr.Multiaddr(a) for a in listen]
     async with host.run(listen_addrs=addrs):
+        tcp = nh.tcp()
+        bound = listening_port(list(host.get_transport_addrs()))
+        if tcp is not None and bound is not None:
+            tcp.source_ip4, tcp.source_port = bound
         await nh.refresh_record()
         yield nh
 

@@ -1,0 +1,330 @@
+"""NAT traversal for the transport actor: AutoNAT, relay (both roles) and DCUtR wired
+to one host, with their settings, loops and status.
+
+What follows from what: AutoNAT's verdict is published (`transport.reachability.changed`);
+a private node keeps reservations on its relays (configured ones, and connected peers
+that offer the hop protocol) and advertises the circuit addresses; a relayed
+connection we accept starts DCUtR; a public node advertises the addresses a dial-back
+confirmed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p.abc import INetConn
+from libp2p.peer.id import ID
+
+from p2pm.common.log import get_logger
+
+from . import autonat, dcutr, relay
+from .reuseport import ReuseportTCP, is_circuit
+
+log = get_logger("transport")
+
+RESERVE_RETRY_MAX_S = 10.0
+
+
+class NatSettings:
+    """The [transport] keys of this module, checked; `problems` says what was wrong."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        self.problems: list[str] = []
+        self.relay_service = self._bool(cfg, "relay_service", False)
+        self.limits, problems = relay.RelayLimits.from_config(cfg)
+        self.problems += problems
+        self.relays: list[multiaddr.Multiaddr] = []
+        for text in cfg.get("relays", []) or []:
+            try:
+                addr = multiaddr.Multiaddr(str(text))
+                if not addr.get_peer_id() or is_circuit(addr):
+                    raise ValueError("needs a direct address ending in /p2p/<peer id>")
+                self.relays.append(addr)
+            except Exception as exc:
+                self.problems.append(f"transport.relays: {text!r} skipped ({exc})")
+        self.max_client_reservations = self._num(cfg, "relay_client_reservations", 2, int)
+        self.autonat_service = self._bool(cfg, "autonat_service", True)
+        self.autonat_interval_s = self._num(cfg, "autonat_interval_s", 60.0, float)
+        self.autonat_retry_s = self._num(cfg, "autonat_retry_s", 10.0, float)
+        self.autonat_max_per_peer = self._num(cfg, "autonat_max_per_peer", 3, int)
+        self.autonat_max_total = self._num(cfg, "autonat_max_total", 30, int)
+        self.autonat_dial_timeout_s = self._num(cfg, "autonat_dial_timeout_s", 5.0, float)
+        self.holepunch = self._bool(cfg, "holepunch", True)
+        self.holepunch_cooldown_s = self._num(cfg, "holepunch_cooldown_s", 600.0, float)
+        self.reachability = cfg.get("reachability", "auto")
+        if self.reachability not in ("auto", autonat.PUBLIC, autonat.PRIVATE):
+            self.problems.append(f"transport.reachability must be auto, public or private "
+                                 f"(not {self.reachability!r}); using auto")
+            self.reachability = "auto"
+        self.upnp = self._bool(cfg, "upnp", False)
+        if self.upnp:
+            self.problems.append("transport.upnp is not supported by this build (no "
+                                 "miniupnpc binding); ignored")
+
+    def _bool(self, cfg: dict[str, Any], key: str, default: bool) -> bool:
+        value = cfg.get(key, default)
+        if not isinstance(value, bool):
+            self.problems.append(f"transport.{key} must be true or false; using {default}")
+            return default
+        return value
+
+    def _num(self, cfg: dict[str, Any], key: str, default: Any, kind: type) -> Any:
+        value = cfg.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 \
+                or (kind is int and not isinstance(value, int)):
+            self.problems.append(f"transport.{key} must be a positive "
+                                 f"{'integer' if kind is int else 'number'}; using {default}")
+            return default
+        return kind(value)
+
+
+class NatManager:
+    def __init__(self, node: Any, settings: NatSettings,
+                 publish: Callable[[str, dict[str, Any]], None],
+                 connect: Callable[[ID, list[multiaddr.Multiaddr]], Awaitable[None]]) -> None:
+        self.node = node
+        self.host = node.host
+        self.settings = settings
+        self.publish = publish
+        self.connect = connect
+        self.tcp = next(t for t in self.host.get_network().transport_manager.get_transports()
+                        if isinstance(t, ReuseportTCP))
+        self.autonat = autonat.AutoNAT(
+            self.host, serve=settings.autonat_service,
+            max_per_peer=settings.autonat_max_per_peer,
+            max_total=settings.autonat_max_total,
+            dial_timeout_s=settings.autonat_dial_timeout_s,
+            candidate_addrs=self.own_addrs)
+        self.relay_service = (relay.RelayService(self.host, settings.limits, self.public_addrs)
+                              if settings.relay_service else None)
+        self.relay_client = relay.RelayClient(self.host, self._on_relayed_inbound)
+        self.dcutr = dcutr.DCUtR(self.host, self.own_addrs, self.tcp.source_for,
+                                 self._on_direct, settings.holepunch_cooldown_s)
+        self._nursery: trio.Nursery | None = None
+        self._probe_now = trio.Event()
+        self._reserve_now = trio.Event()
+        self.first_relayed_at: float | None = None
+        if settings.reachability != "auto":
+            self.autonat.tracker.state = settings.reachability
+
+    @property
+    def reachability(self) -> str:
+        return self.autonat.tracker.state
+
+    def status(self) -> dict[str, Any]:
+        return {"reachability": self.reachability,
+                "autonat": self.autonat.status(),
+                "relay_client": self.relay_client.status(),
+                "relay_service": self.relay_service.status() if self.relay_service else None,
+                "dcutr": self.dcutr.status()}
+
+    # addresses -------------------------------------------------------------------------
+    def observed(self) -> list[multiaddr.Multiaddr]:
+        """Our addresses as peers saw them (one observer is enough to try)."""
+        obs = getattr(self.host, "_observed_addr_manager", None)
+        if obs is None:
+            return []
+        try:
+            return [a for a in obs.addrs(min_observers=1) if not is_circuit(a)]
+        except Exception:
+            return []
+
+    def own_addrs(self) -> list[multiaddr.Multiaddr]:
+        """What we offer AutoNAT servers and DCUtR peers: observed first, then what we
+        advertise (listen addresses)."""
+        seen: set[str] = set()
+        out = []
+        for a in [*self.observed(), *self.node.advertised]:
+            bare = multiaddr.Multiaddr(str(a).split("/p2p/")[0])
+            if str(bare) not in seen and not is_circuit(bare):
+                seen.add(str(bare))
+                out.append(bare)
+        return out
+
+    def public_addrs(self) -> list[multiaddr.Multiaddr]:
+        return [a for a in self.node.advertised if not is_circuit(a)]
+
+    def extra_addrs(self) -> list[multiaddr.Multiaddr]:
+        """Added to the signed record: circuit addresses while private, confirmed
+        public addresses while public."""
+        if self.reachability == autonat.PRIVATE:
+            return self.relay_client.advertised()
+        if self.reachability == autonat.PUBLIC:
+            return [multiaddr.Multiaddr(a) for a in self.autonat.confirmed]
+        return []
+
+    # lifecycle -------------------------------------------------------------------------
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        host = self.host
+        host.set_stream_handler(autonat.PROTOCOL, self.autonat.handle)
+        host.set_stream_handler(relay.STOP_PROTOCOL, self.relay_client.handle_stop)
+        if self.settings.holepunch:
+            host.set_stream_handler(dcutr.PROTOCOL, self.dcutr.handle)
+        if self.relay_service is not None:
+            host.set_stream_handler(relay.HOP_PROTOCOL, self.relay_service.handle_hop)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._autonat_loop)
+            nursery.start_soon(self._reservation_loop)
+            task_status.started()
+            await trio.sleep_forever()
+
+    def on_identified(self, peer: ID) -> None:
+        """A newly identified peer may be an AutoNAT server or a relay."""
+        self._probe_now.set()
+        self._reserve_now.set()
+
+    def on_disconnected(self, peer: ID) -> None:
+        if self.host.get_network().get_connections(peer):
+            return
+        self.dcutr.tracker.forget(str(peer))
+        if peer in self.relay_client.reservations:
+            self.relay_client.drop(peer)
+            self._reserve_now.set()
+
+    # AutoNAT -------------------------------------------------------------------------
+    async def _autonat_loop(self) -> None:
+        if self.settings.reachability != "auto":
+            return  # forced by configuration: nothing to learn
+        while True:
+            servers = self.autonat.servers()
+            random.shuffle(servers)
+            verdicts = []
+            for peer in servers[:3]:
+                verdict = await self.autonat.probe(peer)
+                if verdict is not None:
+                    verdicts.append(verdict)
+                    self._record(verdict)
+            settled = bool(verdicts) and self.reachability != autonat.UNKNOWN
+            wait = self.settings.autonat_interval_s if settled else self.settings.autonat_retry_s
+            with trio.move_on_after(wait):
+                if not settled:
+                    await self._probe_now.wait()
+                    await trio.sleep(0.5)  # let identify of a burst of peers finish
+                else:
+                    await trio.sleep_forever()
+            self._probe_now = trio.Event()
+
+    def _record(self, reachable: bool) -> None:
+        previous = self.reachability
+        if self.autonat.record(reachable):
+            log.info("transport.reachability", reachability=self.reachability,
+                     previous=previous)
+            self.publish("transport.reachability.changed", {
+                "reachability": self.reachability, "previous": previous,
+                "confirmed_addrs": list(self.autonat.confirmed)})
+            self._reserve_now.set()
+
+    # relay client ----------------------------------------------------------------------
+    def _relay_candidates(self) -> list[tuple[ID, multiaddr.Multiaddr | None]]:
+        out: list[tuple[ID, multiaddr.Multiaddr | None]] = []
+        for addr in self.settings.relays:
+            pid = ID.from_base58(addr.get_peer_id())
+            out.append((pid, addr))
+        store = self.host.get_peerstore()
+        for peer in self.host.get_connected_peers():
+            if any(p == peer for p, _ in out):
+                continue
+            try:
+                if relay.HOP_PROTOCOL in [str(p) for p in store.get_protocols(peer)]:
+                    out.append((peer, None))
+            except Exception:
+                continue
+        return out
+
+    async def _reservation_loop(self) -> None:
+        backoff: dict[ID, tuple[float, float]] = {}  # relay -> (next try, delay)
+        while True:
+            if self.reachability == autonat.PRIVATE:
+                held = 0
+                for peer, addr in self._relay_candidates():
+                    if held >= self.settings.max_client_reservations:
+                        break
+                    res = self.relay_client.reservations.get(peer)
+                    now = time.time()
+                    if res is not None and res.expires - now > _renew_margin(res):
+                        held += 1
+                        continue
+                    due, delay = backoff.get(peer, (0.0, 1.0))
+                    if now < due:
+                        continue
+                    if await self._reserve(peer, addr):
+                        backoff.pop(peer, None)
+                        held += 1
+                    else:
+                        backoff[peer] = (now + delay, min(delay * 2, RESERVE_RETRY_MAX_S))
+            with trio.move_on_after(1.0):
+                await self._reserve_now.wait()
+            self._reserve_now = trio.Event()
+
+    async def _reserve(self, peer: ID, addr: multiaddr.Multiaddr | None) -> bool:
+        try:
+            if not self.host.get_network().get_connections(peer):
+                await self.connect(peer, [addr] if addr is not None else [])
+            conns = self.host.get_network().get_connections(peer)
+            remote = addr
+            for conn in conns:
+                if not relay.is_relayed(conn):
+                    transport = conn.muxed_conn.get_transport_addresses()
+                    remote = remote or (transport[0] if transport else None)
+            if remote is None:
+                raise ValueError("no direct address for this relay")
+            await self.relay_client.reserve(peer, remote)
+            return True
+        except Exception as exc:
+            log.info("relay.reserve_failed", relay=str(peer),
+                     error=getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+            return False
+
+    # DCUtR -------------------------------------------------------------------------------
+    def _on_relayed_inbound(self, peer: ID, conn: INetConn) -> None:
+        if self.first_relayed_at is None:
+            self.first_relayed_at = time.time()
+        self.publish("transport.peer.relayed", {"peer_id": str(peer), "direction": "inbound"})
+        if self.settings.holepunch and self._nursery is not None:
+            self._nursery.start_soon(self._upgrade, peer)
+
+    async def _upgrade(self, peer: ID) -> None:
+        await trio.sleep(0.2)  # let identify run on the new connection first
+        await self.dcutr.upgrade(peer)
+
+    def _on_direct(self, peer: ID, conn: INetConn) -> None:
+        addr = ""
+        try:
+            addr = str(conn.muxed_conn.get_transport_addresses()[0])
+        except Exception:
+            pass
+        self.publish("transport.peer.upgraded", {"peer_id": str(peer), "addr": addr})
+        if self._nursery is not None:
+            self._nursery.start_soon(self.dcutr.close_relayed_later, peer)
+
+    async def dial_via_relays(self, peer: ID, circuits: list[multiaddr.Multiaddr]) -> INetConn:
+        """Try each circuit address in turn, connecting to the relay first."""
+        last: Exception | None = None
+        for addr in circuits:
+            parsed = relay.relay_of(addr)
+            if parsed is None:
+                continue
+            relay_id, relay_addr = parsed
+            try:
+                if not self.host.get_network().get_connections(relay_id):
+                    await self.connect(relay_id, [relay_addr] if relay_addr else [])
+                conn = await self.relay_client.dial(peer, relay_id)
+                self.publish("transport.peer.relayed",
+                             {"peer_id": str(peer), "direction": "outbound"})
+                return conn
+            except Exception as exc:
+                last = exc
+                log.info("relay.dial_failed", peer_id=str(peer), relay=str(relay_id),
+                         error=getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+        raise last or ValueError("no usable circuit address")
+
+
+def _renew_margin(res: relay.Reservation) -> float:
+    """Renew when a quarter of the granted lifetime is left (at least 30 s before)."""
+    return max(30.0, (res.expires - res.renewed_at) / 4)
