@@ -311,13 +311,22 @@ def demo(obj: Ctx, keep: bool, parent: Path) -> None:
         click.echo(f"\n{sum(1 for s in run.steps if s.ok)} steps passed"
                    + (", 1 failed" if failed else "") + f" in {total:.1f}s")
         if keep and not interrupted:
+            p2pm = _p2pm_command()
             click.echo("the nodes keep running; attach to one with:")
             for node in run.nodes.values():
-                click.echo(f"  p2pm --home {node.home.root} attach")
-            click.echo(f"stop them all with: for h in {root}/*; do p2pm --home $h down; "
+                click.echo(f"  {p2pm} --home {node.home.root} attach")
+            click.echo(f"stop them all with: for h in {root}/*; do {p2pm} --home $h down; "
                        f"done; rm -rf {root}")
     if not ok:
         sys.exit(130 if interrupted else 1)
+
+
+def _p2pm_command() -> str:
+    """How to run p2pm again from any folder: `make demo` does not put it on PATH."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "p2pm":
+        return str(argv0.resolve()) if not shutil.which("p2pm") else "p2pm"
+    return f"{sys.executable} -m p2pm.common.cli"
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:

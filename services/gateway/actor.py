@@ -462,9 +462,11 @@ class Gateway(Actor):
             unread = int(conv.get("unread") or 0)
             if unread <= 0:
                 continue
-            shown = min(unread, MAX_INBOX_MESSAGES)
-            messages = await self._named(await self._call(
-                "gossip", "history", {"conversation": conv["id"], "limit": shown}))
+            # The unread ones are the latest received, with our own replies in between.
+            page = await self._call("gossip", "history", {
+                "conversation": conv["id"], "limit": min(1000, max(50, 2 * unread))})
+            received = [m for m in page if m.get("state") == "received"]
+            messages = await self._named(received[-min(unread, MAX_INBOX_MESSAGES):])
             out.append({"id": conv["id"], "name": conv.get("name", ""),
                         "kind": conv.get("kind"), "unread": unread, "messages": messages})
         return out

@@ -166,3 +166,15 @@ def test_a_node_that_is_down_is_a_clear_error(short_tmp: Any) -> None:
     code, out, err = p2pm(Home(short_tmp), "send", "bob", "hi")
     assert code == 3 and out == ""
     assert err.strip() == f"p2pm: the node in {short_tmp} is not running (p2pm up starts it)"
+
+
+def test_inbox_shows_only_what_others_wrote(pair: tuple[FakeNode, FakeNode]) -> None:
+    alice, bob = pair
+    ok_json(alice.home, "call", "gateway", "mark_read", '{"conversation": "bob"}')
+    ok_json(bob.home, "send", "alice", "one")
+    wait_for(lambda: ok_json(alice.home, "inbox"), 5, "bob's message")
+    ok_json(alice.home, "send", "bob", "my reply")
+    ok_json(bob.home, "send", "alice", "two")
+    (conv,) = wait_for(lambda: [c for c in ok_json(alice.home, "inbox") if c["unread"] == 2],
+                       5, "two unread")
+    assert [m["body"] for m in conv["messages"]] == ["one", "two"]
