@@ -63,7 +63,10 @@ DIAL_BACKOFF = (2.0, 30.0)  # seconds, first and cap
 SYNC_INTERVAL_S = 30.0  # anti-entropy with one member per conversation
 SYNC_MIN_GAP_S = 5.0  # between two syncs of one conversation with one peer
 GAP_GRACE_S = 1.0  # gossip reorders; a gap still open after this triggers a sync
+# Receipts go out batched: in a direct chat soon (one reader), in a room at most once
+# per interval per member, so their volume grows with the members, not the messages.
 RECEIPT_FLUSH_S = 0.2
+ROOM_RECEIPT_FLUSH_S = 2.0
 PROVIDE_EVERY_S = 600.0
 MAX_DEBUG_MESSAGES = 1000
 OPENED_CACHE = 4096
@@ -569,13 +572,20 @@ class Gossip(Actor):
                                                   "state": got["state"]})
 
     async def _receipt_loop(self) -> None:
+        last_room_flush = self._now()
         while True:
             await trio.sleep(RECEIPT_FLUSH_S)
-            pending, self._receipts = self._receipts, {}
-            for conv_id, ids in pending.items():
+            rooms_too = self._now() - last_room_flush >= ROOM_RECEIPT_FLUSH_S
+            if rooms_too:
+                last_room_flush = self._now()
+            for conv_id in list(self._receipts):
                 conv = self.convs.get(conv_id)
                 if conv is None:
+                    self._receipts.pop(conv_id)
                     continue
+                if conv.kind == "room" and not rooms_too:
+                    continue
+                ids = self._receipts.pop(conv_id)
                 for i in range(0, len(ids), cv.MAX_RECEIPT_IDS):
                     plaintext = cv.receipt_plaintext(conv.id, self.me, time.time(),
                                                      ids[i:i + cv.MAX_RECEIPT_IDS])
@@ -601,13 +611,20 @@ class Gossip(Actor):
         assert isinstance(result, Published)
         return bool(result.peers)
 
-    async def _publish_own(self, conv: Conversation, mid: str) -> str:
-        m = await self._storage("message_get", id=mid)
-        if await self._publish(conv, wire.b64d(m["body"], "body")):
+    async def _publish_own(self, conv: Conversation, mid: str,
+                           envelope: bytes | None = None) -> str:
+        """Publish one of our stored messages; its state after the attempt."""
+        if envelope is None:
+            m = await self._storage("message_get", id=mid)
+            if m["state"] != "pending":
+                self.unsent.pop(mid, None)
+                return str(m["state"])
+            envelope = wire.b64d(m["body"], "body")
+        if await self._publish(conv, envelope):
             self.unsent.pop(mid, None)
             await self._set_state(mid, conv.id, "sent")
             return "sent"
-        return m["state"]
+        return "pending"
 
     # -- RPCs: conversations -----------------------------------------------------------
     async def _ready(self) -> None:
@@ -770,7 +787,7 @@ class Gossip(Actor):
             self.unsent[mid] = conv.id
         state = "pending"
         try:
-            state = await self._publish_own(conv, mid)
+            state = await self._publish_own(conv, mid, envelope)
         except errors.BusError as exc:
             self.log.warning("gossip.publish_deferred", id=mid, error=exc.message)
         return {"id": mid, "state": state}
@@ -1101,16 +1118,18 @@ class Gossip(Actor):
                     await self._publish_own(conv, mid)
                 except errors.BusError:
                     pass
+        # A direct chat's recipient is dialled; a room's members are reached through
+        # the room's mesh and its receipts, and synced with when connected anyway.
         owed: dict[str, set[str]] = {}
         for conv_id, _, recipients in self.undelivered.values():
             for r in recipients:
                 owed.setdefault(r, set()).add(conv_id)
         for peer, conv_ids in owed.items():
+            convs = [self.convs[c] for c in conv_ids if c in self.convs]
             if peer in self.connected:
-                for cid in conv_ids:
-                    if cid in self.convs:
-                        self.spawn(self._sync_with, peer, self.convs[cid])
-            else:
+                for conv in convs:
+                    self.spawn(self._sync_with, peer, conv)
+            elif any(c.kind == "direct" for c in convs):
                 self.spawn(self._dial, peer)
         now = self._now()
         for conv in list(self.convs.values()):

@@ -35,10 +35,6 @@ def wait_history(node: Node, conv: str, count: int) -> list[dict[str, Any]]:
                     DEADLINE, f"{count} messages at {node.peer_id}")
 
 
-def restart(node: Node) -> None:
-    node.p2pm("down", "--timeout", "10", check=True)
-    node.p2pm("up", "--timeout", "60", check=True, timeout=90)
-
 
 def test_room_of_five_every_message_everywhere_once_in_author_order(node_factory) -> None:
     nodes = node_factory.many(5, listen=LOOPBACK)

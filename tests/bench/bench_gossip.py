@@ -1,0 +1,385 @@
+"""Gossip benchmark: 10 nodes on a ring with chords, one room, paced publishing at
+rising rates; the highest rate at which every member got every message, latency p50/p99
+and duplicates per message, next to py-libp2p's GossipSub on the same topology in the
+same run.
+
+    python -m tests.bench.bench_gossip
+
+p2pm side: 10 node processes, each running keystore, transport, storage (synchronous
+NORMAL) and gossip in one trio loop over its home's ipc endpoints (one process a node
+instead of four keeps 40 interpreters off 2 cores; the code is the actors' own).
+Connections follow the topology: each node joins the room through the invite of the
+one before it, and the chords are dialled; the actors may add member connections of
+their own (they keep 3 members connected), which is counted in the output. Messages are
+posted round-robin through the `post` RPC (stored, signed twice through the keystore,
+encrypted, published); latency is from the author's timestamp to each receiver's
+`gossip.message.received` event (both on this machine's clock).
+
+py-libp2p side: 10 `new_host()` hosts with Pubsub + GossipSub (D=6, heartbeat 1 s, its
+spam rate limit off) in this process, connected on the same edges, publishing with
+`Pubsub.publish` at the same rates; latency to each subscriber's `get()`.
+
+A rate step publishes for 2 s (at least 20 messages) and waits up to 8 s for delivery;
+the first step where a message is missing somewhere ends the climb.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import trio
+import zmq
+
+RATES = (5, 10, 20, 40, 80, 160, 320)  # messages per second, whole network
+STEP_S = 2.0
+MIN_MESSAGES = 20
+DRAIN_S = 8.0
+NODES = 10
+TOPIC = "p2pm-bench-room"
+
+
+def edges() -> list[tuple[int, int]]:
+    from p2pm.services.gossip.router.sim import ring_with_chords
+
+    return ring_with_chords(NODES, 1, random.Random(7))
+
+
+def pct(samples: list[float], q: float) -> float:
+    if not samples:
+        return float("nan")
+    if len(samples) == 1:
+        return samples[0]
+    return statistics.quantiles(samples, n=100, method="inclusive")[int(q) - 1]
+
+
+# -- one p2pm node (a child process) -------------------------------------------------
+
+
+def serve_node(root: str) -> None:
+    from p2pm.common import config as configmod
+    from p2pm.common.actor import ActorRuntime
+    from p2pm.common.home import Home
+    from p2pm.common.log import setup_logging
+    from p2pm.services.gossip.actor import Gossip
+    from p2pm.services.keystore.actor import Keystore
+    from p2pm.services.storage.actor import Storage
+    from p2pm.services.transport.actor import Transport
+
+    home = Home(Path(root))
+    cfg = configmod.load(home)
+    setup_logging("WARNING")
+    ctx = zmq.Context.instance()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGTERM) as sigs:
+                for cls in (Keystore, Storage, Transport, Gossip):
+                    await nursery.start(ActorRuntime(cls(home, cfg), home.endpoints(),
+                                                     ctx).serve)
+                async for _ in sigs:
+                    nursery.cancel_scope.cancel()
+                    return
+
+    try:
+        trio.run(main)
+    finally:
+        ctx.term()
+
+
+# -- the p2pm side -------------------------------------------------------------------
+
+
+class P2pmNet:
+    def __init__(self) -> None:
+        from p2pm.services.transport.testing import make_home
+
+        self.homes = [make_home("p2pm-bg-") for _ in range(NODES)]
+        for home in self.homes:
+            home.config_file.write_text(
+                '[transport]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n'
+                '[storage]\nsynchronous = "NORMAL"\n[gossip]\nheartbeat_s = 1.0\n')
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> None:
+        for home in self.homes:
+            with open(home.logs / "node.log", "ab") as log:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "tests.bench.bench_gossip", "--node",
+                     str(home.root)], stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True))
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait(10)
+        for home in self.homes:
+            shutil.rmtree(home.root, ignore_errors=True)
+
+
+async def _call(client: Any, method: str, params: dict[str, Any] | None = None,
+                timeout: float = 10.0) -> Any:
+    return await client.call(method, params, timeout=timeout)
+
+
+async def measure_p2pm(rates: tuple[int, ...]) -> dict[str, Any]:
+    from p2pm.common import errors, wire
+    from p2pm.common.client import open_client
+
+    net = P2pmNet()
+    net.start()
+    ctx = zmq.Context.instance()
+    try:
+        async with AsyncExitStack() as stack:
+            gossip = [await stack.enter_async_context(open_client(
+                ctx, h.endpoints().rpc("gossip"), "gossip")) for h in net.homes]
+            transport = [await stack.enter_async_context(open_client(
+                ctx, h.endpoints().rpc("transport"), "transport")) for h in net.homes]
+            with trio.fail_after(90):
+                for g in gossip:
+                    while True:
+                        try:
+                            await g.call("conversation_list", timeout=2, retries=0)
+                            break
+                        except errors.BusError:
+                            await trio.sleep(0.2)
+            addrs = [(await _call(t, "addrs"))["addrs"] for t in transport]
+            room = await _call(gossip[0], "room_create", {"name": "bench"})
+            invite = room["invite"]
+            for i in range(1, NODES):
+                await _call(gossip[i], "room_join", {"invite": invite})
+                invite = (await _call(gossip[i], "room_invite",
+                                      {"conversation": room["id"]}))["invite"]
+            for a, b in edges():
+                await _call(transport[a], "dial", {"addr": addrs[b][0]}, timeout=15)
+
+            received: dict[str, list[float]] = {}
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.RCVHWM, 0)
+            for h in net.homes:
+                sub.connect(h.endpoints().events("gossip"))
+            sub.setsockopt(zmq.SUBSCRIBE, b"gossip.message.received")
+            from p2pm.common.zmqtrio import AsyncSocket
+            asub = AsyncSocket(sub)
+
+            async def collect() -> None:
+                while True:
+                    _, payload = await asub.recv_multipart()
+                    ev = wire.loads(payload)
+                    received.setdefault(ev["data"]["id"], []).append(
+                        ev["ts"] - ev["data"]["ts"])
+
+            async def meshed() -> bool:
+                for g in gossip:
+                    mesh = (await _call(g, "sys.status"))["router"]["mesh"]
+                    if not any(v >= 2 for v in mesh.values()):
+                        return False
+                return True
+            with trio.fail_after(60):
+                while not await meshed():
+                    await trio.sleep(0.2)
+
+            steps = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(collect)
+                for rate in rates:
+                    sent: list[str] = []
+
+                    async def post(i: int, n: int) -> None:
+                        got = await _call(gossip[i], "post", {
+                            "conversation": room["id"], "text": f"m{rate}-{n}"}, timeout=30)
+                        sent.append(got["id"])
+
+                    count = max(MIN_MESSAGES, int(rate * STEP_S))
+                    start = trio.current_time()
+                    async with trio.open_nursery() as posters:
+                        for n in range(count):
+                            await trio.sleep_until(start + n / rate)
+                            posters.start_soon(post, n % NODES, n)
+                    deadline = trio.current_time() + DRAIN_S
+                    while trio.current_time() < deadline and not all(
+                            len(received.get(m, ())) >= NODES - 1 for m in sent):
+                        await trio.sleep(0.1)
+                    lat = [x for m in sent for x in received.get(m, ())]
+                    delivered = sum(min(len(received.get(m, ())), NODES - 1) for m in sent)
+                    steps.append({"rate": rate, "messages": count,
+                                  "delivery": delivered / (count * (NODES - 1)),
+                                  "p50_ms": pct(lat, 50) * 1000,
+                                  "p99_ms": pct(lat, 99) * 1000})
+                    print(f"  p2pm {rate}/s: {steps[-1]}", file=sys.stderr)
+                    if delivered < count * (NODES - 1):
+                        break
+                nursery.cancel_scope.cancel()
+            asub.close(linger_ms=0)
+            duplicates = 0
+            conns = 0
+            for g, t in zip(gossip, transport):
+                duplicates += (await _call(g, "sys.status"))["router"]["counters"].get(
+                    "msg_duplicate", 0)
+                conns += len(await _call(t, "peers"))
+            total = sum(s["messages"] for s in steps)
+            return {"steps": steps, "duplicates_per_message": duplicates / max(1, total),
+                    "connections": conns // 2}
+    finally:
+        net.stop()
+
+
+# -- the py-libp2p side ---------------------------------------------------------------
+
+
+async def measure_pylibp2p(rates: tuple[int, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    # py-libp2p's services log (and sometimes raise) about tasks started while they
+    # shut down; the figures are taken by then, so teardown noise is not a failure.
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
+    try:
+        await _run_pylibp2p(rates, out)
+    except Exception:
+        if not out:
+            raise
+    return out
+
+
+async def _run_pylibp2p(rates: tuple[int, ...], out: dict[str, Any]) -> None:
+    import multiaddr
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.pubsub.gossipsub import PROTOCOL_ID, PROTOCOL_ID_V11, GossipSub
+    from libp2p.pubsub.pubsub import Pubsub
+    from libp2p.tools.anyio_service import background_trio_service
+
+    duplicates = 0
+    received: dict[bytes, list[float]] = {}
+    async with AsyncExitStack() as stack:
+        hosts, pubsubs = [], []
+        for _ in range(NODES):
+            host = new_host(key_pair=create_new_key_pair())
+            router = GossipSub(protocols=[PROTOCOL_ID_V11, PROTOCOL_ID], degree=6,
+                               degree_low=4, degree_high=12, heartbeat_interval=1,
+                               spam_protection_enabled=False)
+            pubsub = Pubsub(host, router, strict_signing=True)
+            seen = pubsub._is_msg_seen
+
+            def counting(msg: Any, seen: Any = seen) -> bool:
+                nonlocal duplicates
+                hit = seen(msg)
+                duplicates += bool(hit)
+                return hit
+            pubsub._is_msg_seen = counting  # type: ignore[method-assign]
+            await stack.enter_async_context(host.run(
+                listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]))
+            await stack.enter_async_context(background_trio_service(pubsub))
+            await stack.enter_async_context(background_trio_service(router))
+            await pubsub.wait_until_ready()
+            hosts.append(host)
+            pubsubs.append(pubsub)
+        subs = [await p.subscribe(TOPIC) for p in pubsubs]
+        for a, b in edges():
+            await hosts[a].connect(info_from_p2p_addr(
+                multiaddr.Multiaddr(f"{hosts[b].get_addrs()[0]}")))
+        with trio.fail_after(30):
+            while not all(len(p.router.mesh.get(TOPIC, ())) >= 2  # type: ignore[attr-defined]
+                          for p in pubsubs):
+                await trio.sleep(0.2)
+
+        async def collect(sub: Any) -> None:
+            while True:
+                msg = await sub.get()
+                sent_at, _, key = msg.data.partition(b"|")
+                received.setdefault(key, []).append(time.time() - float(sent_at))
+
+        steps = []
+        async with trio.open_nursery() as nursery:
+            for sub in subs:
+                nursery.start_soon(collect, sub)
+            for rate in rates:
+                count = max(MIN_MESSAGES, int(rate * STEP_S))
+                keys = [f"m{rate}-{n}".encode() for n in range(count)]
+                start = trio.current_time()
+                async with trio.open_nursery() as posters:
+                    for n, key in enumerate(keys):
+                        await trio.sleep_until(start + n / rate)
+                        posters.start_soon(pubsubs[n % NODES].publish, TOPIC,
+                                           f"{time.time()!r}|".encode() + key)
+                deadline = trio.current_time() + DRAIN_S
+                while trio.current_time() < deadline and not all(
+                        len(received.get(k, ())) >= NODES - 1 for k in keys):
+                    await trio.sleep(0.1)
+                lat = [x for k in keys for x in received.get(k, ())]
+                delivered = sum(min(len(received.get(k, ())), NODES - 1) for k in keys)
+                steps.append({"rate": rate, "messages": count,
+                              "delivery": delivered / (count * (NODES - 1)),
+                              "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000})
+                print(f"  py-libp2p {rate}/s: {steps[-1]}", file=sys.stderr)
+                if delivered < count * (NODES - 1):
+                    break
+            nursery.cancel_scope.cancel()
+        total = sum(s["messages"] for s in steps)
+        out.update({"steps": steps, "duplicates_per_message": duplicates / max(1, total),
+                    "connections": len(edges())})
+
+
+# -- the table ------------------------------------------------------------------------
+
+
+def _best(result: dict[str, Any]) -> int:
+    full = [s["rate"] for s in result["steps"] if s["delivery"] >= 1.0]
+    return max(full) if full else 0
+
+
+def _at(result: dict[str, Any], rate: int) -> dict[str, Any]:
+    for step in result["steps"]:
+        if step["rate"] == rate:
+            return step
+    return {"p50_ms": float("nan"), "p99_ms": float("nan")}
+
+
+def run() -> list[dict[str, Any]]:
+    from p2pm.common.log import setup_logging
+
+    setup_logging("WARNING")
+    ours = trio.run(measure_p2pm, RATES)
+    theirs = trio.run(measure_pylibp2p, RATES)
+    base = "py-libp2p GossipSub, same topology"
+    # Latency compared at the highest rate both delivered everything at.
+    common = min(_best(ours), _best(theirs))
+    a, b = _at(ours, common), _at(theirs, common)
+    return [
+        {"name": f"gossip {NODES} nodes: highest rate with 100% delivery",
+         "value": _best(ours), "unit": "msg/s", "baseline": base,
+         "baseline_value": _best(theirs)},
+        {"name": f"gossip latency p50 at {common} msg/s", "value": round(a["p50_ms"], 1),
+         "unit": "ms", "baseline": base, "baseline_value": round(b["p50_ms"], 1)},
+        {"name": f"gossip latency p99 at {common} msg/s", "value": round(a["p99_ms"], 1),
+         "unit": "ms", "baseline": base, "baseline_value": round(b["p99_ms"], 1)},
+        {"name": "gossip duplicates per message (whole network, receipts included)",
+         "value": round(ours["duplicates_per_message"], 2), "unit": "copies",
+         "baseline": base, "baseline_value": round(theirs["duplicates_per_message"], 2)},
+        {"name": "gossip connections (p2pm adds member links)",
+         "value": ours["connections"], "unit": "links", "baseline": base,
+         "baseline_value": theirs["connections"]},
+    ]
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--node":
+        serve_node(sys.argv[2])
+        sys.exit(0)
+    for row in run():
+        print(f"{row['name']}: {row['value']} {row['unit']} "
+              f"({row['baseline']}: {row['baseline_value']} {row['unit']})")
