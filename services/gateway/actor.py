@@ -44,6 +44,7 @@ MAX_REF = 256  # a conversation id, room name or contact name as typed
 MAX_INBOX_MESSAGES = 20  # per conversation
 MAX_ROOM_INVITE_CHARS = 16 * 1024
 TOKEN_FILE = "gateway.token"
+TCP_MAX_CONCURRENT = 64
 NAME_KEY = "gateway.name"
 # Calls to the actors behind the gateway: one that is restarting (about a second under
 # supervisord) is retried; one that stays silent is reported, not waited for forever.
@@ -144,19 +145,32 @@ class Gateway(Actor):
         assert self.runtime is not None and self._token is not None
         sock = self.runtime.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        # Anyone on the network may connect before showing a token: ZMQ drops a
+        # connection that sends an oversized message instead of buffering it.
+        sock.setsockopt(zmq.MAXMSGSIZE, wire.MAX_FRAME)
         sock.bind(self.tcp)
         self.tcp_bound = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.log.info("gateway.tcp", endpoint=self.tcp_bound)
         asock = AsyncSocket(sock)
+        # Beyond this many requests in progress we stop reading: ZMQ pushes back.
+        limiter = trio.Semaphore(TCP_MAX_CONCURRENT)
         try:
             async with trio.open_nursery() as nursery:
                 while True:
                     frames = await asock.recv_multipart()
-                    nursery.start_soon(self._tcp_request, asock, frames)
+                    await limiter.acquire()
+                    nursery.start_soon(self._tcp_request, asock, frames, limiter)
         finally:
             asock.close(linger_ms=0)
 
-    async def _tcp_request(self, sock: AsyncSocket, frames: list[bytes]) -> None:
+    async def _tcp_request(self, sock: AsyncSocket, frames: list[bytes],
+                           limiter: trio.Semaphore) -> None:
+        try:
+            await self._tcp_answer(sock, frames)
+        finally:
+            limiter.release()
+
+    async def _tcp_answer(self, sock: AsyncSocket, frames: list[bytes]) -> None:
         assert self.runtime is not None and self._token is not None
         if len(frames) < 2:
             return
