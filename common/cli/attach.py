@@ -220,7 +220,7 @@ class AttachModel:
         down = [a for a, ok in (st.get("actors") or {}).items() if not ok]
         state = "connected" if self.connected else "reconnecting..."
         if self.connected and down:
-            state = f"degraded ({', '.join(down)} restarting)"
+            state = f"reconnecting ({', '.join(down)})"
         return (f" p2pm  {peer[-10:]}  peers: {st.get('peers', '?')}  "
                 f"reachability: {st.get('reachability', '?')}  [{state}]")
 

@@ -6,6 +6,8 @@ the spec'd fakes of services/gateway/testing.py; everything else is real."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -131,5 +133,11 @@ def test_attach_on_real_nodes(node_factory: Any) -> None:
             assert [m["body"] for m in history] == ["typed on a real node"]
             await call(bob, "send", {"contact": "alice", "text": "answer from bob"})
             await until(lambda: lines_with(model, "answer from bob"), "bob's answer", 30)
+            # Alice's gossip crashes; supervisord restarts it and the screen carries on.
+            os.kill(alice.pids()["gossip"], signal.SIGKILL)
+            keys.send_text("after a gossip crash\r")
+            await until(lambda: any(line.endswith("✓✓") for line in
+                                    lines_with(model, "after a gossip crash")),
+                        "the receipt after the restart", 40)
 
     asyncio.run(drive())
