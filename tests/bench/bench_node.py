@@ -1,0 +1,202 @@
+"""Whole-node benchmark: real nodes, every actor its own process under supervisord.
+
+    python -m tests.bench.bench_node
+
+* DM latency p50/p99: node A posts in a direct chat, measured until node B's gateway
+  publishes `gateway.message.received` for it (store, seal, sign, GossipSub over
+  libp2p, open, verify, store, event), next to a libp2p ping round trip between
+  the same two transports.
+* Whole-node RSS: the six actors plus supervisord, next to one bare
+  `python -c "import trio, zmq"` process and one py-libp2p host process.
+* Time to healthy after `p2pm up` (as `up` reports it), next to the start of one
+  py-libp2p host process until it listens.
+* Recovery after `kill -9` of each actor: until supervisord has restarted it and the
+  whole node answers healthy again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import orjson
+import zmq
+
+from p2pm.common.home import ACTORS
+from tests.helpers import Node, destroy_home, make_home, run_p2pm, start_node, wait_for
+from tests.integration.chatnet import LOOPBACK, addrs, open_direct
+
+DM_MESSAGES = 60
+WARMUP = 5
+
+BARE = "import trio, zmq, sys; sys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.read()"
+LIBP2P_HOST = """
+import sys, trio, multiaddr
+from libp2p import new_host
+async def main():
+    host = new_host()
+    async with host.run(listen_addrs=[multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+        sys.stdout.write("ready\\n"); sys.stdout.flush()
+        await trio.to_thread.run_sync(sys.stdin.read)
+trio.run(main)
+"""
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def baseline_process(code: str) -> tuple[float, int]:
+    """(seconds until it says ready, its RSS in KiB then)."""
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        elapsed = time.monotonic() - started
+        if line.strip() != b"ready":
+            raise RuntimeError(f"baseline process did not start: {code[:40]!r}")
+        return elapsed, rss_kib(proc.pid)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def node_rss_kib(node: Node) -> int:
+    pids = list(node.pids().values()) + [node.supervisor().pid()]
+    return sum(rss_kib(p) for p in pids if p)
+
+
+def up_node() -> tuple[Node, float]:
+    home = make_home()
+    try:
+        node = start_node(home, listen=LOOPBACK, up=False)
+        proc = run_p2pm(home, "--json", "up", "--timeout", "120", check=True, timeout=180)
+    except BaseException:
+        destroy_home(home)
+        raise
+    node.up_output = orjson.loads(proc.stdout)
+    return node, float(node.up_output["healthy_after_s"])
+
+
+def dm_latencies(a: Node, b: Node) -> list[float]:
+    conv = open_direct(a, b)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"gateway.message.received")
+    sub.connect(b.home.endpoints().events("gateway"))
+    try:
+        def deliver(text: str, timeout: float) -> float:
+            started = time.perf_counter()
+            a.call("gossip", "post", {"conversation": conv, "text": text}, timeout=10.0)
+            deadline = started + timeout
+            while (left := deadline - time.perf_counter()) > 0:
+                if not sub.poll(int(left * 1000) + 1):
+                    break
+                data = orjson.loads(sub.recv_multipart()[-1]).get("data") or {}
+                if data.get("body") == text:
+                    return time.perf_counter() - started
+            raise TimeoutError(f"{text!r} did not reach the other node")
+
+        # The first messages also wait for the mesh to form: retry until one arrives.
+        wait_for(lambda: _try(deliver, "warm-up", 5.0), 90, "a first direct message")
+        for i in range(WARMUP):
+            deliver(f"warm {i}", 30.0)
+        return [deliver(f"m {i}", 30.0) for i in range(DM_MESSAGES)]
+    finally:
+        sub.close()
+
+
+def _try(fn: Any, *args: Any) -> bool:
+    try:
+        fn(*args)
+        return True
+    except TimeoutError:
+        return False
+
+
+def recovery_s(node: Node, actor: str) -> float:
+    old = node.pids()[actor]
+    started = time.monotonic()
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: node.pids().get(actor) not in (0, old), 60, f"{actor} restarted")
+    node.wait_healthy(60)
+    return time.monotonic() - started
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run() -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    bare_start, bare_rss = baseline_process(BARE)
+    host_start, host_rss = baseline_process(LIBP2P_HOST)
+    a = b = None
+    try:
+        a, up_a = up_node()
+        b, up_b = up_node()
+        rows.append({"name": "node: time to healthy after p2pm up", "value":
+                     round(statistics.mean([up_a, up_b]), 2), "unit": "s",
+                     "baseline": "one py-libp2p host process listening",
+                     "baseline_value": round(host_start, 2)})
+        rss = node_rss_kib(a) / 1024
+        rows.append({"name": "node: RSS of 6 actors + supervisord (idle)",
+                     "value": round(rss, 1), "unit": "MiB",
+                     "baseline": "bare python -c 'import trio, zmq'",
+                     "baseline_value": round(bare_rss / 1024, 1)})
+        rows.append({"name": "node: RSS of 6 actors + supervisord (idle)",
+                     "value": round(rss, 1), "unit": "MiB",
+                     "baseline": "one py-libp2p host process",
+                     "baseline_value": round(host_rss / 1024, 1)})
+
+        b_addrs = addrs(b)
+        a.call("transport", "dial", {"addr": b_addrs[0]}, timeout=30.0)
+        rtts = a.call("transport", "ping", {"peer_id": b.peer_id, "count": 20},
+                      timeout=30.0)["rtts_ms"]
+        lat = [s * 1000 for s in dm_latencies(a, b)]
+        ping_p50 = round(statistics.median(rtts), 2)
+        rows.append({"name": f"node: DM latency p50 (post -> event on the other node, "
+                             f"n={len(lat)})", "value": round(pct(lat, 0.5), 2), "unit": "ms",
+                     "baseline": "libp2p ping RTT p50, same nodes",
+                     "baseline_value": ping_p50})
+        rows.append({"name": "node: DM latency p99", "value": round(pct(lat, 0.99), 2),
+                     "unit": "ms", "baseline": "libp2p ping RTT p99, same nodes",
+                     "baseline_value": round(pct(rtts, 0.99), 2)})
+        rows.append({"name": "node: RSS after the DM run", "value":
+                     round(node_rss_kib(a) / 1024, 1), "unit": "MiB",
+                     "baseline": "idle, same node", "baseline_value": round(rss, 1)})
+
+        for actor in ACTORS:
+            rows.append({"name": f"node: recovery after kill -9 of {actor}",
+                         "value": round(recovery_s(a, actor), 2), "unit": "s",
+                         "baseline": "time to healthy after up",
+                         "baseline_value": round(up_a, 2)})
+    finally:
+        for node in (a, b):
+            if node is not None:
+                node.destroy()
+    return rows
+
+
+def main() -> int:
+    for row in run():
+        print(f"{row['name']:<60} {row['value']:>9} {row['unit']:<4} "
+              f"({row['baseline']}: {row['baseline_value']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
