@@ -214,8 +214,10 @@ def rooms_list(obj: Ctx) -> None:
     """Your rooms, with their members and unread messages."""
     found = [c for c in _call(obj, "conversations") if c.get("kind") == "room"]
     lines = [f"{len(found)} room{'s' if len(found) != 1 else ''}"]
-    lines += [f"  {c['name']:<20} {c['id']}  {len(c.get('members') or [])} members, "
-              f"{c.get('unread', 0)} unread" for c in found]
+    for c in found:
+        members = len(c.get("members") or [])
+        lines.append(f"  {c['name']:<20} {c['id']}  {members} member"
+                     f"{'s' if members != 1 else ''}, {c.get('unread', 0)} unread")
     obj.out(found, "\n".join(lines))
 
 
