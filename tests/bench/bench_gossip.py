@@ -63,6 +63,35 @@ def pct(samples: list[float], q: float) -> float:
     return statistics.quantiles(samples, n=100, method="inclusive")[int(q) - 1]
 
 
+async def climb(label: str, rates: tuple[int, ...], publish: Any,
+                received: dict[Any, list[float]]) -> list[dict[str, Any]]:
+    """Publish at each rate in turn (`publish(n, rate, sent)` adds the message's key to
+    `sent`), wait for every member to have every message, and stop after the first
+    rate at which some did not within DRAIN_S."""
+    steps = []
+    for rate in rates:
+        count = max(MIN_MESSAGES, int(rate * STEP_S))
+        sent: list[Any] = []
+        start = trio.current_time()
+        async with trio.open_nursery() as posters:
+            for n in range(count):
+                await trio.sleep_until(start + n / rate)
+                posters.start_soon(publish, n, rate, sent)
+        deadline = trio.current_time() + DRAIN_S
+        while trio.current_time() < deadline and not all(
+                len(received.get(k, ())) >= NODES - 1 for k in sent):
+            await trio.sleep(0.1)
+        lat = [x for k in sent for x in received.get(k, ())]
+        delivered = sum(min(len(received.get(k, ())), NODES - 1) for k in sent)
+        steps.append({"rate": rate, "messages": count,
+                      "delivery": delivered / (count * (NODES - 1)),
+                      "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000})
+        print(f"  {label} {rate}/s: {steps[-1]}", file=sys.stderr)
+        if delivered < count * (NODES - 1):
+            break
+    return steps
+
+
 # -- one p2pm node (a child process) -------------------------------------------------
 
 
@@ -193,36 +222,14 @@ async def measure_p2pm(rates: tuple[int, ...]) -> dict[str, Any]:
                 while not await meshed():
                     await trio.sleep(0.2)
 
-            steps = []
+            async def post(n: int, rate: int, sent: list[Any]) -> None:
+                got = await _call(gossip[n % NODES], "post", {
+                    "conversation": room["id"], "text": f"m{rate}-{n}"}, timeout=30)
+                sent.append(got["id"])
+
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(collect)
-                for rate in rates:
-                    sent: list[str] = []
-
-                    async def post(i: int, n: int) -> None:
-                        got = await _call(gossip[i], "post", {
-                            "conversation": room["id"], "text": f"m{rate}-{n}"}, timeout=30)
-                        sent.append(got["id"])
-
-                    count = max(MIN_MESSAGES, int(rate * STEP_S))
-                    start = trio.current_time()
-                    async with trio.open_nursery() as posters:
-                        for n in range(count):
-                            await trio.sleep_until(start + n / rate)
-                            posters.start_soon(post, n % NODES, n)
-                    deadline = trio.current_time() + DRAIN_S
-                    while trio.current_time() < deadline and not all(
-                            len(received.get(m, ())) >= NODES - 1 for m in sent):
-                        await trio.sleep(0.1)
-                    lat = [x for m in sent for x in received.get(m, ())]
-                    delivered = sum(min(len(received.get(m, ())), NODES - 1) for m in sent)
-                    steps.append({"rate": rate, "messages": count,
-                                  "delivery": delivered / (count * (NODES - 1)),
-                                  "p50_ms": pct(lat, 50) * 1000,
-                                  "p99_ms": pct(lat, 99) * 1000})
-                    print(f"  p2pm {rate}/s: {steps[-1]}", file=sys.stderr)
-                    if delivered < count * (NODES - 1):
-                        break
+                steps = await climb("p2pm", rates, post, received)
                 nursery.cancel_scope.cancel()
             asub.close(linger_ms=0)
             duplicates = 0
@@ -303,31 +310,15 @@ async def _run_pylibp2p(rates: tuple[int, ...], out: dict[str, Any]) -> None:
                 sent_at, _, key = msg.data.partition(b"|")
                 received.setdefault(key, []).append(time.time() - float(sent_at))
 
-        steps = []
+        async def publish(n: int, rate: int, sent: list[Any]) -> None:
+            key = f"m{rate}-{n}".encode()
+            sent.append(key)
+            await pubsubs[n % NODES].publish(TOPIC, f"{time.time()!r}|".encode() + key)
+
         async with trio.open_nursery() as nursery:
             for sub in subs:
                 nursery.start_soon(collect, sub)
-            for rate in rates:
-                count = max(MIN_MESSAGES, int(rate * STEP_S))
-                keys = [f"m{rate}-{n}".encode() for n in range(count)]
-                start = trio.current_time()
-                async with trio.open_nursery() as posters:
-                    for n, key in enumerate(keys):
-                        await trio.sleep_until(start + n / rate)
-                        posters.start_soon(pubsubs[n % NODES].publish, TOPIC,
-                                           f"{time.time()!r}|".encode() + key)
-                deadline = trio.current_time() + DRAIN_S
-                while trio.current_time() < deadline and not all(
-                        len(received.get(k, ())) >= NODES - 1 for k in keys):
-                    await trio.sleep(0.1)
-                lat = [x for k in keys for x in received.get(k, ())]
-                delivered = sum(min(len(received.get(k, ())), NODES - 1) for k in keys)
-                steps.append({"rate": rate, "messages": count,
-                              "delivery": delivered / (count * (NODES - 1)),
-                              "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000})
-                print(f"  py-libp2p {rate}/s: {steps[-1]}", file=sys.stderr)
-                if delivered < count * (NODES - 1):
-                    break
+            steps = await climb("py-libp2p", rates, publish, received)
             nursery.cancel_scope.cancel()
         total = sum(s["messages"] for s in steps)
         out.update({"steps": steps, "duplicates_per_message": duplicates / max(1, total),
