@@ -62,6 +62,9 @@ TARGET_MEMBER_PEERS = 3  # a conversation dials members until this many are conn
 DIAL_BACKOFF = (2.0, 30.0)  # seconds, first and cap
 SYNC_INTERVAL_S = 30.0  # anti-entropy with one member per conversation
 SYNC_MIN_GAP_S = 5.0  # between two syncs of one conversation with one peer
+# A recipient still owing a receipt this long after we first saw it owed (and
+# connected) is synced with: the receipt or the message was lost.
+OUTBOX_SYNC_AFTER_S = 10.0
 GAP_GRACE_S = 1.0  # gossip reorders; a gap still open after this triggers a sync
 # Receipts go out batched: in a direct chat soon (one reader), in a room at most once
 # per interval per member, so their volume grows with the members, not the messages.
@@ -138,6 +141,7 @@ class Gossip(Actor):
         self._topic_peers_seen: dict[str, set[str]] = {}
         self._dht_ok = True
         self._provided: dict[str, float] = {}
+        self._owed_since: dict[str, float] = {}  # undelivered message -> first seen owed
 
     # -- lifecycle ---------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -528,7 +532,7 @@ class Gossip(Actor):
         await trio.sleep(GAP_GRACE_S)
         if conv.held.get(author, (0, set()))[1]:
             self.counters["gap_syncs"] += 1
-            await self._sync_with(source, conv)
+            await self._sync_with(source, conv, force=True)
 
     async def _save_members(self, conv: Conversation) -> None:
         try:
@@ -558,6 +562,7 @@ class Gossip(Actor):
         recipients.discard(peer)
         if not recipients:
             self.undelivered.pop(mid, None)
+            self._owed_since.pop(mid, None)
             self.unsent.pop(mid, None)
             await self._set_state(mid, conv_id, "delivered")
 
@@ -880,12 +885,15 @@ class Gossip(Actor):
         return {p: self.addrs[p][:sync.MAX_ADDRS] for p in sorted(conv.members)
                 if p in self.addrs}
 
-    async def _sync_with(self, peer: str, conv: Conversation) -> None:
+    async def _sync_with(self, peer: str, conv: Conversation, force: bool = False) -> None:
+        """Reconcile `conv` with `peer` (at most once per SYNC_MIN_GAP_S unless forced,
+        and never twice at once)."""
         from p2pm.services.transport.streams import StreamError
 
         key = (peer, conv.id)
         now = self._now()
-        if key in self._syncing or now - self._last_sync.get(key, -1e9) < SYNC_MIN_GAP_S:
+        if key in self._syncing or (
+                not force and now - self._last_sync.get(key, -1e9) < SYNC_MIN_GAP_S):
             return
         self._syncing.add(key)
         self._last_sync[key] = now
@@ -1121,7 +1129,10 @@ class Gossip(Actor):
         # A direct chat's recipient is dialled; a room's members are reached through
         # the room's mesh and its receipts, and synced with when connected anyway.
         owed: dict[str, set[str]] = {}
-        for conv_id, _, recipients in self.undelivered.values():
+        now = self._now()
+        for mid, (conv_id, _, recipients) in self.undelivered.items():
+            if now - self._owed_since.setdefault(mid, now) < OUTBOX_SYNC_AFTER_S:
+                continue  # a receipt is probably on its way
             for r in recipients:
                 owed.setdefault(r, set()).add(conv_id)
         for peer, conv_ids in owed.items():
@@ -1131,7 +1142,6 @@ class Gossip(Actor):
                     self.spawn(self._sync_with, peer, conv)
             elif any(c.kind == "direct" for c in convs):
                 self.spawn(self._dial, peer)
-        now = self._now()
         for conv in list(self.convs.values()):
             here = [m for m in conv.members if m in self.connected]
             if len(here) < TARGET_MEMBER_PEERS:

@@ -1,0 +1,118 @@
+"""Conversations in-process (keystore, transport, storage and gossip of each node in one
+trio loop): the conversation list with unread counts, history paging, leaving, a gap
+in gossip repaired by sync, and the message events a client sees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+import zmq
+
+from p2pm.common import wire
+from p2pm.common.zmqtrio import AsyncSocket
+from p2pm.services.gossip.router.core import Validation
+from p2pm.services.gossip.testing import GossipNode, open_gossip_node
+
+
+async def _room_of_two(alice: GossipNode, bob: GossipNode) -> dict[str, Any]:
+    room = await alice.call("gossip", "room_create", {"name": "garden"})
+    assert room["kind"] == "room" and room["invite"].startswith("p2pm-invite1:")
+    joined = await bob.call("gossip", "room_join", {"invite": room["invite"]})
+    assert joined == {"id": room["id"], "name": "garden", "kind": "room"}
+    return room
+
+
+async def _history(node: GossipNode, conv: str, count: int, **kw: Any) -> list[Any]:
+    async def enough() -> list[Any]:
+        h = await node.call("gossip", "history", {"conversation": conv, **kw})
+        return h if len(h) >= count else []
+    return await node.wait_for(enough, f"{count} messages")
+
+
+async def test_list_unread_mark_read_paging_and_events() -> None:
+    async with open_gossip_node("alice") as alice, open_gossip_node("bob") as bob:
+        sub = zmq.Context.instance().socket(zmq.SUB)
+        sub.connect(bob.endpoints.events("gossip"))
+        sub.setsockopt(zmq.SUBSCRIBE, b"gossip.message.received")
+        events = AsyncSocket(sub)
+        try:
+            room = await _room_of_two(alice, bob)
+            await trio.sleep(0.2)  # the SUB connects asynchronously
+            ids = [(await alice.call("gossip", "post", {
+                "conversation": room["id"], "text": f"note {i}"}))["id"] for i in range(5)]
+            got = await _history(bob, room["id"], 5)
+            assert [m["body"] for m in got] == [f"note {i}" for i in range(5)]
+            assert [m["id"] for m in got] == ids and {m["state"] for m in got} == {"received"}
+            # One event per message (stored concurrently, so in any order).
+            seen = []
+            with trio.fail_after(5):
+                for _ in range(5):
+                    _, payload = await events.recv_multipart()
+                    seen.append(wire.loads(payload)["data"])
+            assert sorted(seen, key=lambda e: e["body"]) == [
+                {"id": m["id"], "conversation": room["id"], "author": alice.peer_id,
+                 "body": m["body"], "ts": m["ts"]} for m in got]
+
+            listed = await bob.call("gossip", "conversation_list")
+            assert [(c["id"], c["kind"], c["unread"]) for c in listed] == [
+                (room["id"], "room", 5)]
+            assert set(listed[0]["members"]) == {alice.peer_id, bob.peer_id}
+            await bob.call("gossip", "mark_read", {"conversation": room["id"]})
+            assert (await bob.call("gossip", "conversation_list"))[0]["unread"] == 0
+            # Alice wrote them: they are not unread for her.
+            assert (await alice.call("gossip", "conversation_list"))[0]["unread"] == 0
+
+            page = await bob.call("gossip", "history",
+                                  {"conversation": room["id"], "limit": 2})
+            assert [m["body"] for m in page] == ["note 3", "note 4"]
+            older = await bob.call("gossip", "history", {
+                "conversation": room["id"], "limit": 2, "before": page[0]["id"]})
+            assert [m["body"] for m in older] == ["note 1", "note 2"]
+
+            # Every member acknowledged: alice's messages end delivered, per member.
+            async def delivered() -> bool:
+                s = await alice.call("gossip", "message_state", {"id": ids[-1]})
+                return s["state"] == "delivered" and s["members"] == {
+                    bob.peer_id: "delivered"}
+            await alice.wait_for(delivered, "receipts from bob")
+
+            await bob.call("gossip", "conversation_leave", {"conversation": room["id"]})
+            assert await bob.call("gossip", "conversation_list") == []
+            await alice.call("gossip", "post", {"conversation": room["id"], "text": "gone?"})
+            await trio.sleep(0.5)
+            stored = await bob.call("storage", "history",
+                                    {"conversation": room["id"], "limit": 50})
+            assert len(stored["messages"]) == 5  # left: nothing new arrives
+        finally:
+            events.close(linger_ms=0)
+
+
+async def test_a_gap_in_gossip_is_filled_by_sync() -> None:
+    async with open_gossip_node("alice") as alice, open_gossip_node("bob") as bob:
+        room = await _room_of_two(alice, bob)
+        await alice.call("gossip", "post", {"conversation": room["id"], "text": "one"})
+        await _history(bob, room["id"], 1)
+        # Bob's router drops alice's next message, as a lost copy would be.
+        validate = bob.gossip._validate
+        dropped: list[Any] = []
+
+        def lossy(msg: Any) -> Validation:
+            verdict = validate(msg)
+            if not dropped and b"one" not in (msg.data or b""):
+                dropped.append(msg)
+                return Validation.IGNORE
+            return verdict
+        bob.gossip.router._validate = lossy  # type: ignore[union-attr]
+        await alice.call("gossip", "post", {"conversation": room["id"], "text": "two"})
+        async def lost() -> bool:
+            return bool(dropped)
+        await bob.wait_for(lost, "the second message dropped")
+        await alice.call("gossip", "post", {"conversation": room["id"], "text": "three"})
+        got = await _history(bob, room["id"], 3)
+        assert [(m["body"], m["seq"]) for m in got] == [("one", 1), ("two", 2),
+                                                        ("three", 3)]
+        # The lost copy was replaced by sync (the gap, or anti-entropy), not gossip.
+        status = await bob.call("gossip", "sys.status")
+        assert status["router"]["counters"]["msg_ignored"] == 1
+        assert status["counters"]["sync_envelopes_received"] >= 1
