@@ -14,9 +14,10 @@ needs the rest of the node:
 * persistence: a routing-table snapshot in the storage actor (`kv` key
   `dht.routing_table`), loaded before anything else, so a restarted dht answers at once.
 * mode: `dht.mode` "server" serves the protocol, "client" only queries (and does not
-  register the protocol, so identify does not advertise it). "auto" is server for now:
-  it should follow AutoNAT's verdict on reachability, which the transport does not
-  provide yet.
+  register the protocol, so identify does not advertise it). "auto" follows the
+  transport's AutoNAT verdict (`transport.reachability.changed`): client while it says
+  "private", server otherwise, including before it has a verdict (a node that cannot
+  be dialled is then dropped from others' tables by failed queries).
 
 Events: none of its own yet (status carries the counters).
 """
@@ -45,7 +46,9 @@ from .records import (RECORD_DOMAIN, PublicKeyValidator, RecordError, SignedReco
 SNAPSHOT_KEY = "dht.routing_table"
 OP_TIMEOUT_S = 30.0
 DEFAULT_RECORD_TTL_S = 24 * 3600.0
-BOOTSTRAP_AGAIN_S = 10.0
+BOOTSTRAP_AGAIN_S = 10.0  # at most one self-lookup this often as new peers appear
+BOOTSTRAP_RETRY_S = 0.5  # next self-lookup after one that found new peers
+BOOTSTRAP_RETRY_MAX_S = 60.0
 MODES = ("auto", "server", "client")
 
 
@@ -67,10 +70,13 @@ class Dht(Actor):
         self._saved: frozenset[bytes] | None = None
         self._last_bootstrap = float("-inf")
         self._ready = trio.Event()
+        self.remembered = 0  # peers reloaded from the stored snapshot at start
 
     @property
     def server_mode(self) -> bool:
-        return self.mode != "client"  # "auto": no AutoNAT yet, so assume reachable
+        if self.driver is not None:
+            return self.driver.core.server_mode
+        return self.mode != "client"
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -78,7 +84,8 @@ class Dht(Actor):
         return self.driver is not None
 
     def status(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mode": self.mode, "server": self.server_mode}
+        out: dict[str, Any] = {"mode": self.mode, "server": self.server_mode,
+                               "remembered": self.remembered}
         if self.driver is not None:
             out.update(peer_id=self.peer_id, **self.driver.statistics(),
                        transport=self.driver.streams.statistics())
@@ -92,6 +99,7 @@ class Dht(Actor):
         core = KadCore(Peer(peer_id_bytes(me["peer_id"]), ()), validators, self.core_config,
                        server_mode=self.server_mode)
         remembered = await self._load_snapshot()
+        self.remembered = len(remembered)
         now = time.time()
         for peer in remembered:
             core.routing.add(peer, now)
@@ -132,6 +140,12 @@ class Dht(Actor):
         the bootstrap peers and the remembered table."""
         await self._refresh_local_addrs()
         await self._sync_connected()
+        if self.mode == "auto":
+            try:
+                status = await self.call("transport", "sys.status", timeout=2.0, retries=1)
+                await self._follow_reachability(status.get("reachability"))
+            except errors.BusError:
+                pass  # the event will tell
         seeds = list(remembered)
         for addr in self.bootstrap_addrs:
             pid = addr.rsplit("/p2p/", 1)[-1] if "/p2p/" in addr else ""
@@ -139,17 +153,42 @@ class Dht(Actor):
                 seeds.append(make_peer(pid, [addr]))
             except ValueError:
                 self.log.warning("dht.bad_bootstrap_addr", addr=addr)
-        self._bootstrap(seeds)
+        await self._stay_joined(seeds)
+
+    async def _stay_joined(self, seeds: list[Peer]) -> None:
+        """Self-lookups through the seeds, the connected peers and the table while the
+        table holds fewer than k peers: soon again while they find new peers, backing
+        off to once a minute when they stop. At start the bootstrap peer's dht may not
+        serve yet (identify will not tell us when it does), and peers that joined at
+        the same time only become visible on a second pass."""
+        delay = BOOTSTRAP_RETRY_S
+        while True:
+            driver = self._require()
+            core = driver.core
+            before = len(core.routing)
+            if before < core.config.k:
+                known = {s.id for s in seeds}
+                candidates = seeds + [p for p in core.connected.values() if p.id not in known]
+                if candidates or before:
+                    self._last_bootstrap = time.time()
+                    try:
+                        await driver.run_operation(
+                            lambda now: core.bootstrap(candidates, now), LookupDone,
+                            OP_TIMEOUT_S)
+                    except TimeoutError:
+                        pass
+                grew = len(core.routing) > before
+                delay = BOOTSTRAP_RETRY_S if grew else min(delay * 2, BOOTSTRAP_RETRY_MAX_S)
+            else:
+                delay = BOOTSTRAP_RETRY_MAX_S
+            await trio.sleep(delay)
 
     def _bootstrap(self, seeds: list[Peer]) -> None:
         driver = self.driver
-        if driver is None:
+        if driver is None or (not seeds and len(driver.core.routing) == 0):
             return
-        now = time.time()
-        if not seeds and len(driver.core.routing) == 0:
-            return
-        self._last_bootstrap = now
-        _, actions = driver.core.bootstrap(seeds, now)
+        self._last_bootstrap = time.time()
+        _, actions = driver.core.bootstrap(seeds, self._last_bootstrap)
         driver.perform(actions)
 
     async def _sync_connected(self) -> None:
@@ -216,13 +255,31 @@ class Dht(Actor):
             except ValueError:
                 pass
 
+    @on_event("transport.reachability")
+    async def _on_reachability(self, topic: str, data: dict[str, Any]) -> None:
+        if isinstance(data, dict):
+            await self._follow_reachability(data.get("reachability"))
+
+    async def _follow_reachability(self, reachability: Any) -> None:
+        driver = self.driver
+        if self.mode != "auto" or driver is None or not isinstance(reachability, str):
+            return
+        server = reachability != "private"
+        if driver.core.server_mode == server:
+            return
+        driver.core.server_mode = server
+        await driver.streams.set_protocols({KAD_PROTOCOL: KAD_SPEC} if server else {})
+        self.log.info("dht.mode_changed", server=server, reachability=reachability)
+
     async def resync(self, source: str, reason: str) -> None:
         if source == "transport":
             await self._sync_connected()
             await self._refresh_local_addrs()
 
-    @every(30.0)
+    @every(5.0)
     async def _periodic(self) -> None:
+        # Cheap when nothing changed: the snapshot is written only when the table's
+        # membership did, so a crash loses at most a few seconds of it.
         await self._refresh_local_addrs()
         await self._save_snapshot()
 
