@@ -1,10 +1,12 @@
 """Conversations between real nodes (every actor a process under supervisord): a room
 of five joined in a chain of invites, offline catch-up from a member other than the
 author, and a direct chat's receipts, including a message written while the recipient
-was down."""
+was down and the sender's gossip actor was killed."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections import Counter
 from typing import Any
 
@@ -117,6 +119,9 @@ def test_direct_message_delivered_and_delivered_later_to_a_node_that_was_down(
     later = gossip(alice, "post", {"conversation": conv["id"], "text": "while you slept"})
     assert later["state"] in ("pending", "sent")
     assert state(later["id"])["state"] != "delivered"
+    # Alice's gossip actor crashes meanwhile: the outbox lives in storage.
+    os.kill(alice.pids()["gossip"], signal.SIGKILL)
+    wait_for(lambda: alice.healthy(("gossip",)), DEADLINE, "alice's gossip restarted")
     bob.p2pm("up", "--timeout", "60", check=True, timeout=90)
     wait_for(lambda: state(later["id"])["state"] == "delivered", DEADLINE,
              "delivered after bob came back")
