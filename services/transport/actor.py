@@ -42,6 +42,7 @@ from .streams import streams_endpoint
 
 PEERS_FILE = "transport-peers.json"
 DIAL_TIMEOUT_S = 10.0
+DIRECT_BEFORE_RELAY_S = 3.0
 ADDR_TTL_S = 3600
 MAX_CONNECTIONS = 256  # fallbacks for out-of-range settings (same as default.toml)
 MAX_STREAMS_PER_PEER = 64
@@ -320,12 +321,15 @@ class Transport(Actor):
         direct, circuits = split_addrs(known)
         problem = "no direct address"
         if direct:
+            # With a relay to fall back on, a NAT that drops our SYNs must not cost the
+            # whole dial timeout.
+            limit = DIRECT_BEFORE_RELAY_S if circuits and self.nat else DIAL_TIMEOUT_S
             try:
-                with trio.fail_after(DIAL_TIMEOUT_S):
+                with trio.fail_after(limit):
                     await host.connect(PeerInfo(peer, [a for a in bare if not is_circuit(a)]))
                 return
             except trio.TooSlowError:
-                problem = f"no answer in {DIAL_TIMEOUT_S:g}s"
+                problem = f"no answer in {limit:g}s"
             except errors.BusError:
                 raise
             except Exception as exc:
@@ -463,8 +467,11 @@ class Transport(Actor):
         conns = host.get_network().get_connections(peer)
         direction = remote = ""
         if conns:
-            direction = str(getattr(conns[0], "direction", "")).split(".")[-1].lower()
-            remote = _conn_addr(conns[0])
+            # Describe the direct connection when there is one (DCUtR may briefly
+            # hold both it and the relayed one).
+            best = next((c for c in conns if not is_relayed(c)), conns[0])
+            direction = str(getattr(best, "direction", "")).split(".")[-1].lower()
+            remote = _conn_addr(best)
         return {"peer_id": str(peer), "addrs": addrs, "protocols": protocols,
                 "direction": direction, "remote_addr": remote,
                 "streams": self.hub.streams_of(peer) if self.hub else 0,
@@ -493,8 +500,10 @@ def _strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
 def _conn_addr(conn: INetConn) -> str:
     try:
         addrs = conn.get_transport_addresses()
-        if addrs and "/p2p/" not in str(addrs[0]):
+        if addrs and (is_circuit(addrs[0]) or "/p2p/" not in str(addrs[0])):
             return str(addrs[0])
+        if addrs and str(addrs[0]).startswith(("/ip4/", "/ip6/")):
+            return str(addrs[0]).split("/p2p/")[0]  # a dial address keeps the peer id
     except Exception:
         pass
     # py-libp2p 0.8.1 has no address for IPv6 TCP connections (it rejects getpeername's

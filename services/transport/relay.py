@@ -200,7 +200,8 @@ class RelayService:
         self.host = host
         self.table = ReservationTable(limits)
         self.public_addrs = public_addrs
-        self.counters = {"reservations": 0, "circuits": 0, "circuits_ended_by_limit": 0,
+        self.counters = {"reservations_granted": 0, "circuits_opened": 0,
+                         "circuits_ended_by_limit": 0,
                          "bytes_relayed": 0, "bad_requests": 0}
 
     def status(self) -> dict[str, Any]:
@@ -251,7 +252,7 @@ class RelayService:
         await _write(stream, pb.HopMessage(
             type=pb.HopMessage.STATUS, status=pb.OK, limit=self._limit(),
             reservation=pb.Reservation(expire=expires, addrs=addrs)))
-        self.counters["reservations"] += 1
+        self.counters["reservations_granted"] += 1
         log.info("relay.reserved", peer_id=str(peer), expires=expires)
 
     async def _connect(self, src_stream: INetStream, src: ID, msg: Any) -> None:
@@ -277,7 +278,7 @@ class RelayService:
                                                          f"{reply.status})")
             await _write(src_stream, pb.HopMessage(type=pb.HopMessage.STATUS, status=pb.OK,
                                                    limit=self._limit()))
-            self.counters["circuits"] += 1
+            self.counters["circuits_opened"] += 1
             log.info("relay.circuit_open", src=str(src), dst=str(dst))
             ended_by_limit = await _splice(src_stream, dst_stream, circuit, self.counters)
             if ended_by_limit:

@@ -1,0 +1,115 @@
+"""NAT traversal through emulated home routers (see lab.py for the topology).
+
+Each test builds its own lab and runs real nodes in it: the public relay and one node
+behind each router. Traffic between the home nodes is shown with the transport's ping
+(a stream on whichever connection the swarm holds), and which connection carries it is
+read from `transport.peers` (relayed or not, and the remote address).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.helpers import needs_root, wait_for
+
+from .lab import INET, Lab, LabNode
+
+pytestmark = needs_root
+
+
+def reachability(node: LabNode) -> str | None:
+    state = node.status()["reachability"]
+    return None if state == "unknown" else state
+
+
+def circuit_addr(node: LabNode) -> str | None:
+    addrs = [a for a in node.status()["addrs"] if "/p2p-circuit/" in a]
+    return addrs[0] if addrs else None
+
+
+def connection(a: LabNode, b: LabNode) -> dict[str, Any] | None:
+    return a.peer(b.peer_id)
+
+
+def direct_connection(a: LabNode, b: LabNode) -> dict[str, Any] | None:
+    entry = connection(a, b)
+    return entry if entry and not entry["relayed"] else None
+
+
+def relay_dial(a: LabNode, b: LabNode) -> None:
+    """`a` dials `b` at its relayed address and pings it through the relay."""
+    addr = wait_for(lambda: circuit_addr(b), 30, f"{b.name} to advertise a relay address")
+    a.call("dial", {"addr": addr}, timeout=20)
+    a.call("ping", {"peer_id": b.peer_id}, timeout=15)
+
+
+def test_easy_nats_hole_punch_to_a_direct_connection(make_lab: Any) -> None:
+    lab: Lab = make_lab(nat1="easy", nat2="easy")
+    relay, h1, h2 = lab.start_standard()
+    assert wait_for(lambda: reachability(relay), 30, "relay's verdict") == "public"
+    assert wait_for(lambda: reachability(h1), 30, "h1's verdict") == "private"
+    assert wait_for(lambda: reachability(h2), 30, "h2's verdict") == "private"
+
+    relay_dial(h1, h2)
+    direct = wait_for(lambda: direct_connection(h1, h2), 30, "DCUtR's direct connection")
+    # h2's router maps h2's listening port to the same port on its WAN address.
+    assert direct["remote_addr"] == f"/ip4/{INET}.12/tcp/4001"
+    assert h2.status()["nat"]["dcutr"]["upgraded"] == 1
+    # The relayed connection is closed once the direct one stands...
+    wait_for(lambda: relay.status()["nat"]["relay_service"]["circuits"] == 0, 15,
+             "the relay circuit to close")
+    # ...and traffic goes over the direct one both ways.
+    assert h1.call("ping", {"peer_id": h2.peer_id, "count": 3})["rtt_ms"] > 0
+    assert h2.call("ping", {"peer_id": h1.peer_id, "count": 3})["rtt_ms"] > 0
+    assert direct_connection(h1, h2) is not None
+    assert direct_connection(h2, h1)["remote_addr"] == f"/ip4/{INET}.11/tcp/4001"
+
+
+def test_symmetric_nat_fails_the_punch_and_keeps_the_relay(make_lab: Any) -> None:
+    lab: Lab = make_lab(nat1="symmetric", nat2="easy")
+    relay, h1, h2 = lab.start_standard()
+    assert wait_for(lambda: reachability(h1), 30, "h1's verdict") == "private"
+
+    relay_dial(h1, h2)
+    wait_for(lambda: h2.status()["nat"]["dcutr"]["failed"] >= 1, 60,
+             "the hole punch to give up")
+    assert h2.status()["nat"]["dcutr"]["attempts"] == 3  # the spec's three tries
+    entry = connection(h1, h2)
+    assert entry is not None and entry["relayed"]
+    # Messages still travel, through the relay, in both directions.
+    assert h1.call("ping", {"peer_id": h2.peer_id, "count": 3})["rtt_ms"] > 0
+    assert h2.call("ping", {"peer_id": h1.peer_id, "count": 3})["rtt_ms"] > 0
+    assert relay.status()["nat"]["relay_service"]["circuits"] == 1
+
+
+def test_port_forward_makes_autonat_say_public(make_lab: Any) -> None:
+    lab: Lab = make_lab(nat1="easy", nat2="easy", forward1=True)
+    relay, h1, h2 = lab.start_standard()
+    assert wait_for(lambda: reachability(h1), 30, "h1's verdict") == "public"
+    assert wait_for(lambda: reachability(h2), 30, "h2's verdict") == "private"
+    status = h1.status()
+    assert status["nat"]["autonat"]["confirmed_addrs"] == [f"/ip4/{INET}.11/tcp/4001"]
+    # A public node needs no relay, and advertises the address the dial-back reached.
+    assert not status["nat"]["relay_client"]["reservations"]
+    wait_for(lambda: any(a.startswith(f"/ip4/{INET}.11/tcp/4001/") for a in h1.status()["addrs"]),
+             15, "h1 to advertise its forwarded address")
+
+
+def test_relay_restart_brings_reservations_back(make_lab: Any) -> None:
+    lab: Lab = make_lab(nat1="easy", nat2="easy")
+    # No hole punching here, so that the messages must cross the relay.
+    relay, h1, h2 = lab.start_standard(holepunch=False)
+    relay_dial(h1, h2)
+    assert connection(h1, h2)["relayed"]
+
+    lab.stop_node("relay")
+    wait_for(lambda: not h2.status()["nat"]["relay_client"]["reservations"], 30,
+             "h2 to notice its reservation is gone")
+    wait_for(lambda: connection(h1, h2) is None, 30, "the relayed connection to drop")
+    lab.start_node("relay")
+    wait_for(lambda: h2.status()["nat"]["relay_client"]["reservations"], 60,
+             "h2 to reserve again on the restarted relay")
+    assert h2.status()["nat"]["relay_client"]["reserve_ok"] >= 2
+    relay_dial(h1, h2)
+    assert connection(h1, h2)["relayed"]
+    assert h2.call("ping", {"peer_id": h1.peer_id})["rtt_ms"] > 0
