@@ -118,7 +118,7 @@ def dialback_addrs(requested: list[bytes], observed_ip: str) -> list[multiaddr.M
     out: list[multiaddr.Multiaddr] = []
     for raw in requested[:64]:
         try:
-            addr = multiaddr.Multiaddr(raw)
+            addr = multiaddr.Multiaddr(str(multiaddr.Multiaddr(raw)))  # parse now, not lazily
         except Exception:
             continue
         if is_circuit(addr):

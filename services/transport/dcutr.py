@@ -81,7 +81,7 @@ def punch_addrs(raw: list[bytes]) -> list[multiaddr.Multiaddr]:
     out: list[multiaddr.Multiaddr] = []
     for item in raw[:32]:
         try:
-            addr = multiaddr.Multiaddr(item)
+            addr = multiaddr.Multiaddr(str(multiaddr.Multiaddr(item)))  # parse now
             ip = addr.value_for_protocol("ip4")
             port = int(addr.value_for_protocol("tcp"))
         except Exception:

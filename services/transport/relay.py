@@ -280,7 +280,8 @@ class RelayService:
                                                    limit=self._limit()))
             self.counters["circuits_opened"] += 1
             log.info("relay.circuit_open", src=str(src), dst=str(dst))
-            ended_by_limit = await _splice(src_stream, dst_stream, circuit, self.counters)
+            ended_by_limit = await _splice(src_stream, dst_stream, circuit, self.counters,
+                                           time.time())
             if ended_by_limit:
                 self.counters["circuits_ended_by_limit"] += 1
             log.info("relay.circuit_closed", src=str(src), dst=str(dst),
@@ -296,7 +297,7 @@ class RelayService:
 
 
 async def _splice(a: INetStream, b: INetStream, circuit: Circuit,
-                  counters: dict[str, int]) -> bool:
+                  counters: dict[str, int], now: float) -> bool:
     """Copy both ways until either side ends, the duration is over, or a direction
     used up its bytes; True if a limit ended it."""
     limited = False
@@ -322,7 +323,7 @@ async def _splice(a: INetStream, b: INetStream, circuit: Circuit,
             pass
         scope.cancel()
 
-    remaining = max(0.0, circuit.deadline - time.time())
+    remaining = max(0.0, circuit.deadline - now)
     with trio.move_on_after(remaining) as timer:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump, a, b, nursery.cancel_scope)

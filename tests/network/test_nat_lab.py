@@ -87,6 +87,7 @@ def test_port_forward_makes_autonat_say_public(make_lab: Any) -> None:
     relay, h1, h2 = lab.start_standard()
     assert wait_for(lambda: reachability(h1), 30, "h1's verdict") == "public"
     assert wait_for(lambda: reachability(h2), 30, "h2's verdict") == "private"
+    assert "reachability public" in lab.p2pm("h1", h1.node.home, "status").stdout
     status = h1.status()
     assert status["nat"]["autonat"]["confirmed_addrs"] == [f"/ip4/{INET}.11/tcp/4001"]
     # A public node needs no relay, and advertises the address the dial-back reached.
