@@ -277,6 +277,8 @@ def status(obj: Ctx) -> None:
         uptime = f"{row['uptime_s']:.1f}s" if "uptime_s" in row else "-"
         lines.append(f"{name:<10} {row['state']:<16} {row['pid'] or '-':>7}  "
                      f"{'yes' if row.get('healthy') else 'no':<7}  {uptime}")
+    if "reachability" in rows.get("transport", {}):
+        lines.append(f"reachability {rows['transport']['reachability']} (AutoNAT)")
     obj.out({"peer_id": peer_id, "home": str(home.root), "actors": rows}, "\n".join(lines))
 
 
