@@ -301,6 +301,9 @@ class Gossip(Actor):
         if topic.endswith(".identified"):
             self.protocols[peer] = [p for p in data.get("protocols") or []
                                     if isinstance(p, str)]
+            addrs = [a for a in data.get("addrs") or [] if isinstance(a, str)]
+            if addrs and any(peer in c.members for c in self.convs.values()):
+                await self._learn_addrs(peer, addrs)
         self._peer_up(peer, self.protocols.get(peer, []))
 
     async def resync(self, source: str, reason: str) -> None:
@@ -646,7 +649,8 @@ class Gossip(Actor):
     async def room_create(self, name: str) -> dict[str, Any]:
         """{"name"} -> {"id", "name", "kind": "room", "invite"}"""
         await self._ready()
-        _check_name(name)
+        if not _check_name(name).strip():
+            raise errors.bad_params("a room needs a name")
         secret = cv.new_room_secret()
         keys = cv.Keys.derive("room", secret)
         await self._storage("conversation_put", id=keys.id, kind="room", secret=secret,
@@ -881,9 +885,14 @@ class Gossip(Actor):
         got = await self._storage("author_ranges", conversation=conv.id)
         return sync.from_storage(got["authors"])
 
-    def _share_addrs(self, conv: Conversation) -> dict[str, list[str]]:
-        return {p: self.addrs[p][:sync.MAX_ADDRS] for p in sorted(conv.members)
-                if p in self.addrs}
+    async def _share_addrs(self, conv: Conversation) -> dict[str, list[str]]:
+        """Ours and the members' addresses we know: how members find each other."""
+        shared = {p: self.addrs[p][:sync.MAX_ADDRS] for p in sorted(conv.members)
+                  if p in self.addrs and p != self.me}
+        mine = await self._my_addrs()
+        if mine:
+            shared[self.me] = mine[:sync.MAX_ADDRS]
+        return dict(list(shared.items())[:sync.MAX_PEERS_ADDRS])
 
     async def _sync_with(self, peer: str, conv: Conversation, force: bool = False) -> None:
         """Reconcile `conv` with `peer` (at most once per SYNC_MIN_GAP_S unless forced,
@@ -904,7 +913,7 @@ class Gossip(Actor):
                 async with stream:
                     mine = await self._ranges(conv)
                     await stream.send(sync.encode(sync.Hello(
-                        mine, self._share_addrs(conv), conv.id,
+                        mine, await self._share_addrs(conv), conv.id,
                         conv.keys.membership_proof(self.me, peer))))
                     hello = sync.decode(await stream.receive())
                     if not isinstance(hello, sync.Hello) or hello.conversation is not None:
@@ -939,7 +948,7 @@ class Gossip(Actor):
                     await stream.reset()
                     return
                 mine = await self._ranges(conv)
-                await stream.send(sync.encode(sync.Hello(mine, self._share_addrs(conv))))
+                await stream.send(sync.encode(sync.Hello(mine, await self._share_addrs(conv))))
                 await self._exchange(stream, conv, peer, mine, hello)
                 await stream.close()
             self.counters["syncs_served"] += 1
@@ -953,11 +962,14 @@ class Gossip(Actor):
                         mine: sync.Ranges, hello: sync.Hello) -> None:
         """Both sides after the HELLOs: send what they lack, take what we lack, then
         tell what we hold now (a receipt for everything it covers)."""
+        # In a room, whoever a member vouches for (by sharing its addresses) is a
+        # member too; a direct chat's members are fixed.
+        joined = {peer} | (set(hello.addrs) if conv.kind == "room" else set())
         for p, addrs in hello.addrs.items():
             if p != self.me:
-                await self._learn_addrs(p, addrs, persist=p in conv.members)
-        if peer not in conv.members:
-            conv.members.add(peer)
+                await self._learn_addrs(p, addrs, persist=p in conv.members | joined)
+        if joined - conv.members:
+            conv.members |= joined
             self.spawn(self._save_members, conv)
         await self._receipts_from_ranges(conv, peer, hello.ranges)
         theirs_done = trio.Event()

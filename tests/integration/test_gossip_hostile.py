@@ -16,7 +16,7 @@ import pytest
 import trio
 import zmq
 
-from p2pm.common import errors, identity, wire
+from p2pm.common import errors, wire
 from p2pm.common.client import open_client
 from p2pm.services.gossip import conversations as cv
 from p2pm.services.gossip import sync
