@@ -35,7 +35,7 @@ from .chat import format_message, gateway
 
 HEARTBEAT_GRACE_S = 3.5  # the gateway beats every second
 STATUS_EVERY_S = 2.0
-CALL_RETRIES = 2
+CALL_RETRIES = 5  # the same request id each time: a slow answer is waited for, not redone
 HISTORY_LIMIT = 200
 MARKS = {"pending": "…", "sent": "✓", "delivered": "✓✓", "received": ""}
 

@@ -22,7 +22,7 @@ from p2pm.common.cli.chat import gateway
 from p2pm.services.gateway.testing import FakeNetwork, FakeNode
 
 
-async def until(condition: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
+async def until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:

@@ -74,12 +74,12 @@ def test_direct_messages_are_delivered_with_receipts(pair: tuple[FakeNode, FakeN
     def bob_has_it() -> Any:
         return [m for m in ok_json(bob.home, "history", "alice") if m["id"] == sent["id"]]
 
-    (got,) = wait_for(bob_has_it, 5, "bob to receive the message")
+    (got,) = wait_for(bob_has_it, 15, "bob to receive the message")
     assert got["body"] == "hello bob" and got["author"] == alice.peer_id
     assert got["author_name"] == "alice"
     mine = wait_for(lambda: [m for m in ok_json(alice.home, "history", "bob")
                              if m["id"] == sent["id"] and m["state"] == "delivered"],
-                    5, "the delivery receipt")
+                    15, "the delivery receipt")
     assert set(mine[0]) >= {"id", "author", "body", "ts", "state"}
     code, out, _ = p2pm(alice.home, "history", "bob", "--limit", "1")
     assert code == 0 and "me: hello bob" in out and "(delivered)" in out
@@ -88,7 +88,7 @@ def test_direct_messages_are_delivered_with_receipts(pair: tuple[FakeNode, FakeN
 def test_inbox_lists_unread_until_read(pair: tuple[FakeNode, FakeNode]) -> None:
     alice, bob = pair
     ok_json(bob.home, "send", "alice", "are you there?")
-    inbox = wait_for(lambda: ok_json(alice.home, "inbox"), 5, "an unread message")
+    inbox = wait_for(lambda: ok_json(alice.home, "inbox"), 15, "an unread message")
     (conv,) = inbox
     assert conv["unread"] >= 1
     assert conv["messages"][-1]["body"] == "are you there?"
@@ -107,7 +107,7 @@ def test_rooms_by_invite_and_by_name(pair: tuple[FakeNode, FakeNode]) -> None:
     assert [(r["id"], r["name"]) for r in listed] == [(room["id"], "friends")]
     posted = ok_json(bob.home, "post", "friends", "hi all")
     assert set(posted) >= {"id", "state"}
-    got = wait_for(lambda: ok_json(alice.home, "history", room["id"]), 5, "the room post")
+    got = wait_for(lambda: ok_json(alice.home, "history", room["id"]), 15, "the room post")
     assert [m["body"] for m in got] == ["hi all"] and got[0]["author_name"] == "bob"
 
 
@@ -172,9 +172,9 @@ def test_inbox_shows_only_what_others_wrote(pair: tuple[FakeNode, FakeNode]) -> 
     alice, bob = pair
     ok_json(alice.home, "call", "gateway", "mark_read", '{"conversation": "bob"}')
     ok_json(bob.home, "send", "alice", "one")
-    wait_for(lambda: ok_json(alice.home, "inbox"), 5, "bob's message")
+    wait_for(lambda: ok_json(alice.home, "inbox"), 15, "bob's message")
     ok_json(alice.home, "send", "bob", "my reply")
     ok_json(bob.home, "send", "alice", "two")
     (conv,) = wait_for(lambda: [c for c in ok_json(alice.home, "inbox") if c["unread"] == 2],
-                       5, "two unread")
+                       15, "two unread")
     assert [m["body"] for m in conv["messages"]] == ["one", "two"]

@@ -137,7 +137,7 @@ def test_incoming_messages_and_receipts_are_pushed_to_clients() -> None:
                 return any(t == "gateway.message.received" and d["body"] == "ping"
                            and d["author"] == alice.peer_id for t, d in events["bob"])
 
-            wait_for(bob_received, 10, "bob's received event")
+            wait_for(bob_received, 20, "bob's received event")
             last = gateway(alice.home, "send", {"contact": "bob", "text": "ping"})
 
             def alice_receipt() -> bool:
@@ -145,7 +145,7 @@ def test_incoming_messages_and_receipts_are_pushed_to_clients() -> None:
                 return any(t == "gateway.message.state" and d["id"] == last["id"]
                            and d["state"] == "delivered" for t, d in events["alice"])
 
-            wait_for(alice_receipt, 10, "alice's delivered event")
+            wait_for(alice_receipt, 20, "alice's delivered event")
             assert sent["conversation"] == last["conversation"]
         finally:
             for sub in subs.values():
