@@ -49,6 +49,7 @@ from p2pm.common.actor import Actor, every, on_event, rpc
 
 from . import conversations as cv
 from . import sync
+from .outbox import Outbox
 from .router.core import (
     Backpressure, MessageReceived, PeerExchange, Published, Router, Validation,
     default_message_id,
@@ -129,7 +130,7 @@ class Gossip(Actor):
         self.connected: set[str] = set()
         self.protocols: dict[str, list[str]] = {}  # from identify
         self.addrs: dict[str, list[str]] = {}
-        self.undelivered: dict[str, tuple[str, int, set[str]]] = {}  # id -> conv, seq, to
+        self.outbox = Outbox(OUTBOX_SYNC_AFTER_S)
         self.unsent: dict[str, str] = {}  # message id -> conversation (not yet published)
         self.counters: Counter[str] = Counter()
         self.loaded = trio.Event()
@@ -141,7 +142,6 @@ class Gossip(Actor):
         self._topic_peers_seen: dict[str, set[str]] = {}
         self._dht_ok = True
         self._provided: dict[str, float] = {}
-        self._owed_since: dict[str, float] = {}  # undelivered message -> first seen owed
 
     # -- lifecycle ---------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -151,7 +151,7 @@ class Gossip(Actor):
         out: dict[str, Any] = {"heartbeat_s": self.params.heartbeat_s,
                                "conversations": len(self.convs),
                                "peers": len(self.links), "counters": dict(self.counters),
-                               "undelivered": len(self.undelivered)}
+                               "undelivered": len(self.outbox)}
         if self.router is not None:
             out["router"] = self.router.statistics()
         if self.streams is not None:
@@ -236,7 +236,7 @@ class Gossip(Actor):
             except errors.BusError:
                 continue
             if m["author"] == self.me and m["conversation"] in self.convs:
-                self.undelivered[mid] = (m["conversation"], m["seq"], recipients)
+                self.outbox.add(mid, m["conversation"], m["seq"], recipients, self._now())
                 if m["state"] == "pending":
                     self.unsent[mid] = m["conversation"]
         self.loaded.set()
@@ -548,24 +548,18 @@ class Gossip(Actor):
 
     async def _apply_receipt(self, conv: Conversation, opened: cv.Opened) -> None:
         for mid in opened.ids:
-            entry = self.undelivered.get(mid)
-            if entry is not None and entry[0] == conv.id:
+            if self.outbox.owes(mid, opened.author, conv.id):
                 await self._delivered_to(mid, opened.author)
 
     async def _delivered_to(self, mid: str, peer: str) -> None:
-        entry = self.undelivered.get(mid)
-        if entry is None or peer not in entry[2]:
-            return
-        conv_id, _, recipients = entry
+        """Storage first (the receipt survives a crash), then the outbox mirror."""
         try:
             await self._storage("outbox_done", message_id=mid, recipient=peer)
         except errors.BusError as exc:
             if exc.code != errors.NOT_FOUND:
                 return
-        recipients.discard(peer)
-        if not recipients:
-            self.undelivered.pop(mid, None)
-            self._owed_since.pop(mid, None)
+        conv_id = self.outbox.delivered(mid, peer)
+        if conv_id is not None:
             self.unsent.pop(mid, None)
             await self._set_state(mid, conv_id, "delivered")
 
@@ -792,7 +786,7 @@ class Gossip(Actor):
             recipients = sorted(conv.members - {self.me})
             if recipients:
                 await self._storage("outbox_add", message_id=mid, recipients=recipients)
-                self.undelivered[mid] = (conv.id, seq, set(recipients))
+                self.outbox.add(mid, conv.id, seq, set(recipients), self._now())
             self.unsent[mid] = conv.id
         state = "pending"
         try:
@@ -1028,9 +1022,8 @@ class Gossip(Actor):
 
     async def _receipts_from_ranges(self, conv: Conversation, peer: str,
                                     ranges: sync.Ranges) -> None:
-        for mid, (conv_id, seq, recipients) in list(self.undelivered.items()):
-            if conv_id == conv.id and peer in recipients and sync.holds(ranges, self.me, seq):
-                await self._delivered_to(mid, peer)
+        for mid in self.outbox.covered(conv.id, peer, self.me, ranges):
+            await self._delivered_to(mid, peer)
 
     # -- reaching members --------------------------------------------------------------
     async def _learn_addrs(self, peer: str, addrs: list[str], persist: bool = True) -> None:
@@ -1140,14 +1133,8 @@ class Gossip(Actor):
                     pass
         # A direct chat's recipient is dialled; a room's members are reached through
         # the room's mesh and its receipts, and synced with when connected anyway.
-        owed: dict[str, set[str]] = {}
         now = self._now()
-        for mid, (conv_id, _, recipients) in self.undelivered.items():
-            if now - self._owed_since.setdefault(mid, now) < OUTBOX_SYNC_AFTER_S:
-                continue  # a receipt is probably on its way
-            for r in recipients:
-                owed.setdefault(r, set()).add(conv_id)
-        for peer, conv_ids in owed.items():
+        for peer, conv_ids in self.outbox.due(now).items():
             convs = [self.convs[c] for c in conv_ids if c in self.convs]
             if peer in self.connected:
                 for conv in convs:
