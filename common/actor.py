@@ -364,7 +364,7 @@ class ActorRuntime:
                 self._inflight[req.id].append(ident)
                 return
             self._inflight[req.id] = [ident]
-            reply = await self._dispatch(req)
+            reply = await self.dispatch(req)
             self._replies[req.id] = reply
             if len(self._replies) > REPLY_CACHE:
                 self._replies.popitem(last=False)
@@ -373,7 +373,9 @@ class ActorRuntime:
         finally:
             limiter.release()
 
-    async def _dispatch(self, req: wire.Request) -> bytes:
+    async def dispatch(self, req: wire.Request) -> bytes:
+        """Run one decoded request through validation and its handler; the encoded
+        reply. Also used by doors other than the ROUTER (the gateway's TCP endpoint)."""
         method = self.methods.get(req.method)
         if method is None:
             self.counters["errors"] += 1

@@ -188,7 +188,7 @@ class Gateway(Actor):
             await sock.send_multipart([*envelope, wire.encode_error(req.id, errors.forbidden(
                 f"a valid token is required on the TCP endpoint (see {TOKEN_FILE})"))])
             return
-        await sock.send_multipart([*envelope, await self.runtime._dispatch(req)])
+        await sock.send_multipart([*envelope, await self.runtime.dispatch(req)])
 
     # -- calling the actors behind -----------------------------------------------------
     async def _call(self, actor: str, method: str, params: dict[str, Any] | None = None,
