@@ -43,6 +43,24 @@ def relay_dial(a: LabNode, b: LabNode) -> None:
     a.call("ping", {"peer_id": b.peer_id}, timeout=15)
 
 
+def chat(a: LabNode, b: LabNode, text: str) -> None:
+    """A direct chat message from `a` to `b` (contacts from each other's invite, as a
+    user does), waited for in `b`'s history."""
+    invites = {n.name: n.call("invite", {"name": n.name}, actor="gateway")["invite"]
+               for n in (a, b)}
+    for me, other in ((a, b), (b, a)):
+        me.call("contact_add", {"name": other.name, "invite": invites[other.name]},
+                actor="gateway")
+    b.call("history", {"conversation": a.name}, actor="gateway")
+    sent = a.call("send", {"contact": b.name, "text": text}, actor="gateway")["id"]
+
+    def arrived() -> bool:
+        history = b.call("history", {"conversation": a.name, "limit": 50}, actor="gateway")
+        return any(m["id"] == sent and m["body"] == text for m in history)
+
+    wait_for(arrived, 60, f"{b.name} to receive {a.name}'s message")
+
+
 def test_easy_nats_hole_punch_to_a_direct_connection(make_lab: Any) -> None:
     lab: Lab = make_lab(nat1="easy", nat2="easy")
     relay, h1, h2 = lab.start_standard()
@@ -63,6 +81,12 @@ def test_easy_nats_hole_punch_to_a_direct_connection(make_lab: Any) -> None:
     assert h2.call("ping", {"peer_id": h1.peer_id, "count": 3})["rtt_ms"] > 0
     assert direct_connection(h1, h2) is not None
     assert direct_connection(h2, h1)["remote_addr"] == f"/ip4/{INET}.11/tcp/4001"
+    # A direct chat message travels over the direct connection: the relay carries
+    # nothing more, and the connection is still the direct one.
+    relayed_before = relay.status()["nat"]["relay_service"]["bytes_relayed"]
+    chat(h1, h2, "hello through the hole")
+    assert relay.status()["nat"]["relay_service"]["bytes_relayed"] == relayed_before
+    assert direct_connection(h1, h2)["remote_addr"] == f"/ip4/{INET}.12/tcp/4001"
 
 
 def test_symmetric_nat_fails_the_punch_and_keeps_the_relay(make_lab: Any) -> None:
@@ -80,6 +104,9 @@ def test_symmetric_nat_fails_the_punch_and_keeps_the_relay(make_lab: Any) -> Non
     assert h1.call("ping", {"peer_id": h2.peer_id, "count": 3})["rtt_ms"] > 0
     assert h2.call("ping", {"peer_id": h1.peer_id, "count": 3})["rtt_ms"] > 0
     assert relay.status()["nat"]["relay_service"]["circuits"] == 1
+    relayed_before = relay.status()["nat"]["relay_service"]["bytes_relayed"]
+    chat(h1, h2, "hello through the relay")
+    assert relay.status()["nat"]["relay_service"]["bytes_relayed"] > relayed_before
 
 
 def test_port_forward_makes_autonat_say_public(make_lab: Any) -> None:
