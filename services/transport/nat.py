@@ -63,8 +63,8 @@ class NatSettings:
             self.reachability = "auto"
         self.upnp = self._bool(cfg, "upnp", False)
         if self.upnp:
-            self.problems.append("transport.upnp is not supported by this build (no "
-                                 "miniupnpc binding); ignored")
+            self.problems.append("transport.upnp: UPnP port mapping is not implemented "
+                                 "(it could not be tested here); ignored")
 
     def _bool(self, cfg: dict[str, Any], key: str, default: bool) -> bool:
         value = cfg.get(key, default)
