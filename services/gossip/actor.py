@@ -59,6 +59,7 @@ from .router.params import PROTOCOLS, GossipParams
 from .router.signing import verify_ed25519
 
 MESH_PROTOCOLS = PROTOCOLS  # preference order: 1.2, 1.1, 1.0
+LINK_RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between attempts to open our stream
 TARGET_MEMBER_PEERS = 3  # a conversation dials members until this many are connected
 DIAL_BACKOFF = (2.0, 30.0)  # seconds, first and cap
 SYNC_INTERVAL_S = 30.0  # anti-entropy with one member per conversation
@@ -71,6 +72,7 @@ GAP_GRACE_S = 1.0  # gossip reorders; a gap still open after this triggers a syn
 # per interval per member, so their volume grows with the members, not the messages.
 RECEIPT_FLUSH_S = 0.2
 ROOM_RECEIPT_FLUSH_S = 2.0
+MAX_HELD_RECEIPTS = 1024  # per conversation, while no member is reachable
 PROVIDE_EVERY_S = 600.0
 MAX_DEBUG_MESSAGES = 1000
 OPENED_CACHE = 4096
@@ -340,13 +342,20 @@ class Gossip(Actor):
             known = self.protocols.get(peer, [])
             order = [p for p in MESH_PROTOCOLS if p in known] if known \
                 else list(MESH_PROTOCOLS)
-            for proto in order:
-                try:
-                    stream = await self.streams.open_stream(proto, peer=peer, timeout=10)
+            # A refusal right after a transport restart (our registration not yet
+            # renewed) is retried while the peer stays connected.
+            for delay in LINK_RETRIES:
+                for proto in order:
+                    try:
+                        stream = await self.streams.open_stream(proto, peer=peer,
+                                                                timeout=10)
+                        break
+                    except StreamError as exc:
+                        self.log.debug("gossip.link_refused", peer=peer, protocol=proto,
+                                       error=exc.message)
+                if stream is not None or peer not in self.connected:
                     break
-                except StreamError as exc:
-                    self.log.debug("gossip.link_refused", peer=peer, protocol=proto,
-                                   error=exc.message)
+                await trio.sleep(delay)
             if stream is None:
                 return
             pb = peer_bytes(peer)
@@ -355,11 +364,12 @@ class Gossip(Actor):
             link.outbound = True
             self.log.info("gossip.peer_up", peer=peer, protocol=stream.protocol)
             self._kick()
-            while True:
-                await link.wake.wait()
-                link.wake = trio.Event()
-                for out in self.router.flush([pb]):
-                    await stream.send(out.frame)
+            ended: list[str] = []
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(self._link_send, link, pb, stream, tasks.cancel_scope,
+                                 ended)
+                tasks.start_soon(self._link_watch, stream, tasks.cancel_scope, ended)
+            self.log.info("gossip.peer_down", peer=peer, error=ended[0] if ended else "")
         except (StreamError, trio.ClosedResourceError, trio.BrokenResourceError) as exc:
             self.log.info("gossip.peer_down", peer=peer, error=str(exc))
         finally:
@@ -369,6 +379,35 @@ class Gossip(Actor):
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await stream.reset()
+
+    async def _link_send(self, link: _Link, pb: bytes, stream: Any,
+                         scope: trio.CancelScope, ended: list[str]) -> None:
+        from p2pm.services.transport.streams import StreamError
+
+        assert self.router is not None
+        try:
+            while True:
+                await link.wake.wait()
+                link.wake = trio.Event()
+                for out in self.router.flush([pb]):
+                    await stream.send(out.frame)
+        except (StreamError, trio.ClosedResourceError, trio.BrokenResourceError) as exc:
+            ended.append(str(exc))
+        scope.cancel()
+
+    async def _link_watch(self, stream: Any, scope: trio.CancelScope,
+                          ended: list[str]) -> None:
+        """Nothing comes back on our own stream: it returns when the stream dies
+        (closed or reset by the remote, or a transport restart), which a sender
+        waiting for work would only notice at its next send."""
+        from p2pm.services.transport.streams import StreamError
+
+        try:
+            while True:
+                await stream.receive()
+        except (StreamError, trio.EndOfChannel, trio.ClosedResourceError) as exc:
+            ended.append(str(exc) or "closed by the remote")
+        scope.cancel()
 
     def _drop_peer(self, peer: str) -> None:
         link = self.links.get(peer)
@@ -588,15 +627,24 @@ class Gossip(Actor):
                 if conv.kind == "room" and not rooms_too:
                     continue
                 ids = self._receipts.pop(conv_id)
+                unsent: list[str] = []
                 for i in range(0, len(ids), cv.MAX_RECEIPT_IDS):
-                    plaintext = cv.receipt_plaintext(conv.id, self.me, time.time(),
-                                                     ids[i:i + cv.MAX_RECEIPT_IDS])
+                    chunk = ids[i:i + cv.MAX_RECEIPT_IDS]
+                    plaintext = cv.receipt_plaintext(conv.id, self.me, time.time(), chunk)
                     try:
                         sig = await self._sign(cv.RECEIPT_DOMAIN, plaintext)
-                        await self._publish(conv, cv.seal(conv.keys.content_key, sig,
-                                                          plaintext))
+                        if not await self._publish(conv, cv.seal(conv.keys.content_key,
+                                                                 sig, plaintext)):
+                            unsent += chunk
                     except errors.BusError as exc:
                         self.log.warning("gossip.receipt_failed", error=exc.message)
+                        unsent += chunk
+                if unsent:
+                    # Nobody to tell yet: kept for the next flush, the newest first
+                    # (older ones are also acknowledged by the next sync's HAVE).
+                    kept = self._receipts.setdefault(conv_id, [])
+                    kept[:0] = unsent[-MAX_HELD_RECEIPTS:]
+                    del kept[:-MAX_HELD_RECEIPTS]
 
     # -- publishing --------------------------------------------------------------------
     async def _publish(self, conv: Conversation, envelope: bytes) -> bool:
@@ -780,12 +828,14 @@ class Gossip(Actor):
             sig = await self._sign(cv.MESSAGE_DOMAIN, plaintext)
             envelope = cv.seal(conv.keys.content_key, sig, plaintext)
             mid = cv.message_id(plaintext)
-            await self._storage("message_put", id=mid, conversation=conv.id, author=self.me,
-                                seq=seq, ts=ts, body=envelope, state="pending")
-            conv.next_seq = seq + 1
             recipients = sorted(conv.members - {self.me})
+            # Stored and queued in one transaction: a crash in between would leave a
+            # message that stays pending and that nobody ever delivers.
+            await self._storage("message_put", id=mid, conversation=conv.id, author=self.me,
+                                seq=seq, ts=ts, body=envelope, state="pending",
+                                recipients=recipients or None)
+            conv.next_seq = seq + 1
             if recipients:
-                await self._storage("outbox_add", message_id=mid, recipients=recipients)
                 self.outbox.add(mid, conv.id, seq, set(recipients), self._now())
             self.unsent[mid] = conv.id
         state = "pending"

@@ -1,7 +1,7 @@
 """Conversations between real nodes (every actor a process under supervisord): a room
 of five joined in a chain of invites, offline catch-up from a member other than the
 author, and a direct chat's receipts, including a message written while the recipient
-was down and the sender's gossip actor was killed."""
+was down and the sender's gossip actor was killed, and after its transport was."""
 
 from __future__ import annotations
 
@@ -127,3 +127,10 @@ def test_direct_message_delivered_and_delivered_later_to_a_node_that_was_down(
              "delivered after bob came back")
     assert [m["body"] for m in history(bob, conv["id"])] == [
         "are you there?", "while you slept"]
+
+    # Alice's transport crashes: connections and streams come back by themselves.
+    os.kill(alice.pids()["transport"], signal.SIGKILL)
+    wait_for(lambda: alice.healthy(("transport",)), DEADLINE, "alice's transport restarted")
+    after = gossip(alice, "post", {"conversation": conv["id"], "text": "still here"})
+    wait_for(lambda: state(after["id"])["state"] == "delivered", DEADLINE,
+             "delivered after the transport restarted")
