@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 from typing import Any
 
@@ -41,6 +42,7 @@ from .reuseport import is_circuit
 from .streams import streams_endpoint
 
 PEERS_FILE = "transport-peers.json"
+LISTEN_PORTS_FILE = "transport-ports.json"
 DIAL_TIMEOUT_S = 10.0
 DIRECT_BEFORE_RELAY_S = 3.0
 ADDR_TTL_S = 3600
@@ -132,7 +134,8 @@ class Transport(Actor):
 
     async def _serve_host(self, public_key: bytes, identity: dict[str, Any]) -> None:
         assert self.runtime is not None
-        async with open_host(public_key, self._sign, self.listen,
+        listen = self._sticky_listen()
+        async with open_host(public_key, self._sign, listen,
                              self.max_connections) as node:
             if str(node.peer_id) != identity.get("peer_id", str(node.peer_id)):
                 raise RuntimeError("keystore peer_id does not match its public key")
@@ -146,6 +149,7 @@ class Transport(Actor):
                 self.log.error("transport.listen_failed", listening=len(listening),
                                configured=len(self.listen))
                 self._problem = "; ".join(filter(None, [self._problem, missing]))
+            self._remember_ports(listening)
             node.host.get_network().register_notifee(
                 ConnectionWatcher(self._on_connected, self._on_disconnected))
             node.host.on_identified = self._on_identified
@@ -238,6 +242,52 @@ class Transport(Actor):
             if a not in known:
                 known.append(a)
         self._persist.set()
+
+    # -- listening ports that survive restarts -----------------------------------------
+    def _sticky_listen(self) -> list[str]:
+        """`tcp/0` means "any port" on the first start only: the port picked then is
+        reused after a restart, since peers, invites and peers files hold the node's
+        address, and a transport back on a new port is unreachable to all of them
+        (two peers that both restarted would never find each other again). A port
+        taken meanwhile falls back to a fresh one."""
+        remembered = self._load_ports()
+        out = []
+        for addr in self.listen:
+            port = remembered.get(addr)
+            maddr = multiaddr.Multiaddr(addr)
+            if port and maddr.value_for_protocol("tcp") == "0" and _port_free(maddr, port):
+                addr = addr.replace("/tcp/0", f"/tcp/{port}", 1)
+            out.append(addr)
+        return out
+
+    def _ports_path(self) -> Any:
+        return None if self.home is None else self.home.data / LISTEN_PORTS_FILE
+
+    def _load_ports(self) -> dict[str, int]:
+        path = self._ports_path()
+        try:
+            data = json.loads(path.read_text()) if path is not None else {}
+        except (OSError, ValueError):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(v, int)} \
+            if isinstance(data, dict) else {}
+
+    def _remember_ports(self, listening: list[multiaddr.Multiaddr]) -> None:
+        path = self._ports_path()
+        if path is None or len(listening) != len(self.listen):
+            return  # a listener failed: which port belongs to which entry is unclear
+        ports = {}
+        for configured, actual in zip(self.listen, listening):
+            try:
+                ports[configured] = int(actual.value_for_protocol("tcp"))
+            except Exception:
+                continue
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(ports))
+            os.replace(tmp, path)
+        except OSError as exc:  # costs a new port after a restart, nothing else
+            self.log.warning("transport.ports_file_unwritable", error=str(exc))
 
     # -- persistence of connected peers ------------------------------------------------
     def _peers_path(self) -> Any:
@@ -478,6 +528,20 @@ class Transport(Actor):
                 "identified": peer in host._identified_peers,
                 "relayed": bool(conns) and all(is_relayed(c) for c in conns),
                 "connected_since": self._connected_at.get(peer)}
+
+
+def _port_free(maddr: multiaddr.Multiaddr, port: int) -> bool:
+    """Whether a TCP listener could bind `port` on the address of `maddr` now."""
+    names = {p.name for p in maddr.protocols()}
+    family, host = (socket.AF_INET6, maddr.value_for_protocol("ip6")) if "ip6" in names \
+        else (socket.AF_INET, maddr.value_for_protocol("ip4") if "ip4" in names else "")
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _parse_peer(text: str) -> ID:
