@@ -398,13 +398,16 @@ class Storage(Actor):
     # -- messages --------------------------------------------------------------------
     @rpc
     async def message_put(self, id: str, conversation: str, author: str, seq: int,
-                          ts: float, body: bytes, state: str) -> dict[str, Any]:
+                          ts: float, body: bytes, state: str,
+                          recipients: list[str] | None = None) -> dict[str, Any]:
         """Store a message. Idempotent: storing the same message again changes nothing.
 
         -> {"id": "<content hash or author uuid>", "conversation": "c1f3...",
             "author": "12D3KooW...", "seq": 7, "ts": 1700000000.25,
             "body": "<base64 encrypted envelope, at most 1 MiB>",
-            "state": "pending" | "sent" | "delivered" | "received"}
+            "state": "pending" | "sent" | "delivered" | "received",
+            "recipients": ["12D3KooW...", ...]}   optional: queued in the outbox in the
+                                                  same transaction (as outbox_add)
         <- {"stored": true}     false: it was already there, nothing changed
         conflict: the id is stored with other content, or the author's seq is taken by
         another id. not_found: no such conversation.
@@ -415,7 +418,9 @@ class Storage(Actor):
             author=_ident(author, "author"), seq=_count(seq, "seq", 1, MAX_SEQ),
             ts=_time(ts, "ts"), body=_size(body, "body", MAX_BODY),
             state=_one_of(state, "state", MESSAGE_STATES), received_at=time.time())
-        stored = await self._write("message_put", msg)
+        if recipients is not None:
+            _idents(recipients, "recipients", 1, MAX_MEMBERS)
+        stored = await self._write("message_put", msg, tuple(recipients or ()))
         if stored:
             self._messages += 1
             self._emit("storage.message.stored", {"id": id, "conversation": conversation,

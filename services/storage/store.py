@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -325,8 +325,11 @@ class Store:
                  "members": self._members(r["id"])} for r in rows]
 
     # -- messages --------------------------------------------------------------------
-    def message_put(self, m: Message) -> bool:
-        """Store `m`; False if this very message is already stored (nothing changes)."""
+    def message_put(self, m: Message, outbox: Sequence[str] = ()) -> bool:
+        """Store `m`, queued for delivery to the `outbox` recipients in the same
+        transaction (a crash between the two would leave a message nobody delivers);
+        False if this very message is already stored (then only missing outbox rows
+        are added)."""
         with self._write() as c:
             row = self._one(f"SELECT {_MESSAGE_COLS} FROM messages WHERE id = ?", (m.id,))
             if row is not None:
@@ -335,6 +338,7 @@ class Store:
                         m.conversation, m.author, m.seq, m.ts, m.body):
                     raise errors.BusError(errors.CONFLICT, f"message {m.id} is already "
                                           "stored with different content")
+                self._queue(c, m, outbox)
                 return False
             row = self._one("SELECT id FROM messages WHERE conversation = ? AND author = ? "
                             "AND seq = ?", (m.conversation, m.author, m.seq))
@@ -346,7 +350,15 @@ class Store:
             c.execute(f"INSERT INTO messages({_MESSAGE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                       (m.id, m.conversation, m.author, m.seq, m.ts, m.body, m.state,
                        m.received_at))
+            self._queue(c, m, outbox)
             return True
+
+    @staticmethod
+    def _queue(c: sqlite3.Connection, m: Message, outbox: Sequence[str]) -> None:
+        for r in outbox:
+            c.execute("INSERT INTO outbox(message_id, recipient, next_attempt_at, created_at) "
+                      "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                      (m.id, r, m.received_at, m.received_at))
 
     def message_get(self, id: str) -> Message:
         row = self._one(f"SELECT {_MESSAGE_COLS} FROM messages WHERE id = ?", (id,))
