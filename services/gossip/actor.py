@@ -22,10 +22,20 @@ Shape of the shell
   receipt over gossip, or a sync HAVE that covers it. Pending work survives restarts
   of any actor: it lives in storage, and the maintenance loop dials members with
   deliveries due and syncs with them when they connect.
+* Members find each other through the inviter's addresses in an invite, the members'
+  addresses exchanged in every sync HELLO, identify, and the DHT (a provider record
+  under each conversation's provider key; `find_peer` for a member without known
+  addresses). A node keeps TARGET_MEMBER_PEERS members of each conversation connected
+  and lets the room's mesh carry the rest; a direct chat's peer is dialled while a
+  message to it is undelivered.
 
-RPC contract: see each method's docstring. `history(before=...)` takes a message id.
-Debug RPCs `pubsub_subscribe/unsubscribe/publish/messages` speak raw GossipSub on a
-test topic (interop with other implementations).
+RPC contract: as agreed, each method's docstring shows it. Details the contract left
+open: `history(before=...)` takes a message id (the page ends before it);
+`conversation_leave` answers {"left": true}, `mark_read` {"read_ts"}; message states
+are pending, sent, delivered (ours) and received (others'); `message_state` gives per
+member "pending", "sent", "delivered" or "failed". Debug RPCs `pubsub_subscribe`,
+`pubsub_publish` and `pubsub_messages` speak raw GossipSub on a test topic (interop
+with other implementations); a conversation's topic is refused there.
 
 Events: gossip.message.received {"id", "conversation", "author", "body", "ts"},
         gossip.message.state {"id", "conversation", "state"}.
