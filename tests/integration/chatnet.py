@@ -115,6 +115,8 @@ class Writer:
 
     def written(self, conversation: str) -> list[str]:
         """Acknowledged writes plus uncertain ones the author's history shows."""
+        if conversation not in self.conversations:
+            return []
         own = set(bodies(self.node, conversation))
         maybe = [t for t in self.uncertain.get(conversation, []) if t in own]
         return self.acked.get(conversation, []) + maybe
@@ -226,4 +228,23 @@ def undelivered(node: Node, conversation: str) -> list[str]:
         state = call_patiently(node, "gossip", "message_state", {"id": m["id"]})
         if state["state"] != "delivered":
             out.append(f"{m['body']}: {state['state']} {state['members']}")
+    return out
+
+
+def diagnose(members: dict[str, Sequence[Node]], written: dict[str, list[str]],
+             names: dict[str, str]) -> list[str]:
+    """For a failure message: each missing text, who holds it, and its author's view."""
+    held = {(conv, n.peer_id): {m["body"]: m for m in history(n, conv)}
+            for conv, ns in members.items() for n in ns}
+    out = []
+    for conv, ns in members.items():
+        for text in written[conv]:
+            having = [names[n.peer_id] for n in ns if text in held[(conv, n.peer_id)]]
+            if len(having) == len(ns):
+                continue
+            own = next((held[(conv, n.peer_id)][text] for n in ns
+                        if text in held[(conv, n.peer_id)]
+                        and held[(conv, n.peer_id)][text]["author"] == n.peer_id), None)
+            view = f"seq {own['seq']} state {own['state']}" if own else "not at its author"
+            out.append(f"{conv[:6]} {text!r} held by {having}; {view}")
     return out
