@@ -2,9 +2,11 @@
 
 Theory of operation
 -------------------
-The core says what to send; the driver does it through the transport's stream API,
-one request per stream as libp2p implementations do (open `/ipfs/kad/1.0.0`, write
-the request, read one reply, close). Every `SendRequest` runs in its own task, bounded
+The core says what to send; the driver does it through the transport's stream API:
+open `/ipfs/kad/1.0.0` (or take an idle stream to that peer), write the request, read
+one reply, keep the stream for the next request to the same peer (go-libp2p reuses
+streams the same way; py-libp2p's server reads requests until EOF, like ours). One-way
+requests (ADD_PROVIDER) close their stream. Every `SendRequest` runs in its own task, bounded
 by the request's deadline; the outcome goes back to the core (`handle_reply` or
 `handle_failure`) and whatever the core answers is performed in turn. A reset after
 the request was written counts as a refusal (the peer is alive and said no), anything
@@ -44,6 +46,8 @@ KAD_SPEC = ProtocolSpec(messages=True, max_message=MAX_MESSAGE_BYTES)
 MAX_INBOUND = 128
 INBOUND_IDLE_S = 30.0
 PROBE_EVERY_S = 60.0  # at most one probe of a given peer in this time
+IDLE_CLOSE_S = 20.0  # an outbound stream unused this long is closed
+MAX_IDLE_PER_PEER = 3
 TICK_MAX_S = 1.0
 
 log = get_logger("dht")
@@ -64,6 +68,7 @@ class KadDriver:
         self._scopes: dict[int, trio.CancelScope] = {}
         self._waiters: dict[tuple[int, type], tuple[trio.Event, list[Result]]] = {}
         self._probed: dict[bytes, float] = {}
+        self._idle: dict[bytes, list[tuple[Stream, float]]] = {}
         self._inbound = 0
         self.counters = {"requests_sent": 0, "requests_failed": 0, "requests_refused": 0,
                          "inbound_streams": 0, "inbound_requests": 0,
@@ -81,6 +86,7 @@ class KadDriver:
     async def _clock(self) -> None:
         while True:
             self.perform(self.core.tick(time.time(), self.rng))
+            self._reap_idle()
             delay = self.core.next_deadline() - time.time()
             await trio.sleep(min(max(delay, 0.005), TICK_MAX_S))
 
@@ -150,7 +156,6 @@ class KadDriver:
         self._scopes.pop(req.request_id, None)
         if scope.cancel_called or not req.expects_reply:
             return  # cancelled by the core (the answer is no longer wanted), or one-way
-            return
         now = time.time()
         kind, value = outcome
         if kind == "reply":
@@ -160,27 +165,93 @@ class KadDriver:
         self.perform(self.core.handle_failure(req.request_id, now, refused=kind == "refused"))
 
     async def _exchange(self, req: SendRequest) -> tuple[str, Any]:
+        """One request and its reply, on an idle stream to the peer if there is one
+        (a stale one, closed or reset by the remote meanwhile, is replaced by a fresh
+        stream once), else on a new stream."""
+        for _ in range(2):
+            stream = self._take_idle(req.peer.id)
+            reused = stream is not None
+            if stream is None:
+                stream = await self._open(req)
+                if stream is None:
+                    return "failed", None
+            kind, value = await self._send_on(stream, req)
+            if reused and kind != "reply" and kind != "sent":
+                continue
+            return kind, value
+        return "failed", None
+
+    async def _open(self, req: SendRequest) -> Stream | None:
         addrs = [t for t in (addr_text(a) for a in req.peer.addrs) if t is not None]
         try:
-            stream = await self.streams.open_stream(
+            return await self.streams.open_stream(
                 KAD_PROTOCOL, peer=peer_id_text(req.peer.id), addrs=addrs, spec=KAD_SPEC,
                 timeout=max(0.1, req.deadline - time.time()))
         except StreamError as exc:
             log.debug("dht.open_failed", peer=peer_id_text(req.peer.id)[-8:], error=exc.message)
-            return "failed", None
+            return None
+
+    async def _send_on(self, stream: Stream, req: SendRequest) -> tuple[str, Any]:
+        done = False
         try:
-            async with stream:
-                await stream.send(encode_message(req.message))
-                if not req.expects_reply:
-                    return "sent", None
-                try:
-                    return "reply", await stream.receive()
-                except trio.EndOfChannel:
-                    return "refused", None
+            await stream.send(encode_message(req.message))
+            if not req.expects_reply:
+                done = True
+                await stream.close()
+                return "sent", None
+            try:
+                reply = await stream.receive()
+            except trio.EndOfChannel:
+                return "refused", None
+            done = True
+            self._put_idle(req.peer.id, stream)
+            return "reply", reply
         except StreamReset:
             return "refused", None
         except (StreamError, trio.ClosedResourceError):
             return "failed", None
+        finally:
+            if not done:  # failed or cancelled mid-request: a late reply must not
+                with trio.CancelScope(shield=True):  # reach the stream's next user
+                    await stream.reset()
+
+    # Streams are reused, one request at a time each, as go-libp2p does: a new stream
+    # costs a protocol negotiation round trip. Idle ones are closed before the remote's
+    # own idle timeout (ours: INBOUND_IDLE_S) would reset them.
+
+    def _take_idle(self, peer_id: bytes) -> Stream | None:
+        pool = self._idle.get(peer_id)
+        while pool:
+            stream, since = pool.pop()
+            if time.monotonic() - since < IDLE_CLOSE_S:
+                return stream
+            self._close_soon(stream)
+        self._idle.pop(peer_id, None)
+        return None
+
+    def _put_idle(self, peer_id: bytes, stream: Stream) -> None:
+        pool = self._idle.setdefault(peer_id, [])
+        if stream.buffered or len(pool) >= MAX_IDLE_PER_PEER:
+            self._close_soon(stream)  # an unasked-for message, or enough spares
+            return
+        pool.append((stream, time.monotonic()))
+
+    def _reap_idle(self) -> None:
+        now = time.monotonic()
+        for peer_id in list(self._idle):
+            pool = self._idle[peer_id]
+            keep = [(s, t) for s, t in pool if now - t < IDLE_CLOSE_S]
+            for s, t in pool:
+                if now - t >= IDLE_CLOSE_S:
+                    self._close_soon(s)
+            if keep:
+                self._idle[peer_id] = keep
+            else:
+                del self._idle[peer_id]
+
+    def _close_soon(self, stream: Stream) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(stream.close)
 
     # -- inbound -------------------------------------------------------------------------
 
@@ -238,4 +309,6 @@ class KadDriver:
 
     def statistics(self) -> dict[str, Any]:
         return {**self.counters, "inbound_active": self._inbound,
-                "requests_in_flight": len(self._scopes), **self.core.statistics()}
+                "requests_in_flight": len(self._scopes),
+                "idle_streams": sum(len(p) for p in self._idle.values()),
+                **self.core.statistics()}

@@ -9,6 +9,7 @@ listening on loopback: the same code as under supervisord, without processes.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -43,6 +44,19 @@ class DhtNode:
         return await self.clients[actor].call(method, params, **kw)
 
 
+def free_ports(count: int) -> list[int]:
+    """Loopback TCP ports free right now, for nodes whose addresses must be known
+    before they start (bootstrap chains)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 @asynccontextmanager
 async def open_dht_node(name: str, *, mode: str = "server", bootstrap: list[str] = (),  # type: ignore[assignment]
                         bucket_size: int = 20) -> AsyncIterator[DhtNode]:
@@ -59,7 +73,7 @@ async def open_dht_node(name: str, *, mode: str = "server", bootstrap: list[str]
             await nursery.start(ActorRuntime(Storage(node.home, cfg), node.endpoints, ctx).serve)
             await nursery.start(ActorRuntime(dht, node.endpoints, ctx).serve)
             clients = {}
-            for actor in ("dht", "transport", "storage"):
+            for actor in ("dht", "transport", "storage", "keystore"):
                 clients[actor] = await stack.enter_async_context(
                     open_client(ctx, node.endpoints.rpc(actor), actor))
             with trio.fail_after(15):

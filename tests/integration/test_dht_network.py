@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import os
 import signal
-import socket
 import tomllib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,23 +19,13 @@ import pytest
 
 from p2pm.common import config as configmod
 from p2pm.common import errors
+from p2pm.services.dht.testing import free_ports
 from tests.helpers import Node, destroy_home, make_home, start_node, wait_for
 
 pytestmark = pytest.mark.slow
 
 CHAIN = 6
 UP_TIMEOUT = 90
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def configure(node: Node, section: str, **values: object) -> None:
