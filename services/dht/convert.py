@@ -48,9 +48,10 @@ def addr_bytes(text: str) -> bytes | None:
             addr = addr.decapsulate_code(multiaddr.protocols.P_P2P)
         except Exception:
             pass  # no /p2p/ part
-        return addr.to_bytes()
+        raw = addr.to_bytes()
     except Exception:
         return None
+    return raw or None  # an empty multiaddr is no address
 
 
 def addr_text(raw: bytes) -> str | None:
@@ -77,9 +78,10 @@ def peer_json(peer: Peer) -> dict[str, object]:
     pid = peer_id_text(peer.id)
     texts: list[str] = []
     for raw in peer.addrs:
-        bare = addr_bytes(addr_text(raw) or "")  # peers may or may not send /p2p/
+        text = addr_text(raw)
+        bare = addr_bytes(text) if text else None  # peers may or may not send /p2p/
         text = addr_text(bare) if bare is not None else None
-        if text is not None and f"{text}/p2p/{pid}" not in texts:
+        if text and f"{text}/p2p/{pid}" not in texts:
             texts.append(f"{text}/p2p/{pid}")
     return {"peer_id": pid, "addrs": texts}
 

@@ -361,3 +361,76 @@ def test_a_refusal_fails_the_request_but_not_the_peer() -> None:
     assert put_done.stored_at == (puts[2].peer.id,)
     assert set(put_done.failed) == {puts[0].peer.id, puts[1].peer.id}
     assert puts[0].peer.id in core.routing and puts[1].peer.id not in core.routing
+
+
+# -- the shell's entry points: find_peer, bootstrap, probe, connected peers ---------------
+
+def test_find_peer_stops_at_the_first_reply_that_names_the_target() -> None:
+    core, known = make_core(peers=10, k=20, alpha=3)
+    target = Peer(random_peer_id(random.Random(99)), (b"/ip4/10.0.0.9/tcp/9",))
+    op, actions = core.find_peer(target.id, NOW)
+    first = sends(actions)
+    assert len(first) == 3
+    # The first answer names nobody new; the second names the target: done, with its
+    # addresses, without waiting for the third.
+    seen = core.handle_reply(first[0].request_id, Message(type=MessageType.FIND_NODE), NOW)
+    assert not done(seen, LookupDone)
+    waiting = {r.request_id for r in sends(seen)} | {first[2].request_id}
+    seen = core.handle_reply(first[1].request_id, Message(
+        type=MessageType.FIND_NODE, closer_peers=(target,)), NOW)
+    (lookup,) = done(seen, LookupDone)
+    assert lookup.op_id == op and lookup.result.found == target
+    assert {a.request_id for a in done(seen, CancelRequest)} == waiting
+    assert not sends(seen)  # the target itself is not asked: its addresses are known
+
+
+def test_find_peer_of_nobody_known_ends_not_found() -> None:
+    core, _ = make_core(peers=2)
+    _, actions = core.find_peer(random_peer_id(random.Random(5)), NOW)
+    seen = list(actions)
+    for req in sends(actions):
+        seen += core.handle_reply(req.request_id, Message(type=MessageType.FIND_NODE), NOW)
+    (lookup,) = done(seen, LookupDone)
+    assert lookup.result.found is None and lookup.result.queried == 2
+
+
+def test_find_node_names_a_connected_peer_that_is_not_in_the_table() -> None:
+    core, known = make_core(peers=5)
+    hidden = Peer(random_peer_id(random.Random(3)), (b"/ip4/10.0.0.7/tcp/7",))
+    ask = Message(type=MessageType.FIND_NODE, key=hidden.id)
+    reply = core.handle_request(ask, known[0], NOW)
+    assert reply is not None and hidden not in reply.closer_peers
+    core.connected[hidden.id] = hidden
+    reply = core.handle_request(ask, known[0], NOW)
+    assert reply is not None and reply.closer_peers[0] == hidden
+    assert len(reply.closer_peers) <= core.config.k
+    # ...but not to the target itself, which knows its own addresses.
+    assert hidden not in core.handle_request(ask, hidden, NOW).closer_peers  # type: ignore[union-attr]
+
+
+def test_a_refused_lookup_request_counts_as_an_empty_answer() -> None:
+    # py-libp2p resets FIND_NODE for keys that are not peer IDs (record keys): the
+    # peer is alive and serving, so a put must still store the record there.
+    core, known = make_core(peers=1)
+    key, value = Owner(1).record("profile", b"v")
+    _, actions = core.put_value(key, value, NOW)
+    (lookup_req,) = sends(actions)
+    seen = core.handle_failure(lookup_req.request_id, NOW, refused=True)
+    (put,) = [s for s in sends(seen) if s.message.type == MessageType.PUT_VALUE]
+    assert put.peer.id == known[0].id
+    assert known[0].id in core.routing
+
+
+def test_bootstrap_asks_seeds_outside_the_table_and_probe_proves_a_peer() -> None:
+    core, _ = make_core()
+    seed = Peer(random_peer_id(random.Random(11)), (b"/ip4/10.0.0.3/tcp/3",))
+    _, actions = core.bootstrap([seed], NOW)
+    (req,) = sends(actions)
+    assert req.peer == seed and req.message.key == core.local.id
+    core.handle_reply(req.request_id, Message(type=MessageType.FIND_NODE), NOW)
+    assert seed.id in core.routing
+    other = Peer(random_peer_id(random.Random(12)), (b"/ip4/10.0.0.4/tcp/4",))
+    probe = core.probe(other, NOW)
+    assert other.id not in core.routing
+    core.handle_reply(probe.request_id, Message(type=MessageType.FIND_NODE), NOW)
+    assert other.id in core.routing

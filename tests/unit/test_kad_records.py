@@ -175,3 +175,13 @@ def test_records_signed_by_the_node_identity_verify_with_it() -> None:
                                    identity.sign(signer, RECORD_DOMAIN, body)))
     with pytest.raises(RecordError, match="bad signature"):
         strict.validate(key, forged, NOW)
+
+
+def test_pk_key_in_py_libp2p_hex_form_is_validated_the_same(validators: Validators) -> None:
+    alice, bob = Owner(1), Owner(2)
+    hex_key = b"/pk/" + alice.peer_id.hex().encode()
+    validators.validate(hex_key, alice.key_proto, NOW)
+    with pytest.raises(RecordError, match="not the key of the peer ID"):
+        validators.validate(hex_key, bob.key_proto, NOW)
+    with pytest.raises(RecordError):
+        validators.validate(b"/pk/" + alice.peer_id.hex().upper().encode(), alice.key_proto, NOW)
