@@ -83,6 +83,7 @@ PREFIX_DOMAINS = frozenset({
     "p2pm-record:",
     "p2pm-message:",
     "p2pm-invite:",
+    "p2pm-room-invite:",
     "p2pm-receipt:",
 })
 SIGNING_DOMAINS = ENVELOPE_DOMAINS | PREFIX_DOMAINS

@@ -43,7 +43,7 @@ from p2pm.common import identity
 
 MESSAGE_DOMAIN = "p2pm-message:"
 RECEIPT_DOMAIN = "p2pm-receipt:"
-INVITE_DOMAIN = "p2pm-invite:"
+INVITE_DOMAIN = "p2pm-room-invite:"
 INVITE_PREFIX = "p2pm-invite1:"
 SECRET_BYTES = 32
 MAX_TEXT = 16 * 1024  # bytes of UTF-8
