@@ -44,6 +44,7 @@ ATTEMPTS = 3
 PUNCH_TIMEOUT_S = 6.0
 STREAM_TIMEOUT_S = 10.0
 RELAY_GRACE_S = 1.0
+RETRY_PAUSE_S = 1.0
 
 
 @dataclass
@@ -141,6 +142,10 @@ class DCUtR:
                 log.info("dcutr.attempt", peer_id=str(peer), attempt=attempt, ok=ok)
                 if ok:
                     break
+                # A dial of ours or theirs from the same ports (the dht's, say) can hold
+                # the 4-tuple for a moment: give it that moment before the next try.
+                if attempt < ATTEMPTS:
+                    await trio.sleep(RETRY_PAUSE_S * attempt)
         finally:
             self.tracker.end(str(peer), ok, trio.current_time())
             self.counters["upgraded" if ok else "failed"] += 1

@@ -238,6 +238,16 @@ class Lab:
         self.up("relay", "h1", "h2")
         return relay, homes[0], homes[1]
 
+    def log_lines(self, role: str, *words: str) -> str:
+        """The transport log lines of a node that mention any of `words` (for failure
+        messages: the lab is gone once the test ends)."""
+        path = self.nodes[role].node.home.root / "logs" / "transport.log"
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(line for line in lines if any(w in line for w in words))[-4000:]
+
     def stop_node(self, role: str) -> None:
         node = self.nodes[role]
         self.p2pm(role, node.node.home, "down", "--timeout", "10")

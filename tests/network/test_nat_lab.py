@@ -69,7 +69,11 @@ def test_easy_nats_hole_punch_to_a_direct_connection(make_lab: Any) -> None:
     assert wait_for(lambda: reachability(h2), 30, "h2's verdict") == "private"
 
     relay_dial(h1, h2)
-    direct = wait_for(lambda: direct_connection(h1, h2), 30, "DCUtR's direct connection")
+    try:
+        direct = wait_for(lambda: direct_connection(h1, h2), 30, "DCUtR's direct connection")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nh1: {lab.log_lines('h1', 'dcutr', 'relay.')}\n"
+                             f"h2: {lab.log_lines('h2', 'dcutr', 'relay.')}") from None
     # h2's router maps h2's listening port to the same port on its WAN address.
     assert direct["remote_addr"] == f"/ip4/{INET}.12/tcp/4001"
     assert h2.status()["nat"]["dcutr"]["upgraded"] == 1
