@@ -168,18 +168,15 @@ class KadDriver:
         """One request and its reply, on an idle stream to the peer if there is one
         (a stale one, closed or reset by the remote meanwhile, is replaced by a fresh
         stream once), else on a new stream."""
-        for _ in range(2):
-            stream = self._take_idle(req.peer.id)
-            reused = stream is not None
-            if stream is None:
-                stream = await self._open(req)
-                if stream is None:
-                    return "failed", None
+        stream = self._take_idle(req.peer.id)
+        if stream is not None:
             kind, value = await self._send_on(stream, req)
-            if reused and kind != "reply" and kind != "sent":
-                continue
-            return kind, value
-        return "failed", None
+            if kind in ("reply", "sent"):
+                return kind, value
+        stream = await self._open(req)  # never a second idle one: it may be as stale
+        if stream is None:
+            return "failed", None
+        return await self._send_on(stream, req)
 
     async def _open(self, req: SendRequest) -> Stream | None:
         addrs = [t for t in (addr_text(a) for a in req.peer.addrs) if t is not None]
@@ -208,7 +205,8 @@ class KadDriver:
             return "reply", reply
         except StreamReset:
             return "refused", None
-        except (StreamError, trio.ClosedResourceError):
+        except (StreamError, trio.ClosedResourceError) as exc:
+            log.debug("dht.request_failed", peer=stream.peer[-8:], error=str(exc))
             return "failed", None
         finally:
             if not done:  # failed or cancelled mid-request: a late reply must not
