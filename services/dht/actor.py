@@ -251,9 +251,14 @@ class Dht(Actor):
                             protocols if isinstance(protocols, list) else [])
         elif topic == "transport.peer.disconnected":
             try:
-                driver.core.connected.pop(peer_id_bytes(peer_id), None)
+                raw = peer_id_bytes(peer_id)
             except ValueError:
-                pass
+                return
+            # What identify said is only kept for connected peers (bounded by the
+            # transport's connection limit); the table keeps its own addresses.
+            driver.core.connected.pop(raw, None)
+            driver.addrs.pop(raw, None)
+            driver.servers.discard(raw)
 
     @on_event("transport.reachability")
     async def _on_reachability(self, topic: str, data: dict[str, Any]) -> None:
