@@ -58,11 +58,22 @@ class Dht(Actor):
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         cfg = self.config.get("dht", {})
+        # A bad setting is reported (log, status) and replaced by its default: the
+        # node keeps a working DHT rather than a crash loop under supervisord.
+        self.config_errors: list[str] = []
         self.mode = str(cfg.get("mode", "auto"))
         if self.mode not in MODES:
-            raise ValueError(f"dht.mode must be one of {', '.join(MODES)}, not {self.mode!r}")
-        self.core_config = Config(k=int(cfg.get("bucket_size", 20)),
-                                  alpha=int(cfg.get("alpha", 3)))
+            self._bad_setting(f"dht.mode must be one of {', '.join(MODES)}, not "
+                              f"{self.mode!r}; using auto")
+            self.mode = "auto"
+        k, alpha = cfg.get("bucket_size", 20), cfg.get("alpha", 3)
+        if not isinstance(k, int) or not 1 <= k <= 256:
+            self._bad_setting(f"dht.bucket_size must be 1..256, not {k!r}; using 20")
+            k = 20
+        if not isinstance(alpha, int) or not 1 <= alpha <= k:
+            self._bad_setting(f"dht.alpha must be 1..bucket_size, not {alpha!r}; using 3")
+            alpha = min(3, k)
+        self.core_config = Config(k=k, alpha=alpha)
         self.bootstrap_addrs: list[str] = list(self.config.get("transport", {})
                                                .get("bootstrap", []))
         self.driver: KadDriver | None = None
@@ -71,6 +82,10 @@ class Dht(Actor):
         self._last_bootstrap = float("-inf")
         self._ready = trio.Event()
         self.remembered = 0  # peers reloaded from the stored snapshot at start
+
+    def _bad_setting(self, message: str) -> None:
+        self.config_errors.append(message)
+        self.log.error("dht.bad_config", problem=message)
 
     @property
     def server_mode(self) -> bool:
@@ -85,7 +100,8 @@ class Dht(Actor):
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": self.mode, "server": self.server_mode,
-                               "remembered": self.remembered}
+                               "remembered": self.remembered,
+                               "config_errors": list(self.config_errors)}
         if self.driver is not None:
             out.update(peer_id=self.peer_id, **self.driver.statistics(),
                        transport=self.driver.streams.statistics())

@@ -85,3 +85,13 @@ async def test_a_client_mode_node_queries_but_serves_nothing() -> None:
             assert c.peer_id not in ids
         info = await b.call("transport", "peer_info", {"peer_id": c.peer_id})
         assert "/ipfs/kad/1.0.0" not in info["protocols"]
+
+
+def test_bad_settings_are_reported_and_replaced_by_defaults() -> None:
+    from p2pm.services.dht.actor import Dht
+
+    dht = Dht(None, {"dht": {"mode": "sometimes", "bucket_size": 0, "alpha": 3}})
+    assert (dht.mode, dht.core_config.k, dht.core_config.alpha) == ("auto", 20, 3)
+    status = dht.status()
+    assert len(status["config_errors"]) == 2
+    assert "dht.mode must be one of auto, server, client" in status["config_errors"][0]
