@@ -10,7 +10,7 @@ listening on loopback: the same code as under supervisord, without processes.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,7 +58,7 @@ def free_ports(count: int) -> list[int]:
 
 
 @asynccontextmanager
-async def open_dht_node(name: str, *, mode: str = "server", bootstrap: list[str] = (),  # type: ignore[assignment]
+async def open_dht_node(name: str, *, mode: str = "server", bootstrap: Sequence[str] = (),
                         bucket_size: int = 20) -> AsyncIterator[DhtNode]:
     from p2pm.services.storage.actor import Storage
 
