@@ -1,6 +1,6 @@
 """A NAT lab in network namespaces: an internet, a public relay and two home networks.
 
-    internet (ns "<prefix>inet": bridge br0, 198.18.0.0/24)
+    internet (ns "p2pm-nat-<tag>-inet": bridge br0, 198.18.0.0/24)
       |-- relay     198.18.0.2            public node: relay service, AutoNAT server
       |-- router r1 198.18.0.11 | 198.19.1.1 -- h1 198.19.1.2
       `-- router r2 198.18.0.12 | 198.19.2.1 -- h2 198.19.2.2
@@ -40,7 +40,9 @@ from p2pm.common import config as configmod
 from p2pm.common.home import Home
 from tests.helpers import Node, clean_env, destroy_home, make_home
 
-PREFIX = "p2pm-"
+# Namespaces of this lab; leftovers are cleared by this prefix only, so that a run
+# never touches the namespaces (or processes) of another lab running on the machine.
+PREFIX = "p2pm-nat-"
 PORT = 4001
 INET = "198.18.0"
 RELAY_IP = f"{INET}.2"
