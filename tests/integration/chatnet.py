@@ -220,13 +220,15 @@ def integrity(node: Node) -> str:
 
 
 def undelivered(node: Node, conversation: str) -> list[str]:
-    """The node's own messages some member has not acknowledged yet."""
+    """The node's own messages still owed: never sent, or with an outbox entry (a
+    recipient known when it was written) not acknowledged yet."""
     out = []
     for m in history(node, conversation):
         if m["author"] != node.peer_id:
             continue
         state = call_patiently(node, "gossip", "message_state", {"id": m["id"]})
-        if state["state"] != "delivered":
+        if state["state"] == "pending" or any(
+                s != "delivered" for s in state["members"].values()):
             out.append(f"{m['body']}: {state['state']} {state['members']}")
     return out
 
