@@ -25,11 +25,12 @@ import time
 from typing import Any
 
 import orjson
-import zmq
 
 from p2pm.common.home import ACTORS
 from tests.helpers import Node, destroy_home, make_home, run_p2pm, start_node, wait_for
-from tests.integration.chatnet import LOOPBACK, addrs, open_direct
+from tests.integration.chatnet import (
+    LOOPBACK, DeliveryProbe, addrs, open_direct, percentile,
+)
 
 DM_MESSAGES = 60
 WARMUP = 5
@@ -92,38 +93,11 @@ def up_node() -> tuple[Node, float]:
 
 def dm_latencies(a: Node, b: Node) -> list[float]:
     conv = open_direct(a, b)
-    sub = zmq.Context.instance().socket(zmq.SUB)
-    sub.setsockopt(zmq.LINGER, 0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"gateway.message.received")
-    sub.connect(b.home.endpoints().events("gateway"))
-    try:
-        def deliver(text: str, timeout: float) -> float:
-            started = time.perf_counter()
-            a.call("gossip", "post", {"conversation": conv, "text": text}, timeout=10.0)
-            deadline = started + timeout
-            while (left := deadline - time.perf_counter()) > 0:
-                if not sub.poll(int(left * 1000) + 1):
-                    break
-                data = orjson.loads(sub.recv_multipart()[-1]).get("data") or {}
-                if data.get("body") == text:
-                    return time.perf_counter() - started
-            raise TimeoutError(f"{text!r} did not reach the other node")
-
-        # The first messages also wait for the mesh to form: retry until one arrives.
-        wait_for(lambda: _try(deliver, "warm-up", 5.0), 90, "a first direct message")
+    with DeliveryProbe(a, b, conv) as probe:
+        probe.warm_up()
         for i in range(WARMUP):
-            deliver(f"warm {i}", 30.0)
-        return [deliver(f"m {i}", 30.0) for i in range(DM_MESSAGES)]
-    finally:
-        sub.close()
-
-
-def _try(fn: Any, *args: Any) -> bool:
-    try:
-        fn(*args)
-        return True
-    except TimeoutError:
-        return False
+            probe.deliver(f"warm {i}")
+        return [probe.deliver(f"m {i}") for i in range(DM_MESSAGES)]
 
 
 def recovery_s(node: Node, actor: str) -> float:
@@ -133,11 +107,6 @@ def recovery_s(node: Node, actor: str) -> float:
     wait_for(lambda: node.pids().get(actor) not in (0, old), 60, f"{actor} restarted")
     node.wait_healthy(60)
     return time.monotonic() - started
-
-
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def run() -> list[dict[str, Any]]:
@@ -169,12 +138,13 @@ def run() -> list[dict[str, Any]]:
         lat = [s * 1000 for s in dm_latencies(a, b)]
         ping_p50 = round(statistics.median(rtts), 2)
         rows.append({"name": f"node: DM latency p50 (post -> event on the other node, "
-                             f"n={len(lat)})", "value": round(pct(lat, 0.5), 2), "unit": "ms",
+                             f"n={len(lat)})", "value": round(percentile(lat, 0.5), 2),
+                     "unit": "ms",
                      "baseline": "libp2p ping RTT p50, same nodes",
                      "baseline_value": ping_p50})
-        rows.append({"name": "node: DM latency p99", "value": round(pct(lat, 0.99), 2),
+        rows.append({"name": "node: DM latency p99", "value": round(percentile(lat, 0.99), 2),
                      "unit": "ms", "baseline": "libp2p ping RTT p99, same nodes",
-                     "baseline_value": round(pct(rtts, 0.99), 2)})
+                     "baseline_value": round(percentile(rtts, 0.99), 2)})
         rows.append({"name": "node: RSS after the DM run", "value":
                      round(node_rss_kib(a) / 1024, 1), "unit": "MiB",
                      "baseline": "idle, same node", "baseline_value": round(rss, 1)})

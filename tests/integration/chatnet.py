@@ -250,3 +250,53 @@ def diagnose(members: dict[str, Sequence[Node]], written: dict[str, list[str]],
             view = f"seq {own['seq']} state {own['state']}" if own else "not at its author"
             out.append(f"{conv[:6]} {text!r} held by {having}; {view}")
     return out
+
+
+class DeliveryProbe:
+    """Latency of a message as a user sees it: posted on `sender`, until `receiver`'s
+    gateway publishes it as received (a SUB socket on the receiver's events)."""
+
+    def __init__(self, sender: Node, receiver: Node, conversation: str) -> None:
+        self.sender, self.conversation = sender, conversation
+        self.sub = zmq.Context.instance().socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"gateway.message.received")
+        self.sub.connect(receiver.home.endpoints().events("gateway"))
+
+    def deliver(self, text: str, timeout: float = 30.0) -> float:
+        """Seconds from post to the receiver's event; TimeoutError if it never came."""
+        started = time.perf_counter()
+        self.sender.call("gossip", "post", {"conversation": self.conversation, "text": text},
+                         timeout=10.0)
+        deadline = started + timeout
+        while (left := deadline - time.perf_counter()) > 0:
+            if not self.sub.poll(int(left * 1000) + 1):
+                break
+            data = orjson.loads(self.sub.recv_multipart()[-1]).get("data") or {}
+            if data.get("body") == text:
+                return time.perf_counter() - started
+        raise TimeoutError(f"{text!r} did not reach the other node")
+
+    def warm_up(self, timeout: float = 90.0) -> None:
+        """Until a first message gets through (the subscription and the mesh form)."""
+        def once() -> bool:
+            try:
+                self.deliver(f"warm-up {time.monotonic_ns()}", 5.0)
+                return True
+            except TimeoutError:
+                return False
+        wait_for(once, timeout, "a first message through")
+
+    def close(self) -> None:
+        self.sub.close()
+
+    def __enter__(self) -> "DeliveryProbe":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
