@@ -1,22 +1,29 @@
 """`make bench`: run every benchmark of the project and write one table of figures,
 each next to the baseline measured in the same run.
 
-    python -m tests.bench.run [--only NAME ...] [--out DIR]
+    python -m tests.bench.run [--only NAME ...] [--out DIR] [--timeout SECONDS]
 
 Every module `tests/bench/bench_*.py` exposes `run() -> list[dict]` with rows
 {"name", "value", "unit", "baseline", "baseline_value"}. The table goes to stdout and,
 as Markdown and JSON, to DIR (default bench-results/). A benchmark that fails is
 reported in the table and makes the command exit non-zero; the others still run.
+Each module runs in a child process of its own with a time budget, so one that hangs,
+crashes the interpreter or leaves threads behind cannot stop the rest: past its budget
+it gets SIGINT (its cleanup runs: nodes are stopped), then SIGKILL.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import platform
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -53,11 +60,50 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_child(name: str, out: Path) -> int:
+    """In the child: run one module, its rows to `out` as JSON."""
+    try:
+        rows = importlib.import_module(f"tests.bench.{name}").run()
+    except BaseException as exc:  # one broken benchmark must not hide the others
+        traceback.print_exc()
+        rows = [{"name": name, "error": f"{type(exc).__name__}: {exc}"}]
+    out.write_text(json.dumps(rows))
+    return 0
+
+
+def run_module(name: str, timeout: float) -> list[dict[str, Any]]:
+    """Run one module in a child process (own process group) within `timeout`."""
+    with tempfile.TemporaryDirectory(prefix="p2pm-bench-") as tmp:
+        out = Path(tmp) / "rows.json"
+        proc = subprocess.Popen([sys.executable, "-m", "tests.bench.run", "--child", name,
+                                 "--rows", str(out)], start_new_session=True)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            for sig, grace in ((signal.SIGINT, 30), (signal.SIGKILL, 10)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(grace)
+                    break
+            return [{"name": name, "error": f"timed out after {timeout:g}s"}]
+        if not out.exists():
+            return [{"name": name, "error": f"the benchmark process exited {proc.returncode} "
+                                            "without results"}]
+        return list(json.loads(out.read_text()))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="p2pm-bench")
     parser.add_argument("--only", nargs="*", default=None, help="bench module names")
     parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--timeout", type=float, default=240.0,
+                        help="seconds each benchmark module may take")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--rows", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        return run_child(args.child, args.rows)
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "cores": os.cpu_count(), "python": platform.python_version(),
             "machine": platform.machine()}
@@ -68,13 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"== {name}", flush=True)
         started = time.perf_counter()
-        try:
-            module = importlib.import_module(f"tests.bench.{name}")
-            got = module.run()
-        except Exception as exc:  # one broken benchmark must not hide the others
-            traceback.print_exc()
-            failed = True
-            got = [{"name": name, "error": f"{type(exc).__name__}: {exc}"}]
+        got = run_module(name, args.timeout)
+        failed = failed or any("error" in r for r in got)
         for r in got:
             r.setdefault("module", name)
             if "error" not in r:
