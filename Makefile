@@ -8,7 +8,7 @@ DEMO_HOME ?= $(CURDIR)/.p2pm-demo
 # A hung test is killed after this many seconds instead of eating CI's time.
 TEST_TIMEOUT ?= 300
 # What `make test` runs; narrow it by hand: make test TESTS=tests/integration/test_cli.py
-TESTS ?= tests/unit tests/fuzz tests/integration
+TESTS ?= tests/unit tests/fuzz tests/integration tests/network
 
 .PHONY: setup test test-unit test-integration fuzz bench demo run stop clean
 
