@@ -54,10 +54,6 @@ class Home:
     def supervisor_sock(self) -> Path:
         return self.run / "supervisor.sock"
 
-    @property
-    def supervisor_conf(self) -> Path:
-        return self.run / "supervisord.conf"
-
     def ensure(self) -> "Home":
         """Create the folders with their modes; tighten `run/` if it is too open."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
