@@ -136,6 +136,26 @@ class Actor:
         assert self.runtime is not None, "publish() needs a running actor"
         self.runtime.publish(topic, data)
 
+    async def call_until_answered(self, actor: str, method: str,
+                                  params: dict[str, Any] | None = None,
+                                  on_wait: Callable[[str], None] | None = None) -> Any:
+        """Call an actor this one cannot work without (at start: the keystore's
+        identity, say) until it answers, backing off up to 2 s. Only "not there yet"
+        (timeout, unavailable) is waited out; any other error is raised. `on_wait`
+        gets the reason each time, e.g. to show it in `sys.status`."""
+        delay = 0.1
+        while True:
+            try:
+                return await self.call(actor, method, params, timeout=2.0, retries=0)
+            except errors.BusError as exc:
+                if exc.code not in (errors.TIMEOUT, errors.UNAVAILABLE):
+                    raise
+                self.log.info("actor.waiting", actor=actor, method=method, error=exc.message)
+                if on_wait is not None:
+                    on_wait(f"waiting for the {actor}: {exc.message}")
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Start a background task in the actor's nursery (it dies with the actor)."""
         assert self.runtime is not None and self.runtime._nursery is not None

@@ -109,7 +109,7 @@ class Dht(Actor):
 
     async def run(self) -> None:
         assert self.runtime is not None
-        me = await self._wait_keystore()
+        me = await self.call_until_answered("keystore", "identity")
         self.peer_id = me["peer_id"]
         validators = Validators(PublicKeyValidator(), SignedRecordValidator(identity.verify))
         core = KadCore(Peer(peer_id_bytes(me["peer_id"]), ()), validators, self.core_config,
@@ -133,16 +133,6 @@ class Dht(Actor):
         # Storage may be stopping too (a node going down): one short try, the
         # periodic save has kept the stored table nearly current anyway.
         await self._save_snapshot(timeout=1.0, retries=0)
-
-    async def _wait_keystore(self) -> dict[str, Any]:
-        delay = 0.1
-        while True:
-            try:
-                return await self.call("keystore", "identity", timeout=2.0, retries=0)
-            except errors.BusError as exc:
-                self.log.warning("dht.waiting_for_keystore", error=exc.message)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     def _require(self) -> KadDriver:
         if self.driver is None:
