@@ -166,7 +166,7 @@ class Transport(Actor):
                                          self.max_streams_per_peer, self._connect)
                     await nursery.start(self.hub.run)
                     self.nat = NatManager(node, self.nat_settings, self.publish,
-                                          self._connect)
+                                          self._connect, self.call)
                     node.extra_addrs = self.nat.extra_addrs
                     await nursery.start(self.nat.run)
                     nursery.start_soon(self._persist_loop)

@@ -86,12 +86,14 @@ class NatSettings:
 class NatManager:
     def __init__(self, node: Any, settings: NatSettings,
                  publish: Callable[[str, dict[str, Any]], None],
-                 connect: Callable[[ID, list[multiaddr.Multiaddr]], Awaitable[None]]) -> None:
+                 connect: Callable[[ID, list[multiaddr.Multiaddr]], Awaitable[None]],
+                 call: Callable[..., Awaitable[Any]] | None = None) -> None:
         self.node = node
         self.host = node.host
         self.settings = settings
         self.publish = publish
         self.connect = connect
+        self.call = call  # another actor's RPC (Actor.call); None: no dht to ask
         self.tcp = next(t for t in self.host.get_network().transport_manager.get_transports()
                         if isinstance(t, ReuseportTCP))
         self.autonat = autonat.AutoNAT(
