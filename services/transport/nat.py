@@ -2,8 +2,9 @@
 to one host, with their settings, loops and status.
 
 What follows from what: AutoNAT's verdict is published (`transport.reachability.changed`);
-a private node keeps reservations on its relays (configured ones, and connected peers
-that offer the hop protocol) and advertises the circuit addresses; a relayed
+a private node keeps reservations on its relays (configured ones, connected peers that
+offer the hop protocol, and relays found through the DHT: see relay_discovery.py) and
+advertises the circuit addresses; a public relay announces itself in the DHT; a relayed
 connection we accept starts DCUtR; a public node advertises the addresses a dial-back
 confirmed.
 """
@@ -23,11 +24,15 @@ from libp2p.peer.id import ID
 from p2pm.common.log import get_logger
 
 from . import autonat, dcutr, relay
+from .relay_discovery import RELAY_PROVIDER_KEY_HEX, RelayAnnouncer, RelayFinder
 from .reuseport import ReuseportTCP, is_circuit
 
 log = get_logger("transport")
 
 RESERVE_RETRY_MAX_S = 10.0
+DHT_OP_TIMEOUT_S = 20.0  # one provide or find_providers, as the dht runs it
+DHT_CALL_SLACK_S = 5.0  # on top, for the bus; a dht that is down costs this much
+DISCOVERED_ADDR_TTL_S = 3600  # as long as the transport keeps other learnt addresses
 
 
 class NatSettings:
@@ -48,6 +53,7 @@ class NatSettings:
             except Exception as exc:
                 self.problems.append(f"transport.relays: {text!r} skipped ({exc})")
         self.max_client_reservations = self._num(cfg, "relay_client_reservations", 2, int)
+        self.relay_discovery = self._bool(cfg, "relay_discovery", True)
         self.autonat_service = self._bool(cfg, "autonat_service", True)
         self.autonat_interval_s = self._num(cfg, "autonat_interval_s", 60.0, float)
         self.autonat_retry_s = self._num(cfg, "autonat_retry_s", 10.0, float)
@@ -110,6 +116,9 @@ class NatManager:
         self._nursery: trio.Nursery | None = None
         self._probe_now = trio.Event()
         self._reserve_now = trio.Event()
+        discovery = settings.relay_discovery and call is not None
+        self.finder = RelayFinder(str(node.peer_id)) if discovery else None
+        self.announcer = RelayAnnouncer() if discovery and settings.relay_service else None
         self.first_relayed_at: float | None = None
         if settings.reachability != "auto":
             self.autonat.tracker.state = settings.reachability
@@ -123,7 +132,15 @@ class NatManager:
                 "autonat": self.autonat.status(),
                 "relay_client": self.relay_client.status(),
                 "relay_service": self.relay_service.status() if self.relay_service else None,
-                "dcutr": self.dcutr.status()}
+                "dcutr": self.dcutr.status(),
+                "relay_discovery": self._discovery_status()}
+
+    def _discovery_status(self) -> dict[str, Any] | None:
+        if self.finder is None:
+            return None
+        now = time.time()
+        return {"key": RELAY_PROVIDER_KEY_HEX, **self.finder.status(now),
+                "announce": self.announcer.status(now) if self.announcer else None}
 
     # addresses -------------------------------------------------------------------------
     def observed(self) -> list[multiaddr.Multiaddr]:
@@ -173,6 +190,10 @@ class NatManager:
             self._nursery = nursery
             nursery.start_soon(self._autonat_loop)
             nursery.start_soon(self._reservation_loop)
+            if self.finder is not None:
+                nursery.start_soon(self._discovery_loop)
+            if self.announcer is not None:
+                nursery.start_soon(self._announce_loop)
             task_status.started()
             await trio.sleep_forever()
 
@@ -237,6 +258,11 @@ class NatManager:
                     out.append((peer, None))
             except Exception:
                 continue
+        if self.finder is not None:
+            for candidate in self.finder.candidates(time.time()):
+                pid = ID.from_base58(candidate.peer_id)
+                if all(p != pid for p, _ in out):
+                    out.append((pid, None))
         return out
 
     async def _reservation_loop(self) -> None:
@@ -255,7 +281,10 @@ class NatManager:
                     due, delay = backoff.get(peer, (0.0, 1.0))
                     if now < due:
                         continue
-                    if await self._reserve(peer, addr):
+                    ok = await self._reserve(peer, addr)
+                    if self.finder is not None:
+                        self.finder.reserve_result(str(peer), ok)
+                    if ok:
                         backoff.pop(peer, None)
                         held += 1
                     else:
@@ -266,6 +295,8 @@ class NatManager:
 
     async def _reserve(self, peer: ID, addr: multiaddr.Multiaddr | None) -> bool:
         try:
+            if self.finder is not None and addr is None:
+                self._learn_addrs(peer)
             if not self.host.get_network().get_connections(peer):
                 await self.connect(peer, [addr] if addr is not None else [])
             conns = self.host.get_network().get_connections(peer)
@@ -280,8 +311,71 @@ class NatManager:
             return True
         except Exception as exc:
             log.info("relay.reserve_failed", relay=str(peer),
-                     error=getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+                     error=_why(exc))
             return False
+
+    # relays through the DHT -------------------------------------------------------------
+    def _reservations_short(self) -> bool:
+        now = time.time()
+        held = sum(1 for r in self.relay_client.reservations.values() if r.expires > now)
+        return held < self.settings.max_client_reservations
+
+    def _learn_addrs(self, peer: ID) -> None:
+        """Put a discovered relay's addresses in the peerstore, as add_addrs does."""
+        assert self.finder is not None
+        for candidate in self.finder.candidates(time.time()):
+            if candidate.peer_id == str(peer):
+                self.host.get_peerstore().add_addrs(peer, list(candidate.addrs),
+                                                    DISCOVERED_ADDR_TTL_S)
+
+    async def _ask_dht(self, method: str) -> Any:
+        """`provide` or `find_providers` of the relay key; a dht that is down or slow
+        costs this task DHT_OP_TIMEOUT_S + DHT_CALL_SLACK_S, and nothing else."""
+        assert self.call is not None
+        return await self.call("dht", method,
+                               {"key": RELAY_PROVIDER_KEY_HEX, "timeout": DHT_OP_TIMEOUT_S},
+                               timeout=DHT_OP_TIMEOUT_S + DHT_CALL_SLACK_S, retries=0)
+
+    async def _discovery_loop(self) -> None:
+        """While private and short of reservations, ask the dht for relays. Each ask
+        waits here, in its own task: the transport never waits on the dht."""
+        assert self.finder is not None
+        while True:
+            now = time.time()
+            if self.reachability == autonat.PRIVATE \
+                    and self.finder.lookup_due(now, self._reservations_short()):
+                self.finder.lookup_started()
+                try:
+                    result = await self._ask_dht("find_providers")
+                except Exception as exc:
+                    self.finder.lookup_failed(time.time(), _why(exc))
+                    log.info("relay.discovery_failed", error=_why(exc))
+                else:
+                    named = self.finder.lookup_done(time.time(), result)
+                    log.info("relay.discovered", relays=len(named),
+                             peers=" ".join(c.peer_id for c in named))
+                    if named:
+                        self._reserve_now.set()
+            await trio.sleep(1.0)
+
+    async def _announce_loop(self) -> None:
+        """A public relay announces itself under the relay key, again every so often
+        (a private one cannot be reached, so it stays quiet)."""
+        assert self.announcer is not None
+        while True:
+            now = time.time()
+            if self.reachability == autonat.PUBLIC and self.announcer.due(now):
+                try:
+                    result = await self._ask_dht("provide")
+                except Exception as exc:
+                    self.announcer.failed(time.time(), _why(exc))
+                    log.info("relay.announce_failed", error=_why(exc))
+                else:
+                    if self.announcer.done(time.time(), result):
+                        log.info("relay.announced", sent_to=self.announcer.last_sent_to)
+                    else:
+                        log.info("relay.announce_failed", error=self.announcer.last_error)
+            await trio.sleep(1.0)
 
     # DCUtR -------------------------------------------------------------------------------
     def _on_relayed_inbound(self, peer: ID, conn: INetConn) -> None:
@@ -323,8 +417,12 @@ class NatManager:
             except Exception as exc:
                 last = exc
                 log.info("relay.dial_failed", peer_id=str(peer), relay=str(relay_id),
-                         error=getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+                         error=_why(exc))
         raise last or ValueError("no usable circuit address")
+
+
+def _why(exc: BaseException) -> str:
+    return getattr(exc, "message", None) or str(exc) or type(exc).__name__
 
 
 def _renew_margin(res: relay.Reservation) -> float:
