@@ -1112,14 +1112,23 @@ class Gossip(Actor):
                 await self._learn_addrs(peer, contact.get("addrs") or [])
             except errors.BusError:
                 pass
-        if not self.addrs.get(peer) and self._dht_ok:
-            try:
-                found = await self.call("dht", "find_peer", {"peer_id": peer}, timeout=10,
-                                        retries=0)
-                await self._learn_addrs(peer, found.get("addrs") or [])
-            except errors.BusError as exc:
-                if exc.code != errors.NOT_FOUND:
-                    self._dht_failed(exc)
+        if not self.addrs.get(peer):
+            await self._find_peer(peer)
+        return self.addrs.get(peer, [])
+
+    async def _find_peer(self, peer: str) -> list[str]:
+        """The peer's current addresses from the DHT (also handed to the transport)."""
+        if not self._dht_ok:
+            return []
+        try:
+            found = await self.call("dht", "find_peer", {"peer_id": peer}, timeout=10,
+                                    retries=0)
+        except errors.BusError as exc:
+            if exc.code != errors.NOT_FOUND:
+                self._dht_failed(exc)
+            return []
+        addrs = found.get("addrs") if isinstance(found, dict) else None
+        await self._learn_addrs(peer, addrs if isinstance(addrs, list) else [])
         return self.addrs.get(peer, [])
 
     async def _dial(self, peer: str) -> bool:
@@ -1130,7 +1139,16 @@ class Gossip(Actor):
         if now < when:
             return False
         self._dial_next[peer] = (now + backoff, min(backoff * 2, DIAL_BACKOFF[1]))
-        for addr in await self._addrs_of(peer):
+        tried = await self._addrs_of(peer)
+        if await self._dial_any(peer, tried):
+            return True
+        # Every address we held failed (an invite's addresses outlive the inviter's
+        # port): ask the DHT where the peer is now.
+        fresh = [a for a in await self._find_peer(peer) if a not in tried]
+        return await self._dial_any(peer, fresh)
+
+    async def _dial_any(self, peer: str, addrs: list[str]) -> bool:
+        for addr in addrs:
             try:
                 await self.call("transport", "dial", {"addr": addr}, timeout=12, retries=0)
                 self._dial_next.pop(peer, None)
