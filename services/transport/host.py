@@ -40,7 +40,7 @@ from p2pm.common.log import get_logger
 
 from .custody import NOISE_DOMAIN, PEER_RECORD_DOMAIN, CustodyError, KeystoreBackedKey
 from .frames import decode_uvarint
-from .reuseport import ReuseportTCP, listening_port
+from .reuseport import ReuseportTCP, listening_port, local_port
 
 log = get_logger("transport")
 
@@ -266,8 +266,31 @@ async def open_host(public_key: bytes, signer: Signer, listen: Sequence[str],
         bound = listening_port(list(host.get_transport_addrs()))
         if tcp is not None and bound is not None:
             tcp.source_ip4, tcp.source_port = bound
+            _observe_listening_port_only(host, bound[1])
         await nh.refresh_record()
         yield nh
+
+
+def _observe_listening_port_only(host: BasicHost, port: int) -> None:
+    """Keep identify's observed addresses to connections on our listening port.
+
+    Most dials leave from an ephemeral port (reuseport.py); what a peer observes for
+    those is a NAT mapping nobody can dial back. py-libp2p records it anyway (it
+    matches observations to listeners by IP alone), and we would offer it to AutoNAT
+    and DCUtR and advertise it."""
+    manager = getattr(host, "_observed_addr_manager", None)
+    if manager is None:
+        return
+    record = manager.record_observation
+
+    def record_if_listening_port(conn: Any, observed: Any, local_addrs: Any) -> None:
+        if local_port(conn) != port:
+            log.debug("transport.observation_skipped", observed=str(observed),
+                      reason="ephemeral local port")
+            return
+        record(conn, observed, local_addrs)
+
+    manager.record_observation = record_if_listening_port
 
 
 PING_PROTOCOL = "/ipfs/ping/1.0.0"

@@ -111,6 +111,8 @@ class NatManager:
         self.relay_service = (relay.RelayService(self.host, settings.limits, self.public_addrs)
                               if settings.relay_service else None)
         self.relay_client = relay.RelayClient(self.host, self._on_relayed_inbound)
+        for addr in settings.relays:
+            self.tcp.dial_from_listening_port(addr)
         self.dcutr = dcutr.DCUtR(self.host, self.own_addrs, self.tcp.source_for,
                                  self._on_direct, settings.holepunch_cooldown_s)
         self._nursery: trio.Nursery | None = None
@@ -327,6 +329,8 @@ class NatManager:
             if candidate.peer_id == str(peer):
                 self.host.get_peerstore().add_addrs(peer, list(candidate.addrs),
                                                     DISCOVERED_ADDR_TTL_S)
+                for addr in candidate.addrs:
+                    self.tcp.dial_from_listening_port(addr)
 
     async def _ask_dht(self, method: str) -> Any:
         """`provide` or `find_providers` of the relay key; a dht that is down or slow
@@ -407,6 +411,8 @@ class NatManager:
             if parsed is None:
                 continue
             relay_id, relay_addr = parsed
+            if relay_addr is not None:
+                self.tcp.dial_from_listening_port(relay_addr)
             try:
                 if not self.host.get_network().get_connections(relay_id):
                     await self.connect(relay_id, [relay_addr] if relay_addr else [])

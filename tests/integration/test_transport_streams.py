@@ -397,3 +397,33 @@ async def test_addresses_learnt_elsewhere_make_a_peer_dialable_by_id() -> None:
         added = await a.call("add_addrs", {"peer_id": b.peer_id, "addrs": [bare]})
         assert added == {"peer_id": b.peer_id, "added": 1}
         assert (await a.call("ping", {"peer_id": b.peer_id}))["rtt_ms"] > 0
+
+
+async def test_peers_dialling_each_other_at_once_both_connect() -> None:
+    """Two nodes that dial each other at the same moment (two gossip actors after an
+    invite) both succeed at once; from the listening port the two SYNs would merge
+    into one TCP connection with two Noise initiators, and both dials would hang."""
+    from p2pm.services.transport.reuseport import local_port
+
+    async with two_nodes() as (a, b):
+        for _ in range(3):
+            with trio.fail_after(8):
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(a.call, "dial", {"addr": b.addrs[0]})
+                    nursery.start_soon(b.call, "dial", {"addr": a.addrs[0]})
+            assert (await a.call("ping", {"peer_id": b.peer_id}))["rtt_ms"] > 0
+            assert (await b.call("ping", {"peer_id": a.peer_id}))["rtt_ms"] > 0
+            # Ordinary dials leave from an ephemeral port, never the listening one.
+            for me in (a, b):
+                node = me.transport.node
+                assert node is not None
+                listen = int(me.addrs[0].split("/tcp/")[1].split("/")[0])
+                for conns in node.host.get_network().get_connections_map().values():
+                    for conn in conns:
+                        port = local_port(conn)
+                        assert port is not None
+                        if conn.muxed_conn.is_initiator:
+                            assert port != listen
+            await a.call("hangup", {"peer_id": b.peer_id})
+            await wait_until(lambda: not a.transport.node.host.get_connected_peers()
+                             and not b.transport.node.host.get_connected_peers())
