@@ -147,9 +147,16 @@ class StreamHub:
             return
         owner = self.by_ident.get(ident)
         if owner is None:
+            # An unregistered owner's frames for a stream (sent before it saw that the
+            # transport restarted, or after it was dropped) would vanish: the RESET
+            # makes it notice at once instead of waiting for an answer.
             if f.kind == fr.OPEN:
                 await self.sock.send_multipart([ident, *fr.frame(fr.RESET, f.sid, {
                     "code": errors.UNAVAILABLE, "message": "register before opening streams"})])
+            elif f.kind in (fr.DATA, fr.CREDIT, fr.EOF) and f.sid:
+                await self.sock.send_multipart([ident, *fr.frame(fr.RESET, f.sid, {
+                    "code": errors.UNAVAILABLE,
+                    "message": "unknown stream: the transport restarted or dropped the owner"})])
             return
         owner.last_seen = time.monotonic()
         if f.kind == fr.OPEN:

@@ -292,6 +292,14 @@ class StreamClient:
         elif f.kind == fr.RESET:
             stream._on_reset(_reset_error(f.body))
 
+    def _reset_nowait(self, sid: int) -> None:
+        """RESET without waiting (from a cancelled task); while the transport is down
+        there is nothing to reset there, and the frame is not queued."""
+        try:
+            self._sock.send_multipart_nowait(fr.frame(fr.RESET, sid))
+        except trio.ClosedResourceError:
+            pass
+
     def _reset_all(self, reason: str) -> None:
         for stream in list(self._streams.values()):
             stream._on_reset(StreamReset(errors.UNAVAILABLE, reason))
@@ -325,6 +333,11 @@ class StreamClient:
                 "spec": spec.to_wire()}))
             with trio.move_on_after(timeout):
                 await event.wait()
+        except BaseException:
+            # Cancelled by our caller (or failed) after the OPEN may have left: the
+            # transport would keep opening, then hold the stream for nobody.
+            self._reset_nowait(sid)
+            raise
         finally:
             del self._pending[sid]
         if not box:
@@ -395,7 +408,7 @@ async def open_streams(endpoints: Endpoints, owner: str,
                 yield client
             finally:
                 for sid in list(client._streams):
-                    client._sock.send_multipart_nowait(fr.frame(fr.RESET, sid))
+                    client._reset_nowait(sid)
                 client._reset_all("the owner closed its stream client")
                 nursery.cancel_scope.cancel()
     finally:

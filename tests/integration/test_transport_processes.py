@@ -256,3 +256,45 @@ async def test_cli_peers_dial_ping_and_their_errors(nodes) -> None:  # type: ign
         assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc
         if code is not None:
             assert proc.returncode == code and words in proc.stderr, proc
+
+
+@pytest.mark.parametrize("dialler", ["survivor", "killed"])
+async def test_kill9_of_a_peer_transport_is_noticed_within_seconds(nodes, dialler) -> None:  # type: ignore[no-untyped-def]
+    """The surviving transport announces the peer disconnected and resets the streams
+    to it promptly, so an owner's frames do not vanish into a dead connection."""
+    import orjson
+
+    a, b = nodes(), nodes()
+    ida, idb = await a.wait_up(), await b.wait_up()
+    if dialler == "killed":
+        await b.call("dial", {"addr": ida["addrs"][0]})
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"transport.peer.disconnected")
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.connect(a.endpoints.events("transport"))
+    try:
+        async with open_streams(b.endpoints, "remote", {ECHO: ProtocolSpec()}), \
+                open_streams(a.endpoints, "local") as local:
+            s = await local.open_stream(ECHO, addrs=[idb["addrs"][0]])
+            await s.send(b"hello")
+            assert await connected(a, idb["peer_id"])
+            b.kill9("transport")
+            killed_at = trio.current_time()
+            with trio.fail_after(DEADLINE), pytest.raises(StreamReset):
+                while True:  # frames sent meanwhile must not vanish silently
+                    await s.send(b"more")
+                    with trio.move_on_after(0.1):
+                        await s.receive()
+            reset_after = trio.current_time() - killed_at
+            await wait_for(lambda: _not(connected(a, idb["peer_id"])), "a to drop b")
+            gone_after = trio.current_time() - killed_at
+            topic, payload = await trio.to_thread.run_sync(sub.recv_multipart)
+            assert topic == b"transport.peer.disconnected"
+            assert orjson.loads(payload)["data"]["peer_id"] == idb["peer_id"]
+            assert reset_after < 3.0 and gone_after < 3.0, (reset_after, gone_after)
+    finally:
+        sub.close(0)
+
+
+async def _not(value: Any) -> bool:
+    return not await value

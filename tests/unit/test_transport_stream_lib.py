@@ -1,4 +1,5 @@
-"""The owner-side Stream without sockets: credit, back-pressure, EOF and reset."""
+"""The owner-side Stream and StreamClient without sockets: credit, back-pressure, EOF,
+reset, and the RESET of an open that was cancelled or timed out."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import pytest
 import trio
 import trio.testing
 
+from p2pm.common import errors
 from p2pm.services.transport import frames as fr
-from p2pm.services.transport.streams import ProtocolSpec, Stream, StreamReset
+from p2pm.services.transport.streams import (ProtocolSpec, Stream, StreamClient, StreamError,
+                                             StreamReset)
 
 
 class FakeClient:
@@ -106,3 +109,44 @@ async def test_async_with_closes_on_success_and_resets_on_error() -> None:
         async with stream:
             raise RuntimeError("boom")
     assert client.sent[-1].kind == fr.RESET
+
+
+class FakeSocket:
+    """Stands in for the StreamClient's AsyncSocket: records frames, never answers."""
+
+    def __init__(self) -> None:
+        self.sent: list[fr.Frame] = []
+
+    async def send_multipart(self, parts: list[bytes]) -> None:
+        self.sent.append(fr.parse(parts))
+
+    def send_multipart_nowait(self, parts: list[bytes]) -> bool:
+        self.sent.append(fr.parse(parts))
+        return True
+
+
+def registered_client() -> tuple[FakeSocket, StreamClient]:
+    sock = FakeSocket()
+    client = StreamClient(sock, "owner", {}, fr.DEFAULT_WINDOW)  # type: ignore[arg-type]
+    client._registered.set()
+    return sock, client
+
+
+async def test_an_open_cancelled_by_its_caller_resets_the_stream() -> None:
+    sock, client = registered_client()
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client.open_stream, "/t/1")
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+    opened, reset = sock.sent
+    assert opened.kind == fr.OPEN and reset.kind == fr.RESET and reset.sid == opened.sid
+    assert not client._pending
+
+
+async def test_an_open_that_times_out_resets_the_stream_once() -> None:
+    sock, client = registered_client()
+    with pytest.raises(StreamError) as info:
+        await client.open_stream("/t/1", timeout=0.01)
+    assert info.value.code == errors.TIMEOUT
+    assert [f.kind for f in sock.sent] == [fr.OPEN, fr.RESET]
