@@ -10,6 +10,7 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
 from p2pm.services.dht.convert import provider_key
+from p2pm.services.transport.nat import NatSettings
 from p2pm.services.transport.relay_discovery import (ANNOUNCE_INTERVAL_S, CANDIDATE_TTL_S,
                                                      LOOKUP_INTERVAL_S, MAX_FAILURES,
                                                      RELAY_PROVIDER_KEY_HEX, RETRY_MAX_S,
@@ -137,3 +138,11 @@ def test_an_announcement_nobody_took_is_retried_soon_a_taken_one_much_later() ->
         "announces": 1, "failures": 2, "last_sent_to": 2, "last_error": None,
         "next_in_s": 0}
     assert not a.done(11, "garbage") and a.failures == 3
+
+
+def test_relay_discovery_setting_defaults_on_and_a_bad_value_is_reported() -> None:
+    assert NatSettings({}).relay_discovery is True
+    assert NatSettings({"relay_discovery": False}).relay_discovery is False
+    bad = NatSettings({"relay_discovery": "yes"})
+    assert bad.relay_discovery is True
+    assert bad.problems == ["transport.relay_discovery must be true or false; using True"]
