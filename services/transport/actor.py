@@ -28,7 +28,6 @@ import trio
 import zmq
 from libp2p.abc import INetConn
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo
 
 from p2pm.common import errors, wire
 from p2pm.common.actor import Actor, every, rpc
@@ -45,6 +44,8 @@ PEERS_FILE = "transport-peers.json"
 LISTEN_PORTS_FILE = "transport-ports.json"
 DIAL_TIMEOUT_S = 10.0
 DIRECT_BEFORE_RELAY_S = 3.0
+DIAL_STAGGER_S = 0.25  # head start of each direct address over the next one
+MAX_DIRECT_ADDRS = 8
 ADDR_TTL_S = 3600
 MAX_CONNECTIONS = 256  # fallbacks for out-of-range settings (same as default.toml)
 MAX_STREAMS_PER_PEER = 64
@@ -348,6 +349,39 @@ class Transport(Actor):
                 nursery.start_soon(one, pid, addrs)
 
     # -- dialling ----------------------------------------------------------------------
+    async def _dial_direct(self, peer: ID, given: list[multiaddr.Multiaddr],
+                           known: list[multiaddr.Multiaddr]) -> None:
+        """Dial the peer's direct addresses, those the caller gave first, starting the
+        next one every DIAL_STAGGER_S (or as soon as one fails); the first connection
+        wins. py-libp2p's own dial_peer dials a single TCP address per peer, the first
+        in its peerstore, which is often a home-LAN address nobody outside can reach."""
+        order: list[multiaddr.Multiaddr] = []
+        for addr in [*given, *known]:
+            addr = _strip_p2p(addr)
+            if not is_circuit(addr) and all(str(addr) != str(a) for a in order):
+                order.append(addr)
+        network = self._require().host.get_network()
+        won: list[INetConn] = []
+        failures: list[str] = []
+
+        async def one(addr: multiaddr.Multiaddr, failed: trio.Event,
+                      scope: trio.CancelScope) -> None:
+            try:
+                won.append(await network.dial_addr(addr, peer))
+                scope.cancel()
+            except Exception as exc:
+                failures.append(f"{addr}: {_why(exc)}")
+                failed.set()
+
+        async with trio.open_nursery() as nursery:
+            for addr in order[:MAX_DIRECT_ADDRS]:
+                failed = trio.Event()
+                nursery.start_soon(one, addr, failed, nursery.cancel_scope)
+                with trio.move_on_after(DIAL_STAGGER_S):
+                    await failed.wait()
+        if not won and not network.get_connections(peer):
+            raise ValueError("; ".join(failures) or "no direct address")
+
     async def _connect(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
         """Connect to `peer` if not connected, within the connection limit."""
         node = self._require()
@@ -376,7 +410,8 @@ class Transport(Actor):
             limit = DIRECT_BEFORE_RELAY_S if circuits and self.nat else DIAL_TIMEOUT_S
             try:
                 with trio.fail_after(limit):
-                    await host.connect(PeerInfo(peer, [a for a in bare if not is_circuit(a)]))
+                    await self._dial_direct(peer, [a for a in bare if not is_circuit(a)],
+                                            direct)
                 return
             except trio.TooSlowError:
                 problem = f"no answer in {limit:g}s"

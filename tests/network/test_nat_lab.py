@@ -125,6 +125,12 @@ def test_port_forward_makes_autonat_say_public(make_lab: Any) -> None:
     assert not status["nat"]["relay_client"]["reservations"]
     wait_for(lambda: any(a.startswith(f"/ip4/{INET}.11/tcp/4001/") for a in h1.status()["addrs"]),
              15, "h1 to advertise its forwarded address")
+    # h2 reaches h1 directly at the forwarded port, while h1's own actors (dht, gossip)
+    # dial h2 back at the same time; a chat then crosses that direct connection.
+    h2.call("dial", {"addr": f"/ip4/{INET}.11/tcp/4001/p2p/{h1.peer_id}"}, timeout=20)
+    assert direct_connection(h2, h1) is not None
+    chat(h2, h1, "hello through the port forward")
+    assert direct_connection(h1, h2) is not None
 
 
 def test_relay_restart_brings_reservations_back(make_lab: Any) -> None:
