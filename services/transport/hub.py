@@ -39,6 +39,9 @@ from .host import NodeHost
 
 log = get_logger("transport")
 
+PUSH_COALESCE_S = 0.2
+PUSH_TIMEOUT_S = 10.0  # a stalled peer must not hold back later pushes
+
 # (peer_id, addrs) -> connected, or raises BusError; the actor's dial with its limits.
 Connector = Callable[[ID, list[multiaddr.Multiaddr]], Awaitable[None]]
 
@@ -96,6 +99,7 @@ class StreamHub:
         self.counters = {"frames_in": 0, "bad_frames": 0, "streams_opened": 0,
                          "streams_inbound": 0, "streams_reset": 0, "owners_lost": 0}
         self._nursery: trio.Nursery | None = None
+        self._protocols_changed = trio.Event()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -113,6 +117,7 @@ class StreamHub:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._reap_owners)
+            nursery.start_soon(self._push_identify_on_change)
             task_status.started()
             while True:
                 frames = await self.sock.recv_multipart()
@@ -136,6 +141,26 @@ class StreamHub:
                     log.warning("streams.owner_lost", owner=owner.name,
                                 streams=len(owner.streams))
                     self._drop_owner(owner, "owner stopped answering")
+
+    async def _push_identify_on_change(self) -> None:
+        """identify-push to connected peers when the set of served protocols changes
+        (an owner registered or left after they identified us): a peer that picks
+        streams by our advertised protocols (a DHT choosing servers, a gossip router
+        choosing its mesh) would otherwise ignore a protocol we serve now. Changes
+        within PUSH_COALESCE_S go in one push."""
+        while True:
+            await self._protocols_changed.wait()
+            await trio.sleep(PUSH_COALESCE_S)
+            self._protocols_changed = trio.Event()
+            peers = len(self.node.host.get_connected_peers())
+            if not peers:
+                continue
+            try:
+                with trio.move_on_after(PUSH_TIMEOUT_S):
+                    await self.node.host._push_identify_to_all_peers()
+                log.info("streams.identify_pushed", peers=peers)
+            except Exception as exc:  # best effort: peers re-identify on reconnect
+                log.info("streams.identify_push_failed", error=str(exc) or type(exc).__name__)
 
     async def send(self, owner: Owner, parts: list[bytes]) -> None:
         await self.sock.send_multipart([owner.ident, *parts])
@@ -222,6 +247,7 @@ class StreamHub:
             if holder is None:
                 self.protocol_owner[proto] = name
                 self.node.host.set_stream_handler(proto, self._inbound_handler(proto))
+                self._protocols_changed.set()
             owner.protocols[proto] = spec
         for proto in set(owner.protocols) - set(wanted):
             self._release(owner, proto)
@@ -233,6 +259,7 @@ class StreamHub:
         if self.protocol_owner.get(proto) == owner.name:
             del self.protocol_owner[proto]
             self.node.host.remove_stream_handler(proto)  # type: ignore[arg-type]
+            self._protocols_changed.set()
 
     def _drop_owner(self, owner: Owner, reason: str) -> None:
         for proto in list(owner.protocols):

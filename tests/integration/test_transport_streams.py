@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import zmq
+from libp2p.peer.id import ID
 
 from p2pm.common import errors
 from p2pm.common.actor import Actor, ActorRuntime, on_event
@@ -427,3 +428,23 @@ async def test_peers_dialling_each_other_at_once_both_connect() -> None:
             await a.call("hangup", {"peer_id": b.peer_id})
             await wait_until(lambda: not a.transport.node.host.get_connected_peers()
                              and not b.transport.node.host.get_connected_peers())
+
+
+async def test_a_protocol_registered_after_identify_is_pushed_to_connected_peers() -> None:
+    async with two_nodes() as (a, b):
+        await a.call("dial", {"addr": b.addrs[0]})
+
+        async def b_protocols() -> list[str]:
+            return (await a.call("peer_info", {"peer_id": b.peer_id}))["protocols"]
+
+        await wait_until(lambda: a.transport.node.host.get_peerstore().get_protocols(
+            ID.from_base58(b.peer_id)))
+        assert MSGS not in await b_protocols()
+        async with open_streams(b.endpoints, "late", {MSGS: ProtocolSpec(messages=True)}):
+            with trio.fail_after(5):
+                while MSGS not in await b_protocols():
+                    await trio.sleep(0.05)
+        # The owner left: the protocol is withdrawn the same way.
+        with trio.fail_after(5):
+            while MSGS in await b_protocols():
+                await trio.sleep(0.05)
