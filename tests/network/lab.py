@@ -19,7 +19,8 @@ with `ip netns exec`; their homes are short folders under /tmp, and the test pro
 talks to them over their ipc sockets, which are files and so reachable from any
 namespace. `Lab.close()` stops the nodes, kills whatever still runs in the lab's
 namespaces, and deletes the namespaces; `remove_leftovers()` does that for namespaces
-a crashed run left behind.
+a crashed run left behind. A namespace's name carries the pid of the test process that
+made it, so that labs of test runs going on at the same time are left alone.
 """
 
 from __future__ import annotations
@@ -84,9 +85,21 @@ def remove_leftovers() -> None:
     listing = sh("ip", "netns", "list", check=False).stdout
     for line in listing.splitlines():
         ns = line.split()[0] if line.split() else ""
-        if ns.startswith(PREFIX):
+        if ns.startswith(PREFIX) and not _owner_alive(ns):
             _kill_ns_processes(ns)
             sh("ip", "netns", "del", ns, check=False)
+
+
+def _owner_alive(ns: str) -> bool:
+    """Whether the test process named in `ns` (PREFIX<pid>-<tag>-<role>) still runs."""
+    try:
+        pid = int(ns[len(PREFIX):].split("-")[0])
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @dataclass
@@ -125,7 +138,7 @@ class Lab:
     nat1: str = "easy"  # easy | symmetric
     nat2: str = "easy"
     forward1: bool = False  # a port forward to h1 on r1
-    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:5])
+    tag: str = field(default_factory=lambda: f"{os.getpid()}-{uuid.uuid4().hex[:5]}")
     namespaces: list[str] = field(default_factory=list)
     homes: list[Home] = field(default_factory=list)
     nodes: dict[str, LabNode] = field(default_factory=dict)
