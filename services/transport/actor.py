@@ -49,6 +49,8 @@ MAX_DIRECT_ADDRS = 8
 ADDR_TTL_S = 3600
 MAX_CONNECTIONS = 256  # fallbacks for out-of-range settings (same as default.toml)
 MAX_STREAMS_PER_PEER = 64
+KEEPALIVE_INTERVAL_S = 15.0
+KEEPALIVE_TIMEOUT_S = 10.0
 
 
 class Transport(Actor):
@@ -61,6 +63,8 @@ class Transport(Actor):
         self.bootstrap: list[str] = list(cfg.get("bootstrap", []))
         self.max_connections = int(cfg.get("max_connections", MAX_CONNECTIONS))
         self.max_streams_per_peer = int(cfg.get("max_streams_per_peer", MAX_STREAMS_PER_PEER))
+        self.keepalive_interval_s = cfg.get("keepalive_interval_s", KEEPALIVE_INTERVAL_S)
+        self.keepalive_timeout_s = cfg.get("keepalive_timeout_s", KEEPALIVE_TIMEOUT_S)
         self.node: NodeHost | None = None
         self.hub: StreamHub | None = None
         self._started = trio.Event()
@@ -117,6 +121,12 @@ class Transport(Actor):
             problems.append("transport.max_streams_per_peer must be >= 1; using "
                             f"{MAX_STREAMS_PER_PEER}")
             self.max_streams_per_peer = MAX_STREAMS_PER_PEER
+        for key, default in (("keepalive_interval_s", KEEPALIVE_INTERVAL_S),
+                             ("keepalive_timeout_s", KEEPALIVE_TIMEOUT_S)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                problems.append(f"transport.{key} must be a positive number; using {default}")
+                setattr(self, key, default)
         if not self.listen:
             problems.append("transport.listen has no usable address; listening on "
                             "/ip4/0.0.0.0/tcp/0")
@@ -171,6 +181,7 @@ class Transport(Actor):
                     node.extra_addrs = self.nat.extra_addrs
                     await nursery.start(self.nat.run)
                     nursery.start_soon(self._persist_loop)
+                    nursery.start_soon(self._keepalive_loop)
                     self.log.info("transport.listening", peer_id=str(node.peer_id),
                                   addrs=" ".join(node.full_addrs()))
                     self._started.set()
@@ -181,6 +192,43 @@ class Transport(Actor):
                 self.node = None
                 self.nat = None
                 asock.close(linger_ms=0)
+
+    async def _keepalive_loop(self) -> None:
+        """Ping every connected peer each keepalive_interval_s; a connection with no
+        answer within keepalive_timeout_s is closed. A peer whose process died is
+        noticed by the kernel's FIN or RST at once, but a host that lost power or
+        network, or a NAT that dropped its mapping, sends nothing: without this the
+        connection and its streams would stay open, and frames sent on them vanish."""
+        while True:
+            await trio.sleep(self.keepalive_interval_s)
+            node = self.node
+            if node is None:
+                continue
+            async with trio.open_nursery() as nursery:
+                for peer in list(node.host.get_connected_peers()):
+                    nursery.start_soon(self._keepalive_one, node, peer)
+
+    async def _keepalive_one(self, node: NodeHost, peer: ID) -> None:
+        try:
+            await ping_rtt_ms(node.host, peer, timeout=self.keepalive_timeout_s)
+            return
+        except trio.TooSlowError:
+            pass
+        except Exception as exc:
+            # An answer, even a refusal of the ping protocol, proves the peer is there.
+            self.log.debug("transport.keepalive_error", peer_id=str(peer), error=_why(exc))
+            return
+        self.log.info("transport.keepalive_timeout", peer_id=str(peer),
+                      timeout_s=self.keepalive_timeout_s)
+        if self.hub is not None:
+            await self.hub.reset_peer(peer, f"no answer to keepalive in "
+                                            f"{self.keepalive_timeout_s:g}s")
+        for conn in list(node.host.get_network().get_connections(peer)):
+            with trio.move_on_after(5):
+                try:
+                    await conn.close()
+                except Exception:
+                    pass
 
     async def _wait_keystore(self) -> dict[str, Any]:
         delay = 0.1

@@ -359,6 +359,15 @@ class StreamHub:
                 await self.send(stream.owner, fr.frame(fr.RESET, stream.sid, {
                     "code": errors.UNAVAILABLE, "message": reason}))
 
+    async def reset_peer(self, peer: ID, reason: str) -> int:
+        """Reset every stream to `peer` on both sides (its connection is being closed
+        as dead: the owners must not read that as the remote's clean EOF)."""
+        doomed = [s for o in self.owners.values() for s in o.streams.values()
+                  if s.peer == peer and not s.closed]
+        for stream in doomed:
+            await self.reset(stream, reason, to_owner=True)
+        return len(doomed)
+
     async def _serve(self, stream: HubStream) -> None:
         done = {"read": False, "write": False}
         try:

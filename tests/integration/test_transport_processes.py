@@ -35,11 +35,11 @@ DEADLINE = 20.0
 class ProcNode:
     """One node's keystore and transport processes, in their own process groups."""
 
-    def __init__(self) -> None:
+    def __init__(self, transport_config: str = "") -> None:
         self.home = Home(Path(tempfile.mkdtemp(prefix="p2pm-", dir="/tmp"))).ensure()
         create_identity(self.home.identity_file, None)
         self.home.config_file.write_text(
-            '[transport]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n')
+            '[transport]\nlisten = ["/ip4/127.0.0.1/tcp/0"]\n' + transport_config)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.endpoints = self.home.endpoints()
 
@@ -88,11 +88,11 @@ class ProcNode:
 
 
 @pytest.fixture
-def nodes() -> Iterator[Callable[[], ProcNode]]:
+def nodes() -> Iterator[Callable[..., ProcNode]]:
     made: list[ProcNode] = []
 
-    def make() -> ProcNode:
-        node = ProcNode()
+    def make(transport_config: str = "") -> ProcNode:
+        node = ProcNode(transport_config)
         made.append(node)
         node.start("keystore")
         node.start("transport")
@@ -298,3 +298,24 @@ async def test_kill9_of_a_peer_transport_is_noticed_within_seconds(nodes, dialle
 
 async def _not(value: Any) -> bool:
     return not await value
+
+
+async def test_a_peer_that_stops_answering_is_dropped_by_keepalive(nodes) -> None:  # type: ignore[no-untyped-def]
+    """A peer whose process hangs (SIGSTOP: its kernel still ACKs, like a host whose
+    network went silent) is noticed by the keepalive ping: its connection is closed
+    and the streams to it are reset."""
+    a = nodes("keepalive_interval_s = 0.5\nkeepalive_timeout_s = 1.0\n")
+    b = nodes()
+    await a.wait_up()
+    idb = await b.wait_up()
+    async with open_streams(b.endpoints, "remote", {ECHO: ProtocolSpec()}), \
+            open_streams(a.endpoints, "local") as local:
+        s = await local.open_stream(ECHO, addrs=[idb["addrs"][0]])
+        await s.send(b"hello")
+        os.killpg(b.procs["transport"].pid, signal.SIGSTOP)
+        stopped_at = trio.current_time()
+        with trio.fail_after(DEADLINE), pytest.raises(StreamReset):
+            await s.receive()
+        await wait_for(lambda: _not(connected(a, idb["peer_id"])), "a to drop b")
+        # interval + timeout + closing: well under the 15 s of TCP's own retries
+        assert trio.current_time() - stopped_at < 5.0

@@ -361,13 +361,16 @@ async def test_a_receiver_paused_longer_than_yamux_patience_keeps_its_stream() -
 async def test_bad_transport_settings_are_reported_not_fatal() -> None:
     async with open_test_node("a", listen=["/ip4/127.0.0.1/tcp/0", "garbage", "/ip4/1.2.3.4"],
                               transport_config={"max_connections": 0,
-                                                "bootstrap": ["/ip4/127.0.0.1/tcp/1"]}) as a:
+                                                "bootstrap": ["/ip4/127.0.0.1/tcp/1"],
+                                                "keepalive_interval_s": "often",
+                                                "keepalive_timeout_s": -1}) as a:
         status = await a.call("sys.status")
         assert status["healthy"] is True
         for words in ("'garbage' skipped", "'/ip4/1.2.3.4' skipped", "bootstrap",
-                      "max_connections"):
+                      "max_connections", "keepalive_interval_s", "keepalive_timeout_s"):
             assert words in status["problem"], status["problem"]
         assert len(a.addrs) == 1 and a.transport.max_connections == 256
+        assert (a.transport.keepalive_interval_s, a.transport.keepalive_timeout_s) == (15, 10)
 
 
 async def test_a_listen_address_in_use_is_reported() -> None:
