@@ -34,6 +34,22 @@ def call(home: Home, actor: str, method: str, params: dict[str, Any] | None = No
     return result
 
 
+def call_or_exit(home: Home, actor: str, method: str, params: dict[str, Any] | None = None,
+                 *, timeout: float = CALL_TIMEOUT, retries: int = CALL_RETRIES) -> Any:
+    """`call` for a command: an error reply or no answer ends the command with one
+    line on stderr and its exit code (3 no answer, 2 bad input, 1 refused)."""
+    from .base import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, fail
+
+    try:
+        return call(home, actor, method, params, timeout=timeout, retries=retries)
+    except errors.BusError as exc:
+        code = {errors.TIMEOUT: EXIT_TIMEOUT, errors.BAD_PARAMS: EXIT_USAGE}.get(
+            exc.code, EXIT_ERROR)
+        fail(f"{exc.message} ({exc.code})", code)
+    except ValueError as exc:  # a home path too long for a unix socket
+        fail(str(exc), EXIT_USAGE)
+
+
 def call_many(home: Home, calls: Iterable[tuple[str, str, dict[str, Any] | None]], *,
               timeout: float = CALL_TIMEOUT,
               retries: int = CALL_RETRIES) -> list[Any]:

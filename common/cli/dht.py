@@ -11,9 +11,8 @@ from typing import Any
 
 import click
 
-from .. import errors
 from . import bus
-from .base import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, Ctx, fail, main
+from .base import Ctx, main
 
 # A lookup gives up after 30 s inside the dht; the call waits a little longer.
 LOOKUP_TIMEOUT = 30.0
@@ -22,15 +21,8 @@ CALL_TIMEOUT = LOOKUP_TIMEOUT + 5.0
 
 def _dht(obj: Ctx, method: str, params: dict[str, Any] | None = None,
          timeout: float = CALL_TIMEOUT) -> Any:
-    try:
-        # A lookup is not idempotent in cost: one attempt, with the lookup's own deadline.
-        return bus.call(obj.home, "dht", method, params, timeout=timeout, retries=0)
-    except errors.BusError as exc:
-        code = {errors.TIMEOUT: EXIT_TIMEOUT, errors.BAD_PARAMS: EXIT_USAGE}.get(
-            exc.code, EXIT_ERROR)
-        fail(f"{exc.message} ({exc.code})", code)
-    except ValueError as exc:  # a home path too long for a unix socket
-        fail(str(exc), EXIT_USAGE)
+    # A lookup is not idempotent in cost: one attempt, with the lookup's own deadline.
+    return bus.call_or_exit(obj.home, "dht", method, params, timeout=timeout, retries=0)
 
 
 @main.command()

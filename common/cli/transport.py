@@ -10,9 +10,8 @@ from typing import Any
 
 import click
 
-from .. import errors
 from . import bus
-from .base import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, Ctx, fail, main
+from .base import Ctx, main
 
 # The transport gives a dial 10 s before answering "cannot reach".
 DIAL_CALL_TIMEOUT = 15.0
@@ -20,14 +19,7 @@ DIAL_CALL_TIMEOUT = 15.0
 
 def _transport(obj: Ctx, method: str, params: dict[str, Any] | None = None,
                timeout: float = bus.CALL_TIMEOUT) -> Any:
-    try:
-        return bus.call(obj.home, "transport", method, params, timeout=timeout, retries=1)
-    except errors.BusError as exc:
-        code = {errors.TIMEOUT: EXIT_TIMEOUT, errors.BAD_PARAMS: EXIT_USAGE}.get(
-            exc.code, EXIT_ERROR)
-        fail(f"{exc.message} ({exc.code})", code)
-    except ValueError as exc:  # a home path too long for a unix socket
-        fail(str(exc), EXIT_USAGE)
+    return bus.call_or_exit(obj.home, "transport", method, params, timeout=timeout, retries=1)
 
 
 @main.command()

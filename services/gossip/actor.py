@@ -180,7 +180,7 @@ class Gossip(Actor):
         from p2pm.services.transport.streams import ProtocolSpec, open_streams
 
         assert self.runtime is not None
-        ident = await self._retry("keystore", "identity")
+        ident = await self.call_until_answered("keystore", "identity")
         self.me = ident["peer_id"]
         self.router = Router(peer_bytes(self.me), verify=verify_ed25519,
                              rng=random.Random(), validate=self._validate,
@@ -199,20 +199,6 @@ class Gossip(Actor):
                 nursery.start_soon(self._initial_peers)
                 self.log.info("gossip.ready", peer_id=self.me, conversations=len(self.convs))
                 await trio.sleep_forever()
-
-    async def _retry(self, actor: str, method: str, params: dict[str, Any] | None = None
-                     ) -> Any:
-        """Call an actor we cannot work without, until it answers."""
-        delay = 0.1
-        while True:
-            try:
-                return await self.call(actor, method, params, timeout=2.0, retries=0)
-            except errors.BusError as exc:
-                if exc.code not in (errors.TIMEOUT, errors.UNAVAILABLE):
-                    raise
-                self.log.info("gossip.waiting", actor=actor, error=exc.message)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     async def _storage(self, method: str, **params: Any) -> Any:
         return await self.call("storage", method, params, timeout=STORAGE_TIMEOUT)
@@ -237,7 +223,7 @@ class Gossip(Actor):
 
     # -- loading state -----------------------------------------------------------------
     async def _load(self) -> None:
-        listed = (await self._retry("storage", "conversation_list"))["conversations"]
+        listed = (await self.call_until_answered("storage", "conversation_list"))["conversations"]
         for entry in listed:
             if await self._kv_get(f"gossip.left.{entry['id']}") is not None:
                 continue
@@ -302,7 +288,7 @@ class Gossip(Actor):
 
     # -- peers and links ---------------------------------------------------------------
     async def _initial_peers(self) -> None:
-        peers = await self._retry("transport", "peers")
+        peers = await self.call_until_answered("transport", "peers")
         for p in peers:
             self._peer_up(p["peer_id"], p.get("protocols") or [])
 

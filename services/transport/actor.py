@@ -138,7 +138,8 @@ class Transport(Actor):
 
     async def run(self) -> None:
         problems = self._check_config()
-        identity = await self._wait_keystore()
+        identity = await self.call_until_answered(
+            "keystore", "identity", on_wait=self._set_problem)
         self._problem = "; ".join(problems) or None
         public_key = wire.b64d(identity["public_key"], "keystore public_key")
         await self._serve_host(public_key, identity)
@@ -230,16 +231,8 @@ class Transport(Actor):
                 except Exception:
                     pass
 
-    async def _wait_keystore(self) -> dict[str, Any]:
-        delay = 0.1
-        while True:
-            try:
-                return await self.call("keystore", "identity", timeout=2.0, retries=0)
-            except errors.BusError as exc:
-                self._problem = f"waiting for the keystore: {exc.message}"
-                self.log.warning("transport.waiting_for_keystore", error=exc.message)
-                await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+    def _set_problem(self, problem: str) -> None:
+        self._problem = problem
 
     async def _sign(self, domain: str, data: bytes, payload_type: bytes | None) -> bytes:
         params: dict[str, Any] = {"domain": domain, "data": wire.b64e(data)}
