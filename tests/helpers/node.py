@@ -94,6 +94,29 @@ def kill_group(proc: subprocess.Popen[Any]) -> None:
         pass
 
 
+class ActorProcesses:
+    """Runs single actors of one home as processes (`p2pm.common.service`), each in its
+    own process group with its output in logs/<actor>.test.log, and kills what is left."""
+
+    def __init__(self, home: Home, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.env = env
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, actor: str) -> subprocess.Popen[bytes]:
+        with open(self.home.logs / f"{actor}.test.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "p2pm.common.service", actor,
+                 "--home", str(self.home.root)],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started.append(proc)
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self.started:
+            kill_group(proc)
+
+
 def destroy_home(home: Home) -> None:
     """Stop whatever runs in `home` (politely, then by force) and delete it."""
     try:

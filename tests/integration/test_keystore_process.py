@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,49 +21,20 @@ import zmq
 from p2pm.common import errors, identity
 from p2pm.common.client import open_client
 from p2pm.common.home import Home
+from tests.helpers import ActorProcesses
 
 PASSPHRASE = "process test passphrase"
 START_DEADLINE_S = 20.0
 
 
-class Processes:
-    """Starts keystore processes in their own process groups and kills what is left."""
-
-    def __init__(self, home: Home, env: dict[str, str]) -> None:
-        self.home = home
-        self.env = env
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        log = open(self.home.logs / "keystore.test.log", "ab")
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "p2pm.common.service", "keystore",
-                 "--home", str(self.home.root)],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()
-        self.started.append(proc)
-        return proc
-
-    def kill_all(self) -> None:
-        for proc in self.started:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-
-
 @pytest.fixture()
-def node() -> Iterator[Processes]:
+def node() -> Iterator[ActorProcesses]:
     root = Path(tempfile.mkdtemp(prefix="p2pm-", dir="/tmp"))
     home = Home(root).ensure()
     identity.create_identity(home.identity_file, PASSPHRASE)
     key = identity.derive_unlock_key(home.identity_file, PASSPHRASE)
     env = {**os.environ, identity.UNLOCK_KEY_ENV: key.hex()}
-    procs = Processes(home, env)
+    procs = ActorProcesses(home, env)
     try:
         yield procs
     finally:
@@ -100,11 +70,11 @@ async def identity_and_signature(home: Home) -> tuple[str, bool]:
     return info["peer_id"], ok
 
 
-async def test_keystore_process_restarts_unlocked(node: Processes) -> None:
+async def test_keystore_process_restarts_unlocked(node: ActorProcesses) -> None:
     home = node.home
     expected = identity.read_peer_id(home.identity_file)
 
-    first = node.start()
+    first = node.start("keystore")
     status = await wait_healthy(home, first)
     assert status["unlocked"] and status["peer_id"] == expected
     assert await identity_and_signature(home) == (expected, True)
@@ -112,7 +82,7 @@ async def test_keystore_process_restarts_unlocked(node: Processes) -> None:
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
 
-    second = node.start()
+    second = node.start("keystore")
     status = await wait_healthy(home, second)  # no passphrase given: the env key did it
     assert status["unlocked"]
     assert await identity_and_signature(home) == (expected, True)

@@ -14,7 +14,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +24,7 @@ import zmq
 from p2pm.common import errors, wire
 from p2pm.common.client import Client, open_client
 from p2pm.common.home import Home
-from tests.helpers import kill_group, make_home
+from tests.helpers import ActorProcesses, make_home
 
 WRITERS = 4
 ROUNDS = 3
@@ -35,34 +34,10 @@ CONVERSATION = "durability"
 pytestmark = pytest.mark.slow
 
 
-class StorageProcesses:
-    """Starts storage processes in their own process groups; kills what is left."""
-
-    def __init__(self, home: Home) -> None:
-        self.home = home
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        log = open(self.home.logs / "storage.test.log", "ab")
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "p2pm.common.service", "storage",
-                 "--home", str(self.home.root)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()
-        self.started.append(proc)
-        return proc
-
-    def kill_all(self) -> None:
-        for proc in self.started:
-            kill_group(proc)
-
-
 @pytest.fixture
-def procs() -> Iterator[StorageProcesses]:
+def procs() -> Iterator[ActorProcesses]:
     home = make_home().ensure()
-    p = StorageProcesses(home)
+    p = ActorProcesses(home)
     try:
         yield p
     finally:
@@ -114,7 +89,7 @@ def check_database(home: Home) -> None:
         conn.close()
 
 
-def test_acknowledged_writes_survive_sigkill(procs: StorageProcesses) -> None:
+def test_acknowledged_writes_survive_sigkill(procs: ActorProcesses) -> None:
     seed = int.from_bytes(os.urandom(4), "big")
     rng = random.Random(seed)
     authors = [f"12D3KooWWriter{i}" for i in range(WRITERS)]
@@ -125,7 +100,7 @@ def test_acknowledged_writes_survive_sigkill(procs: StorageProcesses) -> None:
         async with open_client(ctx, procs.home.endpoints().rpc("storage"),
                                "storage") as client:
             for round_no in range(ROUNDS):
-                proc = procs.start()
+                proc = procs.start("storage")
                 status = await wait_healthy(client, proc)
                 await verify(client, status)
                 if round_no == 0:
@@ -148,7 +123,7 @@ def test_acknowledged_writes_survive_sigkill(procs: StorageProcesses) -> None:
                 await trio.to_thread.run_sync(proc.wait)
                 assert proc.returncode == -signal.SIGKILL
                 check_database(procs.home)
-            proc = procs.start()
+            proc = procs.start("storage")
             await verify(client, await wait_healthy(client, proc))
             proc.send_signal(signal.SIGTERM)
             assert await trio.to_thread.run_sync(proc.wait) == 0
