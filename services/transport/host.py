@@ -25,6 +25,8 @@ from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.host.basic_host import BasicHost
+from libp2p.identity.identify_push.identify_push import ID_PUSH as IDENTIFY_PUSH
+from libp2p.identity.identify_push.identify_push import identify_push_handler_for
 from libp2p.io.utils import read_exactly
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
@@ -48,11 +50,51 @@ log = get_logger("transport")
 Signer = Callable[[str, bytes, bytes | None], Awaitable[bytes]]
 
 
+# Waits before asking a connected peer to identify itself again after an attempt that
+# failed (the stream could not open or the answer timed out, as under heavy load).
+IDENTIFY_RETRY_S = (1.0, 3.0, 9.0)
+
+
 class P2pmHost(BasicHost):
-    """BasicHost plus one hook: `on_identified(peer_id)` after identify updated the
-    peerstore (py-libp2p has no event for it)."""
+    """BasicHost plus one hook, `on_identified(peer_id)`, called whenever what the
+    peerstore knows of a connected peer's protocols changed: after identify on each
+    new connection and after each identify-push from it (py-libp2p has no event for
+    either). The owners of protocols (the dht above all) learn of peers only from it,
+    so identify is also retried while the peer stays connected, and is run again on
+    every new connection rather than trusting protocols cached from an earlier one."""
 
     on_identified: Callable[[ID], None] | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        handle_push = identify_push_handler_for(self, use_varint_format=True)
+
+        async def on_push(stream: INetStream) -> None:
+            peer = stream.muxed_conn.peer_id
+            await handle_push(stream)
+            if self.get_network().get_connections(peer):
+                self._announce(peer)
+
+        self.set_stream_handler(IDENTIFY_PUSH, on_push)
+
+    def _announce(self, peer: ID) -> None:
+        if self.on_identified is not None:
+            self.on_identified(peer)
+
+    def _has_cached_protocols(self, peer_id: ID) -> bool:
+        return peer_id in self._identified_peers
+
+    async def _identify_peer(self, peer_id: ID, *, reason: str) -> None:
+        for delay in (0.0, *IDENTIFY_RETRY_S):
+            await trio.sleep(delay)
+            if not self.get_network().get_connections(peer_id):
+                return
+            await super()._identify_peer(peer_id, reason=reason)
+            if peer_id in self._identified_peers:
+                self._announce(peer_id)
+                return
+        log.warning("transport.identify_failed", peer=str(peer_id),
+                    attempts=1 + len(IDENTIFY_RETRY_S))
 
     def get_addrs(self) -> list[multiaddr.Multiaddr]:
         # BasicHost strips everything from the first /p2p/ before appending ours,

@@ -295,6 +295,11 @@ async def test_peer_events_connected_identified_disconnected() -> None:
             assert ident["peer_id"] == b.peer_id and "/ipfs/ping/1.0.0" in ident["protocols"]
             assert ident["addrs"]
             assert by_topic["transport.peer.disconnected"] == {"peer_id": b.peer_id}
+            # A peer met again is identified again: its protocols may have changed, and
+            # the dht learns of it only from this event.
+            await a.call("dial", {"addr": b.addrs[0]})
+            await wait_until(lambda: [t for t, _ in log.events].count(
+                "transport.peer.identified") == 2)
             nursery.cancel_scope.cancel()
 
 
@@ -443,10 +448,19 @@ async def test_a_protocol_registered_after_identify_is_pushed_to_connected_peers
         await wait_until(lambda: a.transport.node.host.get_peerstore().get_protocols(
             ID.from_base58(b.peer_id)))
         assert MSGS not in await b_protocols()
-        async with open_streams(b.endpoints, "late", {MSGS: ProtocolSpec(messages=True)}):
-            with trio.fail_after(5):
-                while MSGS not in await b_protocols():
-                    await trio.sleep(0.05)
+        log = EventLog()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ActorRuntime(log, a.endpoints).serve)
+            await trio.sleep(0.2)  # PUB/SUB joins asynchronously
+            async with open_streams(b.endpoints, "late", {MSGS: ProtocolSpec(messages=True)}):
+                with trio.fail_after(5):
+                    while MSGS not in await b_protocols():
+                        await trio.sleep(0.05)
+                # ... and announced to a's actors, as a fresh identify would be.
+                await wait_until(lambda: any(
+                    t == "transport.peer.identified" and MSGS in d["protocols"]
+                    for t, d in log.events))
+            nursery.cancel_scope.cancel()
         # The owner left: the protocol is withdrawn the same way.
         with trio.fail_after(5):
             while MSGS in await b_protocols():
