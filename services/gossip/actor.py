@@ -168,7 +168,9 @@ class Gossip(Actor):
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"heartbeat_s": self.params.heartbeat_s,
                                "conversations": len(self.convs),
-                               "peers": len(self.links), "counters": dict(self.counters),
+                               "peers": len(self.links),
+                               "streams_out": sum(ln.outbound for ln in self.links.values()),
+                               "counters": dict(self.counters),
                                "undelivered": len(self.outbox)}
         if self.router is not None:
             out["router"] = self.router.statistics()
@@ -314,7 +316,7 @@ class Gossip(Actor):
         if source == "transport" and self.router is not None:
             self.spawn(self._initial_peers)
 
-    def _peer_up(self, peer: str, protocols: list[str]) -> None:
+    def _peer_up(self, peer: str, protocols: list[str], after: float = 0.0) -> None:
         if peer == self.me:
             return
         self.connected.add(peer)
@@ -326,17 +328,21 @@ class Gossip(Actor):
                 self.links[peer] = _Link()
             if not self.links[peer].starting:
                 self.links[peer].starting = True
-                self.spawn(self._run_link, peer)
+                self.spawn(self._run_link, peer, after)
 
-    async def _run_link(self, peer: str) -> None:
+    async def _run_link(self, peer: str, after: float = 0.0) -> None:
         """Our meshsub stream to `peer`: opened once, then sends what the router
-        queues for it, as the stream's credit allows."""
+        queues for it, as the stream's credit allows. When it dies while the peer stays
+        connected (its gossip restarted, say), it is opened again: the peer's new
+        inbound stream may well have come before the old one's reset, and would not."""
         from p2pm.services.transport.streams import StreamError
 
         assert self.router is not None
         link = self.links[peer]
         stream = None
+        was_up = False
         try:
+            await trio.sleep(after)
             # Identify usually names the peer's protocols right after connecting.
             with trio.move_on_after(2.0):
                 while not any(p in self.protocols.get(peer, []) for p in MESH_PROTOCOLS):
@@ -363,7 +369,7 @@ class Gossip(Actor):
             pb = peer_bytes(peer)
             self.router.add_peer(pb, stream.protocol or order[0], outbound=True,
                                  now=self._now())
-            link.outbound = True
+            link.outbound = was_up = True
             self.log.info("gossip.peer_up", peer=peer, protocol=stream.protocol)
             self._kick()
             ended: list[str] = []
@@ -381,6 +387,8 @@ class Gossip(Actor):
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await stream.reset()
+            if was_up and peer in self.connected and self.router is not None:
+                self._peer_up(peer, self.protocols.get(peer, []), after=LINK_RETRIES[0])
 
     async def _link_send(self, link: _Link, pb: bytes, stream: Any,
                          scope: trio.CancelScope, ended: list[str]) -> None:

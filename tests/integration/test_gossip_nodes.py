@@ -134,3 +134,28 @@ def test_direct_message_delivered_and_delivered_later_to_a_node_that_was_down(
     after = gossip(alice, "post", {"conversation": conv["id"], "text": "still here"})
     wait_for(lambda: state(after["id"])["state"] == "delivered", DEADLINE,
              "delivered after the transport restarted")
+
+
+def test_both_directions_recover_after_each_gossip_restart(node_factory) -> None:
+    """Alice's gossip dies three times. Each time the meshsub streams both ways come
+    back (bob's to her died with her actor and is opened again, whichever of its reset
+    and her new stream reaches bob first) and bob's next message is delivered."""
+    alice, bob = node_factory.many(2, listen=LOOPBACK)
+    bob_addrs = bob.call("transport", "addrs")["addrs"]
+    conv = gossip(alice, "direct_open", {"peer_id": bob.peer_id, "addrs": bob_addrs})["id"]
+    gossip(bob, "direct_open", {"peer_id": alice.peer_id})
+
+    def streams_out(node: Node) -> int:
+        return int(node.call("gossip", "sys.status")["streams_out"])
+
+    for round_ in range(3):
+        old = alice.pids()["gossip"]
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: alice.pids()["gossip"] not in (0, old) and alice.healthy(("gossip",)),
+                 DEADLINE, "alice's gossip restarted")
+        wait_for(lambda: streams_out(bob) == 1 and streams_out(alice) == 1, DEADLINE,
+                 "a meshsub stream each way again")
+        sent = gossip(bob, "post", {"conversation": conv, "text": f"round {round_}"})
+        wait_for(lambda: gossip(bob, "message_state", {"id": sent["id"]})["state"]
+                 == "delivered", DEADLINE, f"round {round_} delivered")
+    assert [m["body"] for m in history(alice, conv)] == ["round 0", "round 1", "round 2"]
