@@ -21,6 +21,7 @@ import asyncio
 import shlex
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,14 @@ STATUS_EVERY_S = 2.0
 CALL_RETRIES = 5  # the same request id each time: a slow answer is waited for, not redone
 HISTORY_LIMIT = 200
 MARKS = {"pending": "…", "sent": "✓", "delivered": "✓✓", "received": ""}
+# Our messages' states only move forward.
+RANK = {"pending": 0, "sent": 1, "delivered": 2}
+KEEP_STATES = 1000  # state events remembered for messages not on the screen yet
+
+
+def _moves_forward(old: Any, new: str) -> bool:
+    return old not in RANK or new not in RANK or RANK[new] >= RANK[old]
+
 
 HELP = """commands:
   text                      post to the open conversation
@@ -62,6 +71,11 @@ class AttachModel:
     connected: bool = False
     status: dict[str, Any] = field(default_factory=dict)
     on_change: Callable[[], None] = lambda: None
+    # The furthest state the events told, per message id. A receipt can arrive while
+    # the history holding its message is still being read (right after posting, say):
+    # the event finds no message to update and the history may predate it, so the
+    # mark is applied when the history arrives.
+    states: OrderedDict[str, str] = field(default_factory=OrderedDict)
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         return await asyncio.to_thread(gateway, self.home, method, params,
@@ -86,8 +100,13 @@ class AttachModel:
             self.messages = []
         else:
             try:
-                self.messages = await self.call("history", {
+                messages = await self.call("history", {
                     "conversation": self.current, "limit": HISTORY_LIMIT})
+                for m in messages:
+                    seen = self.states.get(m.get("id"))
+                    if seen is not None and _moves_forward(m.get("state"), seen):
+                        m["state"] = seen
+                self.messages = messages
                 await self.call("mark_read", {"conversation": self.current})
                 for c in self.conversations:
                     if c["id"] == self.current:
@@ -117,9 +136,17 @@ class AttachModel:
             else:
                 await self.refresh()  # a conversation we did not list yet
         elif topic == "gateway.message.state" and isinstance(data, dict):
+            mid, state = data.get("id"), data.get("state")
+            if not isinstance(mid, str) or not isinstance(state, str):
+                return
+            if _moves_forward(self.states.get(mid), state):
+                self.states[mid] = state
+            self.states.move_to_end(mid)
+            while len(self.states) > KEEP_STATES:
+                self.states.popitem(last=False)
             for m in self.messages:
-                if m.get("id") == data.get("id"):
-                    m["state"] = data.get("state")
+                if m.get("id") == mid and _moves_forward(m.get("state"), state):
+                    m["state"] = state
                     self.on_change()
         elif topic == "gateway.resync":
             await self.refresh()
