@@ -401,7 +401,10 @@ class Dht(Actor):
 
     async def _signed_envelope(self, key: bytes, value: bytes, ttl: float) -> bytes:
         assert self.driver is not None
-        owner = key.rsplit(b"/", 1)[-1]
+        try:
+            owner = SignedRecordValidator.owner_of(key)
+        except RecordError as exc:
+            raise errors.bad_params(str(exc)) from None
         if owner != self.driver.core.local.id:
             raise errors.forbidden("only this node's own /p2pm/ records can be put "
                                    f"(/p2pm/<label>/{self.peer_id})")

@@ -172,11 +172,18 @@ class SignedRecordValidator:
         self.verify = verify
         self.max_ttl = max_ttl
 
-    def parse(self, key: bytes, value: bytes) -> SignedValue:
-        rest = key[len(self.namespace):]
-        label, slash, owner = rest.partition(b"/")
-        if not slash or not _valid_label(label) or not owner:
+    @classmethod
+    def owner_of(cls, key: bytes) -> bytes:
+        """The owner's peer ID bytes in /p2pm/<label>/<owner>. The owner is binary and
+        may itself hold b"/": it is everything after the label."""
+        label, slash, owner = key[len(cls.namespace):].partition(b"/")
+        if not key.startswith(cls.namespace) or not slash or not _valid_label(label) \
+                or not owner:
             raise RecordError("a /p2pm/ key is /p2pm/<label>/<owner peer id>")
+        return owner
+
+    def parse(self, key: bytes, value: bytes) -> SignedValue:
+        owner = self.owner_of(key)
         try:
             envelope = pb.decode(SignedValue, value)
         except DecodeError as exc:

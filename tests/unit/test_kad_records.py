@@ -185,3 +185,14 @@ def test_pk_key_in_py_libp2p_hex_form_is_validated_the_same(validators: Validato
         validators.validate(hex_key, bob.key_proto, NOW)
     with pytest.raises(RecordError):
         validators.validate(b"/pk/" + alice.peer_id.hex().upper().encode(), alice.key_proto, NOW)
+
+
+def test_an_owner_whose_peer_id_holds_a_slash_byte_owns_its_records(
+        validators: Validators) -> None:
+    # Peer IDs are binary in keys: about one in eight holds b"/" (0x2f).
+    owner = next(o for o in map(Owner, range(1, 256)) if b"/" in o.peer_id)
+    key, value = owner.record("profile", b"mine")
+    assert SignedRecordValidator.owner_of(key) == owner.peer_id
+    validators.validate(key, value, NOW)
+    with pytest.raises(RecordError, match="<label>/<owner peer id>"):
+        SignedRecordValidator.owner_of(b"/p2pm/profile")
