@@ -168,10 +168,12 @@ class Dht(Actor):
         serve yet (identify will not tell us when it does), and peers that joined at
         the same time only become visible on a second pass."""
         delay = BOOTSTRAP_RETRY_S
+        seen: set[bytes] = set()  # every peer the table held: re-adding one is no growth
         while True:
             driver = self._require()
             core = driver.core
             before = len(core.routing)
+            seen |= {p.id for p in core.routing.peers()}
             if before < core.config.k:
                 known = {s.id for s in seeds}
                 candidates = seeds + [p for p in core.connected.values() if p.id not in known]
@@ -183,7 +185,10 @@ class Dht(Actor):
                             OP_TIMEOUT_S)
                     except TimeoutError:
                         pass
-                grew = len(core.routing) > before
+                # Only peers never seen before count: a peer evicted after failures
+                # (it hung up on us mid-query, say) and found again is no news, and
+                # must not keep the lookups coming twice a second.
+                grew = bool({p.id for p in core.routing.peers()} - seen)
                 delay = BOOTSTRAP_RETRY_S if grew else min(delay * 2, BOOTSTRAP_RETRY_MAX_S)
             else:
                 delay = BOOTSTRAP_RETRY_MAX_S
