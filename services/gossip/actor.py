@@ -351,9 +351,12 @@ class Gossip(Actor):
             order = [p for p in MESH_PROTOCOLS if p in known] if known \
                 else list(MESH_PROTOCOLS)
             # A refusal right after a transport restart (our registration not yet
-            # renewed) is retried while the peer stays connected.
+            # renewed) is retried while the peer stays connected. Only while it does:
+            # opening a stream dials, and a peer that hung up must not be called back.
             for delay in LINK_RETRIES:
                 for proto in order:
+                    if peer not in self.connected:
+                        break
                     try:
                         stream = await self.streams.open_stream(proto, peer=peer,
                                                                 timeout=10)
@@ -562,8 +565,7 @@ class Gossip(Actor):
             "body": opened.text, "ts": opened.ts})
         self._receipts.setdefault(conv.id, []).append(opened.id)
         if opened.author not in conv.members:
-            conv.members.add(opened.author)
-            self.spawn(self._save_members, conv)
+            self._add_members(conv, {opened.author})
         if self._note_held(conv, opened.author, opened.seq) and source is not None:
             self.spawn(self._sync_on_gap, conv, opened.author, source)
         return True
@@ -585,6 +587,37 @@ class Gossip(Actor):
         if conv.held.get(author, (0, set()))[1]:
             self.counters["gap_syncs"] += 1
             await self._sync_with(source, conv, force=True)
+
+    def _add_members(self, conv: Conversation, peers: set[str]) -> None:
+        new = peers - conv.members
+        if not new:
+            return
+        alone = not conv.members - {self.me}
+        conv.members |= new
+        self.spawn(self._save_members, conv)
+        if alone:
+            self.spawn(self._owe_first_members, conv, new - {self.me})
+
+    async def _owe_first_members(self, conv: Conversation, members: set[str]) -> None:
+        """Our messages written while we knew no other member (a room's creator before
+        anyone joined, or a joiner before it heard of anyone but the inviter...) got no
+        delivery queue, so they would stay "sent" for good: the first members we learn
+        of owe a receipt for them, which a sync answers at once if they hold them."""
+        if not members:
+            return
+        seq = 1
+        async with conv.lock:  # a post in progress now has its recipients already
+            while True:
+                page = await self._storage("messages_by_author", conversation=conv.id,
+                                           author=self.me, from_seq=seq, limit=500)
+                for m in page["messages"]:
+                    if m["state"] in ("pending", "sent") and m["id"] not in self.outbox:
+                        await self._storage("outbox_add", message_id=m["id"],
+                                            recipients=sorted(members))
+                        self.outbox.add(m["id"], conv.id, m["seq"], members, self._now())
+                    seq = max(seq, int(m["seq"]) + 1)
+                if not page["more"]:
+                    return
 
     async def _save_members(self, conv: Conversation) -> None:
         try:
@@ -1023,8 +1056,7 @@ class Gossip(Actor):
             if p != self.me:
                 await self._learn_addrs(p, addrs, persist=p in conv.members | joined)
         if joined - conv.members:
-            conv.members |= joined
-            self.spawn(self._save_members, conv)
+            self._add_members(conv, joined)
         await self._receipts_from_ranges(conv, peer, hello.ranges)
         theirs_done = trio.Event()
 
@@ -1187,8 +1219,7 @@ class Gossip(Actor):
                 addrs = prov.get("addrs")
                 await self._learn_addrs(peer, addrs if isinstance(addrs, list) else [])
                 if peer not in conv.members:
-                    conv.members.add(peer)
-                    self.spawn(self._save_members, conv)
+                    self._add_members(conv, {peer})
 
     def _dht_failed(self, exc: errors.BusError) -> None:
         if exc.code == errors.UNKNOWN_METHOD:

@@ -116,3 +116,22 @@ async def test_a_gap_in_gossip_is_filled_by_sync() -> None:
         status = await bob.call("gossip", "sys.status")
         assert status["router"]["counters"]["msg_ignored"] == 1
         assert status["counters"]["sync_envelopes_received"] >= 1
+
+
+async def test_a_message_written_before_anyone_joined_ends_delivered() -> None:
+    """The room's creator writes while alone in it: the message waits for members
+    ("sent" would stay forever), and ends delivered once bob joined and holds it."""
+    async with open_gossip_node("alice") as alice, open_gossip_node("bob") as bob:
+        room = await alice.call("gossip", "room_create", {"name": "porch"})
+        first = await alice.call("gossip", "post", {"conversation": room["id"],
+                                                    "text": "anyone here?"})
+        state = await alice.call("gossip", "message_state", {"id": first["id"]})
+        assert state["state"] == "pending" and state["members"] == {}
+        await bob.call("gossip", "room_join", {"invite": room["invite"]})
+        got = await _history(bob, room["id"], 1)
+        assert [m["body"] for m in got] == ["anyone here?"]
+
+        async def delivered() -> bool:
+            s = await alice.call("gossip", "message_state", {"id": first["id"]})
+            return s["state"] == "delivered" and s["members"] == {bob.peer_id: "delivered"}
+        await alice.wait_for(delivered, "bob's receipt for the early message")
