@@ -66,13 +66,39 @@ async def call(node: Node, method: str, params: dict[str, Any] | None = None,
     raise failure
 
 
-async def wait_until(condition: Any, what: str) -> Any:
-    with trio.fail_after(DEADLINE):
+async def wait_until(condition: Any, what: str, explain: Any = None) -> Any:
+    """Poll `condition` for DEADLINE seconds; on timeout, fail naming `what` and
+    showing what `explain()` (async) returns."""
+    with trio.move_on_after(DEADLINE):
         while True:
             value = await condition()
             if value:
                 return value
             await trio.sleep(0.05)
+    detail = await explain() if explain is not None else ""
+    raise AssertionError(f"timed out after {DEADLINE:g}s waiting for {what}\n{detail}")
+
+
+def log_tail(node: Node, actor: str, lines: int = 40) -> str:
+    try:
+        text = (node.home.logs / f"{actor}.log").read_text(errors="replace")
+    except OSError as exc:
+        return f"({actor}.log: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+async def why_not_in_table(node: Node, peer_id: str) -> str:
+    """What the node's transport and dht know of the peer, and their logs' tails."""
+    out = []
+    for actor, method, params in (("transport", "peer_info", {"peer_id": peer_id}),
+                                  ("dht", "sys.status", None),
+                                  ("dht", "routing_table", None)):
+        try:
+            out.append(f"{actor}.{method}: {await call(node, method, params, actor=actor)}")
+        except errors.BusError as exc:
+            out.append(f"{actor}.{method}: {exc}")
+    out += [f"--- {a}.log\n{log_tail(node, a)}" for a in ("transport", "dht")]
+    return "\n".join(out)
 
 
 async def connect(ref: IHost, node: Node) -> None:
@@ -93,7 +119,8 @@ async def test_put_and_get_a_pk_record_both_ways(p2pm_node: Node) -> None:
     async with reference_dht() as (ref, ref_dht):
         await connect(ref, p2pm_node)
         await ref_dht.add_peer(ID.from_base58(p2pm_node.peer_id))
-        await wait_until(lambda: in_table(p2pm_node, str(ref.get_id())), "ref in table")
+        await wait_until(lambda: in_table(p2pm_node, str(ref.get_id())), "ref in table",
+                         lambda: why_not_in_table(p2pm_node, str(ref.get_id())))
 
         # p2pm -> py-libp2p: the node publishes its own key; py-libp2p validates and keeps it.
         p2pm_id = ID.from_base58(p2pm_node.peer_id)
