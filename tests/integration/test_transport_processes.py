@@ -142,6 +142,9 @@ async def test_kill9_transport_redials_peers_and_owners_reregister(nodes) -> Non
     async with open_streams(a.endpoints, "owner", {ECHO: ProtocolSpec()}) as owner, \
             open_streams(b.endpoints, "remote") as remote:
         await a.call("dial", {"addr": idb["addrs"][0]})
+        # b opens by peer ID over a's connection, which b's side may not hold yet when
+        # a's dial returns (and it knows no address of a to dial instead).
+        await wait_for(lambda: connected(b, ida["peer_id"]), "b to see a's connection")
         s = await remote.open_stream(ECHO, peer=ida["peer_id"])
         await owner.accept()
         epoch = owner.epoch
