@@ -491,18 +491,26 @@ class ActorRuntime:
                                if not t.startswith(source + ".")}
             if not first:
                 await self._resync(source, "restarted")
+        # Missed events show as a seq beyond the last one we got (0 if none: a
+        # subscriber that joined after the source's first events, which PUB/SUB drops
+        # while it connects, has missed them just the same).
+        # Heartbeats themselves may be missed at no cost: each carries all the seqs.
+        heartbeat = f"{source}.sys.heartbeat"
         topics = data.get("topics") if isinstance(data, dict) else None
-        if topic == f"{source}.sys.heartbeat" and isinstance(topics, dict):
+        if topic == heartbeat and isinstance(topics, dict):
+            missed = []
             for t, last in topics.items():
-                if not isinstance(last, int):
+                if not isinstance(last, int) or t == heartbeat or not _matches(t, prefixes):
                     continue  # a malformed heartbeat must not take the subscriber down
                 seen = self._sub_state.get(t)
-                if seen is not None and seen[1] < last and _matches(t, prefixes):
+                if (seen[1] if seen is not None else 0) < last:
                     self._sub_state[t] = (epoch, last)
-                    await self._resync(source, f"missed events on {t}")
+                    missed.append(t)
+            if missed:
+                await self._resync(source, f"missed events on {', '.join(missed)}")
         prev = self._sub_state.get(topic)
         self._sub_state[topic] = (epoch, seq)
-        if prev is not None and seq > prev[1] + 1:
+        if topic != heartbeat and seq > (prev[1] if prev is not None else 0) + 1:
             await self._resync(source, f"gap on {topic}")
         for pfx, fn in self.handlers:
             if _matches(topic, pfx):

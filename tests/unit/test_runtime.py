@@ -184,13 +184,16 @@ async def test_events_reach_subscribers_and_restart_triggers_resync() -> None:
                 while not watcher.seen:
                     await c.call("add", {"amount": 1})
                     await trio.sleep(0.01)
+            if watcher.seen[0]["value"] > 1:  # it joined late: the heartbeat tells it
+                await wait_until(lambda: watcher.resyncs, 5)
+            joined = list(watcher.resyncs)
             before = len(watcher.seen)
             for _ in range(50):
                 await c.call("add", {"amount": 1})
             await wait_until(lambda: len(watcher.seen) == before + 50)
             values = [d["value"] for d in watcher.seen]
             assert values == sorted(values)
-            assert watcher.resyncs == []
+            assert watcher.resyncs == joined  # nothing missed while attached
             # Restart the counter: a new epoch must make the watcher re-read state.
             first.cancel()
             await nursery.start(run_counter, trio.CancelScope())
@@ -217,6 +220,24 @@ async def test_heartbeat_reveals_missed_events() -> None:
             # Advance the topic's seq without sending: as if the frames were lost.
             runtime._topic_seq["counter.value.changed"] += 3
             await wait_until(lambda: any("missed events" in r for _, r in watcher.resyncs))
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_subscriber_that_joined_late_resyncs() -> None:
+    """Events published before a subscriber connected never reach it (PUB/SUB): the
+    first heartbeat it hears shows them, and it re-reads the source's state."""
+    ep = endpoints()
+    counter = Counter()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ActorRuntime(counter, ep).serve)
+        async with open_client(zmq.Context.instance(), ep.rpc("counter"), "counter") as c:
+            for _ in range(3):
+                await c.call("add", {"amount": 1})
+        watcher = Watcher()
+        await nursery.start(ActorRuntime(watcher, ep).serve)
+        await wait_until(lambda: any(src == "counter" and "missed events" in why
+                                     for src, why in watcher.resyncs), 5)
+        assert watcher.seen == []
         nursery.cancel_scope.cancel()
 
 
