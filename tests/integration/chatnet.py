@@ -10,13 +10,14 @@ author's own history shows it, so the checks hold the node to exactly what it di
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 import orjson
 import zmq
@@ -122,22 +123,17 @@ class Writer:
         return self.acked.get(conversation, []) + maybe
 
 
-class Traffic:
-    """Steady writes from several nodes in background threads, `interval_s` apart."""
+class Background:
+    """Threads running `targets` from entering the block until `stop()` or its end;
+    the targets watch `self._stop`."""
 
-    def __init__(self, writers: Iterable[Writer], interval_s: float = 0.25) -> None:
-        self.writers = list(writers)
-        self.interval_s = interval_s
+    join_s = 5.0
+
+    def __init__(self, *targets: Callable[[], None]) -> None:
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(w,), daemon=True)
-                         for w in self.writers]
+        self._threads = [threading.Thread(target=t, daemon=True) for t in targets]
 
-    def _run(self, writer: Writer) -> None:
-        while not self._stop.is_set():
-            writer.post_one()
-            self._stop.wait(self.interval_s)
-
-    def __enter__(self) -> "Traffic":
+    def __enter__(self) -> Self:
         for t in self._threads:
             t.start()
         return self
@@ -145,21 +141,36 @@ class Traffic:
     def stop(self) -> None:
         self._stop.set()
         for t in self._threads:
-            t.join(30)
+            t.join(self.join_s)
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
 
-class EventLog:
+class Traffic(Background):
+    """Steady writes from several nodes in background threads, `interval_s` apart."""
+
+    join_s = 30.0
+
+    def __init__(self, writers: Iterable[Writer], interval_s: float = 0.25) -> None:
+        self.writers = list(writers)
+        self.interval_s = interval_s
+        super().__init__(*(functools.partial(self._run, w) for w in self.writers))
+
+    def _run(self, writer: Writer) -> None:
+        while not self._stop.is_set():
+            writer.post_one()
+            self._stop.wait(self.interval_s)
+
+
+class EventLog(Background):
     """Every `gateway.message.received` a node's user was shown, from a SUB socket in a
     thread (ipc reconnects by itself after the gateway restarts)."""
 
     def __init__(self, home: Home) -> None:
         self.endpoint = home.endpoints().events("gateway")
         self.ids: Counter[str] = Counter()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(self._run)
 
     def _run(self) -> None:
         sock = zmq.Context.instance().socket(zmq.SUB)
@@ -175,14 +186,6 @@ class EventLog:
                         self.ids[data["id"]] += 1
         finally:
             sock.close()
-
-    def __enter__(self) -> "EventLog":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
     def shown_twice(self) -> list[str]:
         return [mid for mid, n in self.ids.items() if n > 1]

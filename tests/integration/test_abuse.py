@@ -11,7 +11,6 @@ is graylisted) is covered in-process by test_gossip_hostile.py.
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 import multiaddr
@@ -24,7 +23,7 @@ from p2pm.services.dht.messages import Message, MessageType, encode_message
 from tests.helpers import Node, wait_for
 
 from .chatnet import (
-    LOOPBACK, DeliveryProbe, addrs, check_history, open_direct, percentile, wait_connected,
+    LOOPBACK, Background, DeliveryProbe, addrs, check_history, open_direct, percentile, wait_connected,
 )
 
 KAD = "/ipfs/kad/1.0.0"
@@ -32,8 +31,10 @@ FLOOD_STREAMS = 8
 MESSAGES = 15
 
 
-class KadFlood:
+class KadFlood(Background):
     """A py-libp2p host in a thread of its own hammering `target` with FIND_NODE."""
+
+    join_s = 15.0
 
     def __init__(self, target: Node) -> None:
         addr = next(a for a in addrs(target) if "/127.0.0.1/" in a)
@@ -44,8 +45,7 @@ class KadFlood:
         self.answered = 0
         self.refused = 0  # streams the node reset or closed on us
         self.error: BaseException | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(self._run)
 
     def _run(self) -> None:
         try:
@@ -82,14 +82,6 @@ class KadFlood:
             except Exception:
                 self.refused += 1
                 await trio.sleep(0)
-
-    def __enter__(self) -> "KadFlood":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._thread.join(15)
 
 
 def rate_limited(node: Node) -> int:
