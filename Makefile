@@ -10,7 +10,7 @@ TEST_TIMEOUT ?= 300
 # What `make test` runs; narrow it by hand: make test TESTS=tests/integration/test_cli.py
 TESTS ?= tests/unit tests/fuzz tests/integration tests/network
 
-.PHONY: setup test test-unit test-integration fuzz bench demo run stop clean
+.PHONY: setup setup-js test test-unit test-integration fuzz bench demo run stop clean
 
 .venv/bin/python:
 	python3 -m venv .venv
@@ -23,6 +23,18 @@ TESTS ?= tests/unit tests/fuzz tests/integration tests/network
 
 setup: .venv/.p2pm-installed
 
+# js-libp2p, the second libp2p implementation the interop tests run against
+# (tests/interop/js, versions pinned by its package-lock.json). Without Node.js those
+# tests skip and say so.
+JS_DIR = tests/interop/js
+$(JS_DIR)/node_modules/.installed: $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then \
+		cd $(JS_DIR) && npm ci --no-audit --no-fund --loglevel=error && \
+		touch node_modules/.installed; \
+	else echo "make: npm not found: the js-libp2p interop tests will be skipped"; fi
+
+setup-js: $(JS_DIR)/node_modules/.installed
+
 # pytest exits 5 when it collected nothing: for CI that is a broken setup, not a pass.
 PYTEST = $(PY) -m pytest -q -p no:cacheprovider --timeout=$(TEST_TIMEOUT)
 define run_pytest
@@ -31,13 +43,13 @@ define run_pytest
 	exit $$rc
 endef
 
-test: setup
+test: setup setup-js
 	$(call run_pytest,$(TESTS))
 
 test-unit: setup
 	$(call run_pytest,tests/unit)
 
-test-integration: setup
+test-integration: setup setup-js
 	$(call run_pytest,tests/integration)
 
 # The fuzz tests with thousands of examples per decoder instead of `make test`'s few.
@@ -67,4 +79,4 @@ stop:
 	else echo "no demo node"; fi
 
 clean: stop
-	rm -rf .venv build *.egg-info .pytest_cache
+	rm -rf .venv build *.egg-info .pytest_cache $(JS_DIR)/node_modules
