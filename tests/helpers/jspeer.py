@@ -7,7 +7,7 @@ process, driven over JSON lines from the test's trio loop.
         msg = await js.next_message("t")
 
 A second, independent libp2p implementation (TCP, Noise, Yamux, identify, ping,
-Kademlia, GossipSub with StrictSign), so p2pm's wire formats are checked against
+Kademlia, GossipSub with StrictSign, Circuit Relay v2 client and server), so p2pm's wire formats are checked against
 something other than py-libp2p. Needs `node` and the packages `make setup-js` installs
 into tests/interop/js/node_modules; without them `js_peer_missing()` says what is
 missing and the tests skip.
@@ -18,9 +18,10 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -133,15 +134,20 @@ class JsPeer:
 
 
 @asynccontextmanager
-async def open_js_peer() -> AsyncIterator[JsPeer]:
-    """Start the peer, wait for its listen addresses; it is killed on every exit."""
+async def open_js_peer(*, relay_server: bool = False,
+                       listen: Sequence[str] = ()) -> AsyncIterator[JsPeer]:
+    """Start the peer (a Circuit Relay v2 server if `relay_server`; also listening on
+    `listen`, such as "<relay addr>/p2p-circuit" for a reservation) and wait for its
+    listen addresses; it is killed on every exit."""
     missing = js_peer_missing()
     if missing:
         raise RuntimeError(missing)
+    env = {**os.environ, "P2PM_JS_RELAY_SERVER": "1" if relay_server else "0",
+           "P2PM_JS_LISTEN": json.dumps(list(listen))}
     async with trio.open_nursery() as nursery:
         proc = await trio.lowlevel.open_process(
             ["node", str(SCRIPT)], cwd=str(JS_DIR), stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         peer = JsPeer(proc)
         try:
             nursery.start_soon(peer._read)

@@ -1,10 +1,11 @@
 """p2pm against js-libp2p, a second libp2p implementation (tests/interop/js/peer.mjs in
-Node.js: TCP, Noise, Yamux, identify, ping, Kademlia, GossipSub with StrictSign).
+Node.js: TCP, Noise, Yamux, identify, ping, Kademlia, GossipSub with StrictSign, Circuit Relay v2).
 
 Connections both ways with Noise and Yamux and each side identifying the other's
 protocols; GossipSub messages both ways with each side verifying the other's
-signatures, and js-libp2p relaying between two p2pm nodes; and Kademlia: each side
-finds, through the other, a peer only the other knows. Skipped with the reason when Node.js or the js packages are missing
+signatures, and js-libp2p relaying between two p2pm nodes; Kademlia: each side
+finds, through the other, a peer only the other knows; Circuit Relay v2: p2pm reserves
+on a js relay and js on a p2pm relay, each reached through the other's relay. Skipped with the reason when Node.js or the js packages are missing
 (`make setup-js` installs them; CI runs it).
 """
 
@@ -18,6 +19,7 @@ import trio
 
 from p2pm.common import wire
 from p2pm.services.gossip.testing import open_gossip_node
+from p2pm.services.transport.testing import open_test_node
 from tests.helpers.jspeer import JsPeer, js_peer_missing, open_js_peer
 from tests.helpers.node import Node, running_node
 
@@ -188,3 +190,64 @@ async def test_kademlia_finds_peers_through_js_libp2p_and_back(p2pm_node: Node) 
         closest = await dht(p2pm_node, "closest_peers", {"key": far.peer_id})
         ids = [p["peer_id"] for p in closest["peers"]]
         assert ids[0] == far.peer_id and near.peer_id in ids
+
+
+# -- Circuit Relay v2 -------------------------------------------------------------------
+
+def circuit_addrs(addrs: list[str]) -> list[str]:
+    return [a for a in addrs if "/p2p-circuit/" in a]
+
+
+async def test_p2pm_reserves_on_a_js_relay_and_is_reached_through_it() -> None:
+    """js relay; p2pm node `private` with that relay configured: it reserves a slot
+    (HOP RESERVE to js), advertises the circuit address, and takes circuits js opens
+    to it (STOP from js), from a js client and from another p2pm node."""
+    async with open_js_peer(relay_server=True) as relay:
+        private = {"reachability": "private", "relays": [relay.addrs[0]],
+                   "holepunch": False}
+        async with open_test_node("jsrelayed", transport_config=private) as node, \
+                open_test_node("jsdialer", transport_config=private) as dialer, \
+                open_js_peer() as client:
+            async def advertised() -> list[str]:
+                return circuit_addrs((await node.call("addrs"))["addrs"])
+            addr = (await until(advertised, "a circuit address on the js relay"))[0]
+            assert addr.startswith(relay.addrs[0] + "/p2p-circuit/")
+
+            # A js client dials the circuit address: js relay -> STOP -> p2pm.
+            assert (await client.call("dial", addr=addr))["peer"] == node.peer_id
+            conn = next(p for p in await client.call("peers") if p["peer"] == node.peer_id)
+            assert "/p2p-circuit" in conn["remoteAddr"]
+            assert (await client.call("ping", peer=node.peer_id))["ms"] >= 0
+
+            # Another p2pm node dials it the same way (HOP CONNECT to the js relay).
+            await dialer.call("dial", {"addr": addr}, timeout=20)
+            pong = await dialer.call("ping", {"peer_id": node.peer_id}, timeout=15)
+            assert pong["rtt_ms"] > 0
+            entry = await dialer.call("peer_info", {"peer_id": node.peer_id})
+            assert entry["relayed"]
+
+
+async def test_js_reserves_on_a_p2pm_relay_and_is_reached_through_it() -> None:
+    """p2pm relay; a js client listens on "<p2pm relay>/p2p-circuit" (HOP RESERVE to
+    p2pm) and is reached through it by a p2pm node and by another js client (HOP
+    CONNECT to p2pm, STOP from p2pm to js)."""
+    relay_cfg = {"relay_service": True, "reachability": "public"}
+    async with open_test_node("jsrelay", transport_config=relay_cfg) as relay:
+        relay_addr = relay.addrs[0]
+        async with open_js_peer(listen=[f"{relay_addr}/p2p-circuit"]) as target, \
+                open_js_peer() as client, \
+                open_test_node("jsdialer2", transport_config={"holepunch": False}) as dialer:
+            async def advertised() -> list[str]:
+                return circuit_addrs(await target.call("addrs"))
+            addr = (await until(advertised, "js to hold a reservation on p2pm"))[0]
+            assert addr.startswith(relay_addr + "/p2p-circuit/")
+            status = (await relay.call("sys.status"))["nat"]["relay_service"]
+            assert status["reservations"] == 1
+
+            assert (await client.call("dial", addr=addr))["peer"] == target.peer_id
+            assert (await client.call("ping", peer=target.peer_id))["ms"] >= 0
+
+            await dialer.call("dial", {"addr": addr}, timeout=20)
+            pong = await dialer.call("ping", {"peer_id": target.peer_id}, timeout=15)
+            assert pong["rtt_ms"] > 0
+            assert (await relay.call("sys.status"))["nat"]["relay_service"]["circuits"] == 2

@@ -1,6 +1,10 @@
 // A js-libp2p reference peer for p2pm's interoperability tests: TCP, Noise, Yamux,
 // identify, ping, Kademlia (/ipfs/kad/1.0.0, server mode) and GossipSub (StrictSign).
 //
+// Environment: P2PM_JS_RELAY_SERVER=1 makes it a Circuit Relay v2 server;
+// P2PM_JS_LISTEN is a JSON list of more addresses to listen on, such as
+// "<relay addr>/p2p-circuit" for a reservation on that relay.
+//
 // It speaks JSON lines: one command a line on stdin, answered by one line on stdout
 // ({"id": n, "ok": ...} or {"id": n, "error": "..."}); unprompted lines are events
 // ({"event": "ready" | "message", ...}). The first line is "ready" with the peer id
@@ -25,13 +29,19 @@ const { kadDHT, passthroughMapper } = await import('@libp2p/kad-dht')
 const { gossipsub } = await import('@libp2p/gossipsub')
 const { peerIdFromString } = await import('@libp2p/peer-id')
 const { multiaddr } = await import('@multiformats/multiaddr')
+const { circuitRelayServer, circuitRelayTransport } = await import('@libp2p/circuit-relay-v2')
 
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 const b64 = (bytes) => Buffer.from(bytes).toString('base64')
 
+const extraListen = JSON.parse(process.env.P2PM_JS_LISTEN || '[]')
+const relayServer = process.env.P2PM_JS_RELAY_SERVER === '1'
+  ? { relay: circuitRelayServer() }
+  : {}
+
 const node = await createLibp2p({
-  addresses: { listen: ['/ip4/127.0.0.1/tcp/0'] },
-  transports: [tcp()],
+  addresses: { listen: ['/ip4/127.0.0.1/tcp/0', ...extraListen] },
+  transports: [tcp(), circuitRelayTransport()],
   connectionEncrypters: [noise()],
   streamMuxers: [yamux()],
   services: {
@@ -49,7 +59,8 @@ const node = await createLibp2p({
       allowPublishToZeroTopicPeers: false,
       globalSignaturePolicy: 'StrictSign',
       heartbeatInterval: 1000
-    })
+    }),
+    ...relayServer
   }
 })
 
@@ -69,6 +80,9 @@ const commands = {
     const conn = await node.dial(multiaddr(addr))
     return { peer: conn.remotePeer.toString() }
   },
+  async addrs () {
+    return node.getMultiaddrs().map(String)
+  },
   async peers () {
     const result = []
     for (const conn of node.getConnections()) {
@@ -77,6 +91,8 @@ const commands = {
         peer: conn.remotePeer.toString(),
         direction: conn.direction,
         encryption: conn.encryption,
+        limited: conn.limits !== undefined,
+        remoteAddr: conn.remoteAddr.toString(),
         multiplexer: conn.multiplexer,
         protocols: peer ? peer.protocols : []
       })
