@@ -1,5 +1,6 @@
-"""p2pm against js-libp2p, a second libp2p implementation (tests/interop/js/peer.mjs in
-Node.js: TCP, Noise, Yamux, identify, ping, Kademlia, GossipSub with StrictSign, Circuit Relay v2).
+"""p2pm against js-libp2p, a second libp2p implementation (tests/interop/js/peer.mjs
+in Node.js: TCP, Noise, Yamux, identify, ping, Kademlia, GossipSub with StrictSign,
+Circuit Relay v2).
 
 Connections both ways with Noise and Yamux and each side identifying the other's
 protocols; GossipSub messages both ways with each side verifying the other's
