@@ -171,6 +171,10 @@ async def test_kademlia_finds_peers_through_js_libp2p_and_back(p2pm_node: Node) 
         await far.call("dial", addr=near.addrs[0])
         await until(lambda: in_table(p2pm_node, near.peer_id), "near in p2pm's table")
         await until(lambda: in_table(p2pm_node, behind.peer_id), "behind in p2pm's table")
+        # js adds a peer to its table once identify shows it serves kad.
+        await until(lambda: near.call("inTable", peer=far.peer_id), "far in near's table")
+        await until(lambda: near.call("inTable", peer=p2pm_node.peer_id),
+                    "the p2pm node in near's table")
 
         # js asks p2pm: near finds behind, which only the p2pm node knows.
         found = await near.call("findPeer", peer=behind.peer_id)

@@ -131,8 +131,9 @@ const commands = {
     }
     return found
   },
-  async routingTable () {
-    return node.services.dht.routingTable.size
+  async inTable ({ peer }) {
+    const found = await node.services.dht.routingTable.find(peerIdFromString(peer))
+    return found !== undefined
   },
   async stop () {
     await node.stop()
