@@ -25,6 +25,7 @@ the fsync, not the SQL, is what limits how many writes a second get acknowledged
 from __future__ import annotations
 
 import math
+import re
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
@@ -64,9 +65,12 @@ class _Slot:
 # -- validation at the boundary ----------------------------------------------------
 
 
+_SPACE = re.compile(r"\s")  # str.isspace's characters, searched in C: ids are on every write
+
+
 def _ident(value: str, what: str, max_len: int = MAX_ID) -> str:
-    if not value or len(value) > max_len or not value.isprintable() or any(
-            c.isspace() for c in value):
+    if not value or len(value) > max_len or not value.isprintable() or \
+            _SPACE.search(value):
         raise errors.bad_params(
             f"{what} must be 1-{max_len} printable characters without spaces")
     return value
