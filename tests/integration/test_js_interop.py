@@ -5,20 +5,25 @@ Circuit Relay v2).
 Connections both ways with Noise and Yamux and each side identifying the other's
 protocols; GossipSub messages both ways with each side verifying the other's
 signatures, and js-libp2p relaying between two p2pm nodes; Kademlia: each side
-finds, through the other, a peer only the other knows; Circuit Relay v2: p2pm reserves
-on a js relay and js on a p2pm relay, each reached through the other's relay. Skipped with the reason when Node.js or the js packages are missing
-(`make setup-js` installs them; CI runs it).
+finds, through the other, a peer only the other knows, and /pk/ records and provider
+records written by one are read by the other; Circuit Relay v2: p2pm reserves on a js
+relay and js on a p2pm relay, each reached through the other's relay. Skipped with the
+reason when Node.js or the js packages are missing (`make setup-js` installs them; CI
+runs it).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
+import base58
 import pytest
 import trio
 
-from p2pm.common import wire
+from p2pm.common import identity, wire
 from p2pm.services.gossip.testing import open_gossip_node
 from p2pm.services.transport.testing import open_test_node
 from tests.helpers.jspeer import JsPeer, js_peer_missing, open_js_peer
@@ -195,6 +200,48 @@ async def test_kademlia_finds_peers_through_js_libp2p_and_back(p2pm_node: Node) 
         closest = await dht(p2pm_node, "closest_peers", {"key": far.peer_id})
         ids = [p["peer_id"] for p in closest["peers"]]
         assert ids[0] == far.peer_id and near.peer_id in ids
+
+
+
+def cid_v0(data: bytes) -> str:
+    """A CIDv0 ("Qm..."): the sha2-256 multihash of `data` in base58, which is also
+    the provider key's base58 form p2pm takes."""
+    return base58.b58encode(b"\x12\x20" + hashlib.sha256(data).digest()).decode()
+
+
+async def test_records_and_providers_both_ways_with_js_libp2p(p2pm_node: Node) -> None:
+    """PUT_VALUE/GET_VALUE of /pk/ records and ADD_PROVIDER/GET_PROVIDERS, each
+    written by one implementation and read back by the other."""
+    async with open_js_peer() as js:
+        node_addr = (await p2pm_node.acall("transport", "addrs"))["addrs"][0]
+        await js.call("dial", addr=node_addr)
+        await until(lambda: in_table(p2pm_node, js.peer_id), "js in p2pm's table")
+        await until(lambda: js.call("inTable", peer=p2pm_node.peer_id),
+                    "the p2pm node in js's table")
+
+        # js -> p2pm: js puts its key; the node validated and kept it, and serves it.
+        await js.call("putOwnPk")
+        got = await dht(p2pm_node, "get", {"key": f"/pk/{js.peer_id}"})
+        assert base64.b64decode(got["value"]) == identity.public_key_proto(
+            identity.public_key_from_peer_id(js.peer_id))
+
+        # p2pm -> js: the node puts its key; js validated and kept it.
+        key_proto = base64.b64decode(
+            (await p2pm_node.acall("keystore", "identity"))["public_key_proto"])
+        put = await dht(p2pm_node, "put", {"key": f"/pk/{p2pm_node.peer_id}",
+                                           "value": base64.b64encode(key_proto).decode()})
+        assert js.peer_id in put["stored_at"]
+        assert base64.b64decode(await js.call("getPk", peer=p2pm_node.peer_id)) == key_proto
+
+        # Providers, both ways.
+        ours, theirs = cid_v0(b"provided by p2pm"), cid_v0(b"provided by js-libp2p")
+        provided = await dht(p2pm_node, "provide", {"key": ours})
+        assert js.peer_id in provided["sent_to"]
+        found = await js.call("findProvider", cid=ours, want=p2pm_node.peer_id)
+        assert found["found"], found
+        await js.call("provide", cid=theirs)
+        got = await dht(p2pm_node, "find_providers", {"key": theirs})
+        assert js.peer_id in [p["peer_id"] for p in got["providers"]]
 
 
 # -- Circuit Relay v2 -------------------------------------------------------------------

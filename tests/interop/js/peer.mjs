@@ -30,9 +30,14 @@ const { gossipsub } = await import('@libp2p/gossipsub')
 const { peerIdFromString } = await import('@libp2p/peer-id')
 const { multiaddr } = await import('@multiformats/multiaddr')
 const { circuitRelayServer, circuitRelayTransport } = await import('@libp2p/circuit-relay-v2')
+const { publicKeyToProtobuf } = await import('@libp2p/crypto/keys')
+const { CID } = await import('multiformats/cid')
 
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 const b64 = (bytes) => Buffer.from(bytes).toString('base64')
+const pkKey = (peerId) => Buffer.concat([
+  Buffer.from('/pk/'), Buffer.from(peerId.toMultihash().bytes)
+])
 
 const extraListen = JSON.parse(process.env.P2PM_JS_LISTEN || '[]')
 const relayServer = process.env.P2PM_JS_RELAY_SERVER === '1'
@@ -134,6 +139,37 @@ const commands = {
   async inTable ({ peer }) {
     const found = await node.services.dht.routingTable.find(peerIdFromString(peer))
     return found !== undefined
+  },
+  // Records: the key is "/pk/" + a peer's multihash; the value its key protobuf.
+  async putOwnPk () {
+    const key = pkKey(node.peerId)
+    await node.contentRouting.put(key, publicKeyToProtobuf(node.peerId.publicKey), {
+      signal: AbortSignal.timeout(15000)
+    })
+    return {}
+  },
+  async getPk ({ peer }) {
+    const value = await node.contentRouting.get(pkKey(peerIdFromString(peer)), {
+      signal: AbortSignal.timeout(15000)
+    })
+    return b64(value)
+  },
+  // Provider records under a CIDv0 ("Qm...", a sha2-256 multihash in base58).
+  async provide ({ cid }) {
+    await node.contentRouting.provide(CID.parse(cid), { signal: AbortSignal.timeout(15000) })
+    return {}
+  },
+  async findProvider ({ cid, want }) {
+    const seen = []
+    for await (const info of node.contentRouting.findProviders(CID.parse(cid), {
+      signal: AbortSignal.timeout(15000)
+    })) {
+      seen.push(info.id.toString())
+      if (info.id.toString() === want) {
+        return { found: true, addrs: info.multiaddrs.map(String), seen }
+      }
+    }
+    return { found: false, seen }
   },
   async stop () {
     await node.stop()
