@@ -46,6 +46,8 @@ from .reuseport import ReuseportTCP, listening_port, local_port
 
 log = get_logger("transport")
 
+CLOSE_TIMEOUT_S = 5.0  # closing the swarm when the host stops
+
 # (domain, data, payload_type) -> signature; the keystore's `sign` RPC.
 Signer = Callable[[str, bytes, bytes | None], Awaitable[bytes]]
 
@@ -303,14 +305,22 @@ async def open_host(public_key: bytes, signer: Signer, listen: Sequence[str],
     nh = NodeHost(host, key, signer)
     node.append(nh)
     addrs = [multiaddr.Multiaddr(a) for a in listen]
-    async with host.run(listen_addrs=addrs):
-        tcp = nh.tcp()
-        bound = listening_port(list(host.get_transport_addrs()))
-        if tcp is not None and bound is not None:
-            tcp.source_ip4, tcp.source_port = bound
-            _observe_listening_port_only(host, bound[1])
-        await nh.refresh_record()
-        yield nh
+    try:
+        async with host.run(listen_addrs=addrs):
+            tcp = nh.tcp()
+            bound = listening_port(list(host.get_transport_addrs()))
+            if tcp is not None and bound is not None:
+                tcp.source_ip4, tcp.source_port = bound
+                _observe_listening_port_only(host, bound[1])
+            await nh.refresh_record()
+            yield nh
+    finally:
+        # Cancelled (how an actor stops), host.run() leaves the swarm's listeners
+        # serving from a trio system task, and its connections open: a host started
+        # again in the same process (tests, benchmarks) would find its port taken, and
+        # peers dialling the old port would reach a host that is gone.
+        with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+            await host.get_network().close()
 
 
 def _observe_listening_port_only(host: BasicHost, port: int) -> None:
