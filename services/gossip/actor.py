@@ -86,6 +86,7 @@ ROOM_RECEIPT_FLUSH_S = 2.0
 MAX_HELD_RECEIPTS = 1024  # per conversation, while no member is reachable
 PROVIDE_EVERY_S = 600.0
 MAX_DEBUG_MESSAGES = 1000
+OUTBOX_PAGE = 1000  # pending deliveries read per storage call at start
 OPENED_CACHE = 4096
 STORAGE_TIMEOUT = 5.0
 
@@ -231,11 +232,16 @@ class Gossip(Actor):
                 continue
             full = await self._storage("conversation_get", id=entry["id"])
             await self._register(full)
-        due = await self._storage("outbox_due", now=time.time() + 10 * 365 * 86400,
-                                  limit=1000)
         by_message: dict[str, set[str]] = {}
-        for e in due["entries"]:
-            by_message.setdefault(e["message_id"], set()).add(e["recipient"])
+        after = None
+        while True:  # every pending delivery, a page at a time
+            page = (await self._storage("outbox_due", now=time.time() + 10 * 365 * 86400,
+                                        limit=OUTBOX_PAGE, after=after))["entries"]
+            for e in page:
+                by_message.setdefault(e["message_id"], set()).add(e["recipient"])
+            if len(page) < OUTBOX_PAGE:
+                break
+            after = {k: page[-1][k] for k in ("next_attempt_at", "message_id", "recipient")}
         for mid, recipients in by_message.items():
             try:
                 m = await self._storage("message_get", id=mid)

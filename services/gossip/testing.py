@@ -58,11 +58,14 @@ class GossipNode:
 
 @asynccontextmanager
 async def open_gossip_node(name: str, *, heartbeat_s: float = 0.5,
-                           synchronous: str = "NORMAL") -> AsyncIterator[GossipNode]:
+                           synchronous: str = "NORMAL",
+                           home: Home | None = None) -> AsyncIterator[GossipNode]:
+    """`home`: start on this home again (its identity, messages and outbox) and leave
+    it in place; by default a fresh one."""
     from p2pm.services.storage.actor import Storage
 
     ctx = zmq.Context.instance()
-    async with open_test_node(name) as base, trio.open_nursery() as nursery:
+    async with open_test_node(name, home=home) as base, trio.open_nursery() as nursery:
         cfg = {"gossip": {"heartbeat_s": heartbeat_s},
                "storage": {"synchronous": synchronous}}
         await nursery.start(ActorRuntime(Storage(base.home, cfg), base.endpoints, ctx).serve)

@@ -535,15 +535,28 @@ class Storage(Actor):
                                         when, now)}
 
     @rpc
-    async def outbox_due(self, now: float, limit: int = 100) -> dict[str, Any]:
-        """Pending deliveries whose next attempt is at or before `now`, soonest first.
+    async def outbox_due(self, now: float, limit: int = 100,
+                         after: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Pending deliveries whose next attempt is at or before `now`, soonest first;
+        `after`, the last entry of a page, continues with the next page.
 
-        -> {"now": 1700000000.0, "limit": 100}
+        -> {"now": 1700000000.0, "limit": 100, "after"?: {"next_attempt_at",
+            "message_id", "recipient"}}
         <- {"entries": [{"message_id", "recipient", "state": "pending", "attempts",
                          "next_attempt_at", "last_error", "created_at"}, ...]}
         """
+        cursor = None
+        if after is not None:
+            at = after.get("next_attempt_at")
+            if isinstance(at, bool) or not isinstance(at, (int, float)):
+                raise errors.bad_params("after.next_attempt_at must be a number")
+            mid, rcpt = after.get("message_id"), after.get("recipient")
+            if not isinstance(mid, str) or not isinstance(rcpt, str):
+                raise errors.bad_params("after needs message_id and recipient strings")
+            cursor = (_time(float(at), "after.next_attempt_at"),
+                      _ident(mid, "after.message_id"), _ident(rcpt, "after.recipient"))
         entries = await self._read("outbox_due", _time(now, "now"),
-                                 _count(limit, "limit"))
+                                   _count(limit, "limit"), cursor)
         return {"entries": [asdict(e) for e in entries]}
 
     @rpc

@@ -458,11 +458,17 @@ class Store:
                     (message_id, r, next_attempt_at, now)).rowcount
             return added
 
-    def outbox_due(self, now: float, limit: int) -> list[OutboxEntry]:
+    def outbox_due(self, now: float, limit: int,
+                   after: tuple[float, str, str] | None = None) -> list[OutboxEntry]:
+        """Pending entries due by `now` in (next_attempt_at, message_id, recipient)
+        order, from just after `after` (the last entry of the previous page) on."""
+        cursor = "" if after is None else \
+            "AND (next_attempt_at, message_id, recipient) > (?, ?, ?) "
         rows = self.conn.execute(
             f"SELECT {_OUTBOX_COLS} FROM outbox WHERE state = 'pending' "
-            "AND next_attempt_at <= ? ORDER BY next_attempt_at, message_id, recipient "
-            "LIMIT ?", (now, limit))
+            f"AND next_attempt_at <= ? {cursor}"
+            "ORDER BY next_attempt_at, message_id, recipient LIMIT ?",
+            (now, *(after or ()), limit))
         return [_outbox(r) for r in rows]
 
     def outbox_get(self, message_id: str) -> list[OutboxEntry]:

@@ -54,11 +54,14 @@ def make_home(prefix: str = "p2pm-") -> Home:
 
 @asynccontextmanager
 async def open_test_node(name: str, *, listen: list[str] | None = None,
-                         transport_config: dict[str, Any] | None = None
-                         ) -> AsyncIterator[LocalNode]:
+                         transport_config: dict[str, Any] | None = None,
+                         home: Home | None = None) -> AsyncIterator[LocalNode]:
+    """`home`: run on this home (a node started again) and leave it in place; by
+    default a fresh one, removed at the end."""
     from p2pm.services.keystore.actor import Keystore
 
-    home = make_home()
+    own_home = home is None
+    home = make_home() if home is None else home
     cfg = configmod.defaults()
     cfg["transport"]["listen"] = listen or ["/ip4/127.0.0.1/tcp/0"]
     cfg["transport"].update(transport_config or {})
@@ -76,4 +79,5 @@ async def open_test_node(name: str, *, listen: list[str] | None = None,
                 yield LocalNode(home, endpoints, transport, client, me["peer_id"], me["addrs"])
             nursery.cancel_scope.cancel()
     finally:
-        shutil.rmtree(home.root, ignore_errors=True)
+        if own_home:
+            shutil.rmtree(home.root, ignore_errors=True)

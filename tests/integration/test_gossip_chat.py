@@ -4,15 +4,19 @@ in gossip repaired by sync, and the message events a client sees."""
 
 from __future__ import annotations
 
+import shutil
 from typing import Any
 
+import pytest
 import trio
 import zmq
 
 from p2pm.common import wire
 from p2pm.common.zmqtrio import AsyncSocket
 from p2pm.services.gossip.router.core import Validation
+from p2pm.services.gossip import actor as gossip_actor
 from p2pm.services.gossip.testing import GossipNode, open_gossip_node
+from p2pm.services.transport.testing import make_home
 
 
 async def _room_of_two(alice: GossipNode, bob: GossipNode) -> dict[str, Any]:
@@ -135,3 +139,43 @@ async def test_a_message_written_before_anyone_joined_ends_delivered() -> None:
             s = await alice.call("gossip", "message_state", {"id": first["id"]})
             return s["state"] == "delivered" and s["members"] == {bob.peer_id: "delivered"}
         await alice.wait_for(delivered, "bob's receipt for the early message")
+
+
+async def test_every_owed_delivery_survives_a_restart(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """alice writes while bob's node is down, more messages than gossip reads of its
+    outbox per storage call at start (OUTBOX_PAGE, made small here); alice's node
+    restarts, then bob's comes back: every one of them ends delivered at alice (it
+    used to read one page only, so the rest stayed "sent" for good)."""
+    monkeypatch.setattr(gossip_actor, "OUTBOX_PAGE", 4)
+    count = 9
+    homes = [make_home("p2pm-oa-"), make_home("p2pm-ob-")]
+    try:
+        async with open_gossip_node("oalice", home=homes[0]) as alice:
+            async with open_gossip_node("obob", home=homes[1]) as bob:
+                room = await _room_of_two(alice, bob)
+                hello = await alice.call("gossip", "post", {"conversation": room["id"],
+                                                            "text": "hello"})
+
+                async def delivered_hello() -> bool:
+                    s = await alice.call("gossip", "message_state", {"id": hello["id"]})
+                    return s["state"] == "delivered"
+                await alice.wait_for(delivered_hello, "bob's receipt for hello")
+            ids = [(await alice.call("gossip", "post", {
+                "conversation": room["id"], "text": f"while you were away {i}"}))["id"]
+                for i in range(count)]
+        async with open_gossip_node("oalice2", home=homes[0]) as alice, \
+                open_gossip_node("obob2", home=homes[1]) as bob:
+            await bob.call("transport", "dial", {"addr": alice.addrs[0]})
+
+            async def all_delivered() -> bool:
+                for mid in ids:
+                    s = await alice.call("gossip", "message_state", {"id": mid})
+                    if s["state"] != "delivered":
+                        return False
+                return True
+            await alice.wait_for(all_delivered, f"all {count} messages delivered",
+                                 timeout=60)
+    finally:
+        for home in homes:
+            shutil.rmtree(home.root, ignore_errors=True)

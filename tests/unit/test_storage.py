@@ -375,6 +375,36 @@ def test_outbox_retries_until_done_or_given_up(home: Home) -> None:
     run(check, home)
 
 
+def test_outbox_due_pages_through_every_entry_once(home: Home) -> None:
+    """More pending deliveries than one call returns: `after` (the last entry of a
+    page) continues with the next, in the same order, each entry exactly once."""
+    async def check(actor: Storage) -> None:
+        await room(actor)
+        for seq in range(1, 6):
+            await put(actor, ALICE, seq, state="sent")
+            # Two entries share a time, so the cursor must also order by message id.
+            await actor.outbox_add(f"{ALICE}-{seq}", [BOB, CAROL],
+                                   next_attempt_at=float(100 + seq // 2))
+        whole = (await actor.outbox_due(now=1e9, limit=1000))["entries"]
+        assert len(whole) == 10
+        paged = []
+        after = None
+        for _ in range(5):
+            page = (await actor.outbox_due(now=1e9, limit=3, after=after))["entries"]
+            paged += page
+            if len(page) < 3:
+                break
+            after = {k: page[-1][k] for k in ("next_attempt_at", "message_id", "recipient")}
+        assert paged == whole
+        for bad in ({"message_id": f"{ALICE}-1", "recipient": BOB},
+                    {"next_attempt_at": "soon", "message_id": f"{ALICE}-1", "recipient": BOB},
+                    {"next_attempt_at": 100.0, "message_id": 7, "recipient": BOB},
+                    {"next_attempt_at": -1.0, "message_id": f"{ALICE}-1", "recipient": BOB}):
+            assert await code_of(actor.outbox_due(now=1e9, after=bad)) == errors.BAD_PARAMS
+
+    run(check, home)
+
+
 # -- the bus: validation, events, failures ------------------------------------------
 
 
