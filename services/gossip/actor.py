@@ -251,6 +251,8 @@ class Gossip(Actor):
                 self.outbox.add(mid, m["conversation"], m["seq"], recipients, self._now())
                 if m["state"] == "pending":
                     self.unsent[mid] = m["conversation"]
+        for conv in list(self.convs.values()):
+            await self._owe_first_members(conv, conv.members - {self.me})
         self.loaded.set()
 
     async def _register(self, stored: dict[str, Any]) -> Conversation:
@@ -607,20 +609,21 @@ class Gossip(Actor):
     async def _owe_first_members(self, conv: Conversation, members: set[str]) -> None:
         """Our messages written while we knew no other member (a room's creator before
         anyone joined, or a joiner before it heard of anyone but the inviter...) got no
-        delivery queue, so they would stay "sent" for good: the first members we learn
-        of owe a receipt for them, which a sync answers at once if they hold them."""
+        delivery queue, so they would stay "sent" for good: the members we know now
+        owe a receipt for them, which a sync answers at once if they hold them. Run
+        when the first members are learnt, and at start for what a crash in between
+        left without a queue."""
         if not members:
             return
         seq = 1
         async with conv.lock:  # a post in progress now has its recipients already
             while True:
-                page = await self._storage("messages_by_author", conversation=conv.id,
+                page = await self._storage("messages_unqueued", conversation=conv.id,
                                            author=self.me, from_seq=seq, limit=500)
                 for m in page["messages"]:
-                    if m["state"] in ("pending", "sent") and m["id"] not in self.outbox:
-                        await self._storage("outbox_add", message_id=m["id"],
-                                            recipients=sorted(members))
-                        self.outbox.add(m["id"], conv.id, m["seq"], members, self._now())
+                    await self._storage("outbox_add", message_id=m["id"],
+                                        recipients=sorted(members))
+                    self.outbox.add(m["id"], conv.id, m["seq"], members, self._now())
                     seq = max(seq, int(m["seq"]) + 1)
                 if not page["more"]:
                     return

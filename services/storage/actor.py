@@ -515,6 +515,24 @@ class Storage(Actor):
                                     from_seq, to_seq, limit)
         return {"messages": [asdict(m) for m in page], "more": more}
 
+    @rpc
+    async def messages_unqueued(self, conversation: str, author: str, from_seq: int = 1,
+                                limit: int = 100) -> dict[str, Any]:
+        """An author's messages still "pending" or "sent" that no delivery was ever
+        queued for (written before the author knew of any other member), by seq.
+
+        -> {"conversation": "c1f3...", "author": "12D3KooW...", "from_seq": 1,
+            "limit": 100}
+        <- {"messages": [{message as in message_get}, ...], "more": false}
+        more: ask again from the last seq + 1.
+        """
+        _ident(conversation, "conversation")
+        _ident(author, "author")
+        _count(from_seq, "from_seq", 1, MAX_SEQ)
+        _count(limit, "limit")
+        page, more = await self._read("unqueued", conversation, author, from_seq, limit)
+        return {"messages": [asdict(m) for m in page], "more": more}
+
     # -- outbox ----------------------------------------------------------------------
     @rpc
     async def outbox_add(self, message_id: str, recipients: list[str],

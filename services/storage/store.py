@@ -442,6 +442,18 @@ class Store:
             (conversation, author, from_seq, to_seq, limit + 1)).fetchall()
         return [_message(r) for r in rows[:limit]], len(rows) > limit
 
+    def unqueued(self, conversation: str, author: str, from_seq: int,
+                 limit: int) -> tuple[list[Message], bool]:
+        """`author`'s messages still pending or sent that no delivery was ever queued
+        for (no outbox row at all), seq >= from_seq, by seq; and whether more follow."""
+        self._require_conversation(conversation)
+        rows = self.conn.execute(
+            f"SELECT {_MESSAGE_COLS} FROM messages m WHERE conversation = ? "
+            "AND author = ? AND seq >= ? AND state IN ('pending', 'sent') "
+            "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = m.id) "
+            "ORDER BY seq LIMIT ?", (conversation, author, from_seq, limit + 1)).fetchall()
+        return [_message(r) for r in rows[:limit]], len(rows) > limit
+
     # -- outbox ----------------------------------------------------------------------
     def outbox_add(self, message_id: str, recipients: list[str], next_attempt_at: float,
                    now: float) -> int:

@@ -5,6 +5,7 @@ in gossip repaired by sync, and the message events a client sees."""
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from typing import Any
 
 import pytest
@@ -179,3 +180,36 @@ async def test_every_owed_delivery_survives_a_restart(
     finally:
         for home in homes:
             shutil.rmtree(home.root, ignore_errors=True)
+
+
+async def test_a_message_left_without_a_delivery_queue_is_owed_after_a_restart() -> None:
+    """A crash between storing a message and queueing its deliveries (here: the outbox
+    rows removed while alice's node is down) left it "sent" for good; at start,
+    gossip queues every such message for the members it knows, and it ends delivered
+    once bob is back."""
+    homes = [make_home("p2pm-ua-"), make_home("p2pm-ub-")]
+    try:
+        async with open_gossip_node("ualice", home=homes[0]) as alice:
+            async with open_gossip_node("ubob", home=homes[1]) as bob:
+                room = await _room_of_two(alice, bob)
+                await alice.wait_for(lambda: _knows_member(alice, room["id"], bob.peer_id),
+                                     "alice to know bob as a member")
+            lost = (await alice.call("gossip", "post", {
+                "conversation": room["id"], "text": "written as the node crashed"}))["id"]
+        with sqlite3.connect(homes[0].data / "node.db") as db:
+            assert db.execute("DELETE FROM outbox WHERE message_id = ?", (lost,)).rowcount
+        async with open_gossip_node("ualice2", home=homes[0]) as alice, \
+                open_gossip_node("ubob2", home=homes[1]) as bob:
+            await bob.call("transport", "dial", {"addr": alice.addrs[0]})
+
+            async def delivered() -> bool:
+                s = await alice.call("gossip", "message_state", {"id": lost})
+                return s["state"] == "delivered"
+            await alice.wait_for(delivered, "the unqueued message delivered", timeout=60)
+    finally:
+        for home in homes:
+            shutil.rmtree(home.root, ignore_errors=True)
+
+
+async def _knows_member(node: GossipNode, conv: str, peer: str) -> bool:
+    return peer in node.gossip.convs[conv].members

@@ -405,6 +405,26 @@ def test_outbox_due_pages_through_every_entry_once(home: Home) -> None:
     run(check, home)
 
 
+def test_unqueued_lists_own_messages_no_delivery_was_ever_queued_for(home: Home) -> None:
+    async def check(actor: Storage) -> None:
+        await room(actor)
+        for seq, state in enumerate(("sent", "pending", "delivered", "sent", "sent"), 1):
+            await put(actor, ALICE, seq, state=state)
+        await put(actor, BOB, 1)
+        await actor.outbox_add(f"{ALICE}-4", [BOB])  # queued once: not listed
+        got = await actor.messages_unqueued("room1", ALICE, limit=1)
+        assert ([m["id"] for m in got["messages"]], got["more"]) == ([f"{ALICE}-1"], True)
+        got = await actor.messages_unqueued("room1", ALICE, from_seq=2)
+        assert ([m["id"] for m in got["messages"]], got["more"]) == (
+            [f"{ALICE}-2", f"{ALICE}-5"], False)
+        assert (await actor.messages_unqueued("room1", BOB))["messages"] == []
+        assert await code_of(actor.messages_unqueued("nope", ALICE)) == errors.NOT_FOUND
+        assert await code_of(actor.messages_unqueued("room1", ALICE, from_seq=0)) == \
+            errors.BAD_PARAMS
+
+    run(check, home)
+
+
 # -- the bus: validation, events, failures ------------------------------------------
 
 
