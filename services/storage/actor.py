@@ -65,7 +65,8 @@ class _Slot:
 # -- validation at the boundary ----------------------------------------------------
 
 
-_SPACE = re.compile(r"\s")  # str.isspace's characters, searched in C: ids are on every write
+# The characters str.isspace knows, searched in C (ids come with every write).
+_SPACE = re.compile(r"\s")
 
 
 def _ident(value: str, what: str, max_len: int = MAX_ID) -> str:

@@ -7,10 +7,10 @@ process, driven over JSON lines from the test's trio loop.
         msg = await js.next_message("t")
 
 A second, independent libp2p implementation (TCP, Noise, Yamux, identify, ping,
-Kademlia, GossipSub with StrictSign, Circuit Relay v2 client and server), so p2pm's wire formats are checked against
-something other than py-libp2p. Needs `node` and the packages `make setup-js` installs
-into tests/interop/js/node_modules; without them `js_peer_missing()` says what is
-missing and the tests skip.
+Kademlia, GossipSub with StrictSign, Circuit Relay v2 client and server), so p2pm's
+wire formats are checked against something other than py-libp2p. Needs `node` and
+the packages `make setup-js` installs into tests/interop/js/node_modules; without
+them `js_peer_missing()` says what is missing and the tests skip.
 """
 
 from __future__ import annotations
