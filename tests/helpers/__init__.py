@@ -8,13 +8,13 @@ import shutil
 
 import pytest
 
-from .node import (ActorProcesses, Node, clean_env, destroy_home, kill_group, make_home, p2pm_argv,
-                   run_p2pm, running_node, start_node, wait_for)
+from .node import (ActorProcesses, Node, await_for, clean_env, destroy_home, kill_group, make_home,
+                   p2pm_argv, run_p2pm, running_node, start_node, wait_for)
 
 # Network-namespace tests create interfaces and namespaces: root and iproute2 only.
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("ip") is None,
     reason="needs root and iproute2 (network namespaces)")
 
-__all__ = ["ActorProcesses", "Node", "clean_env", "destroy_home", "kill_group", "make_home", "needs_root",
+__all__ = ["ActorProcesses", "Node", "await_for", "clean_env", "destroy_home", "kill_group", "make_home", "needs_root",
            "p2pm_argv", "run_p2pm", "running_node", "start_node", "wait_for"]

@@ -19,13 +19,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
+import trio
 import zmq
 
 from p2pm.common import supervisor as supmod
@@ -75,6 +76,21 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+async def await_for(condition: Callable[[], Awaitable[T]], what: str, timeout: float = 20.0,
+                    explain: Callable[[], Awaitable[str]] | None = None) -> T:
+    """`wait_for` in a trio test, for an async `condition`: its first truthy value;
+    after `timeout`, an AssertionError naming `what` and showing what `explain()`
+    returns (the state worth seeing when a wait fails)."""
+    with trio.move_on_after(timeout):
+        while True:
+            value = await condition()
+            if value:
+                return value
+            await trio.sleep(0.05)
+    detail = f"\n{await explain()}" if explain is not None else ""
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{detail}")
 
 
 def make_home() -> Home:

@@ -30,7 +30,7 @@ from p2pm.common import protobuf as pb
 from p2pm.common.client import open_client
 from p2pm.services.dht.messages import Message, MessageType, Record, encode_message
 from p2pm.services.dht.records import SignedValue
-from tests.helpers import Node, running_node
+from tests.helpers import Node, await_for, running_node
 
 pytestmark = pytest.mark.slow
 
@@ -64,19 +64,6 @@ async def call(node: Node, method: str, params: dict[str, Any] | None = None,
         except errors.BusError as exc:
             failure = exc
     raise failure
-
-
-async def wait_until(condition: Any, what: str, explain: Any = None) -> Any:
-    """Poll `condition` for DEADLINE seconds; on timeout, fail naming `what` and
-    showing what `explain()` (async) returns."""
-    with trio.move_on_after(DEADLINE):
-        while True:
-            value = await condition()
-            if value:
-                return value
-            await trio.sleep(0.05)
-    detail = await explain() if explain is not None else ""
-    raise AssertionError(f"timed out after {DEADLINE:g}s waiting for {what}\n{detail}")
 
 
 def log_tail(node: Node, actor: str, lines: int = 40) -> str:
@@ -119,8 +106,8 @@ async def test_put_and_get_a_pk_record_both_ways(p2pm_node: Node) -> None:
     async with reference_dht() as (ref, ref_dht):
         await connect(ref, p2pm_node)
         await ref_dht.add_peer(ID.from_base58(p2pm_node.peer_id))
-        await wait_until(lambda: in_table(p2pm_node, str(ref.get_id())), "ref in table",
-                         lambda: why_not_in_table(p2pm_node, str(ref.get_id())))
+        await await_for(lambda: in_table(p2pm_node, str(ref.get_id())), "ref in table",
+                        DEADLINE, lambda: why_not_in_table(p2pm_node, str(ref.get_id())))
 
         # p2pm -> py-libp2p: the node publishes its own key; py-libp2p validates and keeps it.
         p2pm_id = ID.from_base58(p2pm_node.peer_id)
@@ -154,7 +141,8 @@ async def test_find_and_closest_peers_both_ways(p2pm_node: Node) -> None:
         await near_dht.add_peer(far.get_id())
         await far_dht.add_peer(near.get_id())
         # The node puts a reference peer in its table once identify shows it speaks kad.
-        await wait_until(lambda: in_table(p2pm_node, str(near.get_id())), "near in table")
+        await await_for(lambda: in_table(p2pm_node, str(near.get_id())), "near in table",
+                        DEADLINE)
 
         # far finds the p2pm node through near, which learnt it from its kad streams.
         p2pm_id = ID.from_base58(p2pm_node.peer_id)

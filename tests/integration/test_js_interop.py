@@ -27,7 +27,7 @@ from p2pm.common import identity, wire
 from p2pm.services.gossip.testing import open_gossip_node
 from p2pm.services.transport.testing import open_test_node
 from tests.helpers.jspeer import JsPeer, js_peer_missing, open_js_peer
-from tests.helpers.node import Node, running_node
+from tests.helpers.node import Node, await_for, running_node
 
 pytestmark = pytest.mark.skipif(bool(js_peer_missing()),
                                 reason=f"js-libp2p peer unavailable: {js_peer_missing()}")
@@ -157,15 +157,6 @@ def bare(addr: str) -> str:
     return addr.split("/p2p/")[0]
 
 
-async def until(condition: Any, what: str, timeout: float = 20.0) -> Any:
-    with trio.move_on_after(timeout):
-        while True:
-            if value := await condition():
-                return value
-            await trio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-
-
 async def test_kademlia_finds_peers_through_js_libp2p_and_back(p2pm_node: Node) -> None:
     """near <-> p2pm node <- behind; far -> near. Each side finds a peer it is not
     connected to through the other implementation."""
@@ -174,11 +165,11 @@ async def test_kademlia_finds_peers_through_js_libp2p_and_back(p2pm_node: Node) 
         await near.call("dial", addr=node_addr)
         await behind.call("dial", addr=node_addr)
         await far.call("dial", addr=near.addrs[0])
-        await until(lambda: in_table(p2pm_node, near.peer_id), "near in p2pm's table")
-        await until(lambda: in_table(p2pm_node, behind.peer_id), "behind in p2pm's table")
+        await await_for(lambda: in_table(p2pm_node, near.peer_id), "near in p2pm's table")
+        await await_for(lambda: in_table(p2pm_node, behind.peer_id), "behind in p2pm's table")
         # js adds a peer to its table once identify shows it serves kad.
-        await until(lambda: near.call("inTable", peer=far.peer_id), "far in near's table")
-        await until(lambda: near.call("inTable", peer=p2pm_node.peer_id),
+        await await_for(lambda: near.call("inTable", peer=far.peer_id), "far in near's table")
+        await await_for(lambda: near.call("inTable", peer=p2pm_node.peer_id),
                     "the p2pm node in near's table")
 
         # js asks p2pm: near finds behind, which only the p2pm node knows.
@@ -215,8 +206,8 @@ async def test_records_and_providers_both_ways_with_js_libp2p(p2pm_node: Node) -
     async with open_js_peer() as js:
         node_addr = (await p2pm_node.acall("transport", "addrs"))["addrs"][0]
         await js.call("dial", addr=node_addr)
-        await until(lambda: in_table(p2pm_node, js.peer_id), "js in p2pm's table")
-        await until(lambda: js.call("inTable", peer=p2pm_node.peer_id),
+        await await_for(lambda: in_table(p2pm_node, js.peer_id), "js in p2pm's table")
+        await await_for(lambda: js.call("inTable", peer=p2pm_node.peer_id),
                     "the p2pm node in js's table")
 
         # js -> p2pm: js puts its key; the node validated and kept it, and serves it.
@@ -262,7 +253,7 @@ async def test_p2pm_reserves_on_a_js_relay_and_is_reached_through_it() -> None:
                 open_js_peer() as client:
             async def advertised() -> list[str]:
                 return circuit_addrs((await node.call("addrs"))["addrs"])
-            addr = (await until(advertised, "a circuit address on the js relay"))[0]
+            addr = (await await_for(advertised, "a circuit address on the js relay"))[0]
             assert addr.startswith(relay.addrs[0] + "/p2p-circuit/")
 
             # A js client dials the circuit address: js relay -> STOP -> p2pm.
@@ -291,7 +282,7 @@ async def test_js_reserves_on_a_p2pm_relay_and_is_reached_through_it() -> None:
                 open_test_node("jsdialer2", transport_config={"holepunch": False}) as dialer:
             async def advertised() -> list[str]:
                 return circuit_addrs(await target.call("addrs"))
-            addr = (await until(advertised, "js to hold a reservation on p2pm"))[0]
+            addr = (await await_for(advertised, "js to hold a reservation on p2pm"))[0]
             assert addr.startswith(relay_addr + "/p2p-circuit/")
             status = (await relay.call("sys.status"))["nat"]["relay_service"]
             assert status["reservations"] == 1

@@ -25,6 +25,7 @@ from p2pm.common.client import open_client
 from p2pm.common.home import Home
 from p2pm.common.identity import create_identity
 from p2pm.services.transport.streams import ProtocolSpec, StreamReset, open_streams
+from tests.helpers import await_for
 
 pytestmark = pytest.mark.slow
 
@@ -105,15 +106,6 @@ def nodes() -> Iterator[Callable[..., ProcNode]]:
             node.destroy()
 
 
-async def wait_for(condition: Callable[[], Any], what: str) -> Any:
-    with trio.fail_after(DEADLINE):
-        while True:
-            value = await condition()
-            if value:
-                return value
-            await trio.sleep(0.05)
-
-
 async def connected(node: ProcNode, peer_id: str) -> bool:
     try:
         return any(p["peer_id"] == peer_id for p in await node.call("peers", timeout=1.0))
@@ -131,7 +123,7 @@ async def test_two_transport_processes_dial_identify_and_ping_both_ways(nodes) -
             info = await me.call("peer_info", {"peer_id": other})
             return {"/ipfs/id/1.0.0", "/ipfs/ping/1.0.0"} <= set(info["protocols"])
 
-        await wait_for(knows_protocols, "identify")
+        await await_for(knows_protocols, "identify", DEADLINE)
         pong = await me.call("ping", {"peer_id": other})
         assert pong["peer_id"] == other and pong["rtt_ms"] > 0
 
@@ -144,7 +136,7 @@ async def test_kill9_transport_redials_peers_and_owners_reregister(nodes) -> Non
         await a.call("dial", {"addr": idb["addrs"][0]})
         # b opens by peer ID over a's connection, which b's side may not hold yet when
         # a's dial returns (and it knows no address of a to dial instead).
-        await wait_for(lambda: connected(b, ida["peer_id"]), "b to see a's connection")
+        await await_for(lambda: connected(b, ida["peer_id"]), "b to see a's connection", DEADLINE)
         s = await remote.open_stream(ECHO, peer=ida["peer_id"])
         await owner.accept()
         epoch = owner.epoch
@@ -154,19 +146,19 @@ async def test_kill9_transport_redials_peers_and_owners_reregister(nodes) -> Non
         async def persisted() -> bool:
             return peers_file.exists() and idb["peer_id"] in peers_file.read_text()
 
-        await wait_for(persisted, "the peers file")
+        await await_for(persisted, "the peers file", DEADLINE)
         a.kill9("transport")
         with trio.fail_after(DEADLINE), pytest.raises(StreamReset):
             await s.receive()  # the remote side sees the stream die with the connection
         a.start("transport")
         await a.wait_up()
         # No manual action: a redials b, and the owner re-registers on the new epoch.
-        await wait_for(lambda: connected(a, idb["peer_id"]), "redial after restart")
+        await await_for(lambda: connected(a, idb["peer_id"]), "redial after restart", DEADLINE)
 
         async def reregistered() -> bool:
             return owner.epoch not in (None, epoch) and owner.restarts == 1
 
-        await wait_for(reregistered, "owner re-registration")
+        await await_for(reregistered, "owner re-registration", DEADLINE)
         with trio.fail_after(DEADLINE):
             while True:
                 try:
@@ -289,7 +281,7 @@ async def test_kill9_of_a_peer_transport_is_noticed_within_seconds(nodes, dialle
                     with trio.move_on_after(0.1):
                         await s.receive()
             reset_after = trio.current_time() - killed_at
-            await wait_for(lambda: _not(connected(a, idb["peer_id"])), "a to drop b")
+            await await_for(lambda: _not(connected(a, idb["peer_id"])), "a to drop b", DEADLINE)
             gone_after = trio.current_time() - killed_at
             topic, payload = await trio.to_thread.run_sync(sub.recv_multipart)
             assert topic == b"transport.peer.disconnected"
@@ -319,6 +311,6 @@ async def test_a_peer_that_stops_answering_is_dropped_by_keepalive(nodes) -> Non
         stopped_at = trio.current_time()
         with trio.fail_after(DEADLINE), pytest.raises(StreamReset):
             await s.receive()
-        await wait_for(lambda: _not(connected(a, idb["peer_id"])), "a to drop b")
+        await await_for(lambda: _not(connected(a, idb["peer_id"])), "a to drop b", DEADLINE)
         # interval + timeout + closing: well under the 15 s of TCP's own retries
         assert trio.current_time() - stopped_at < 5.0
