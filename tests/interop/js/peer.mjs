@@ -114,9 +114,6 @@ const commands = {
   async meshPeers ({ topic }) {
     return node.services.pubsub.getMeshPeers(topic).map(String)
   },
-  async topicPeers ({ topic }) {
-    return node.services.pubsub.getSubscribers(topic).map(String)
-  },
   async publish ({ topic, data }) {
     const res = await node.services.pubsub.publish(topic, Buffer.from(data, 'base64'))
     return { recipients: res.recipients.map(String) }
@@ -126,15 +123,6 @@ const commands = {
       signal: AbortSignal.timeout(15000)
     })
     return { peer: info.id.toString(), addrs: info.multiaddrs.map(String) }
-  },
-  async closestPeers ({ key }) {
-    const found = []
-    for await (const ev of node.services.dht.getClosestPeers(Buffer.from(key, 'base64'), {
-      signal: AbortSignal.timeout(15000)
-    })) {
-      if (ev.name === 'FINAL_PEER') found.push(ev.peer.id.toString())
-    }
-    return found
   },
   async inTable ({ peer }) {
     const found = await node.services.dht.routingTable.find(peerIdFromString(peer))
@@ -171,11 +159,6 @@ const commands = {
     }
     return { found: false, seen }
   },
-  async stop () {
-    await node.stop()
-    setImmediate(() => process.exit(0))
-    return {}
-  }
 }
 
 out({
