@@ -15,7 +15,7 @@ import orjson
 
 from .keyspace import is_multihash
 from .messages import MAX_ADDRS_PER_PEER, Peer
-from .records import PublicKeyValidator, SignedRecordValidator
+from .records import PublicKeyValidator, RecordError, SignedRecordValidator
 
 MAX_SNAPSHOT_PEERS = 2000
 
@@ -114,14 +114,17 @@ def record_key(text: str) -> bytes:
 
 def record_key_text(key: bytes) -> str:
     """The inverse of `record_key`, for replies."""
-    for ns in (SignedRecordValidator.namespace, PublicKeyValidator.namespace):
-        if key.startswith(ns):
-            rest = key[len(ns):]
-            head, slash, owner = rest.rpartition(b"/")
-            if ns == SignedRecordValidator.namespace and slash:
-                return f"{ns.decode()}{head.decode(errors='replace')}/{peer_id_text(owner)}"
-            if ns == PublicKeyValidator.namespace and is_multihash(rest):
-                return f"{ns.decode()}{peer_id_text(rest)}"
+    if key.startswith(SignedRecordValidator.namespace):
+        try:
+            owner = SignedRecordValidator.owner_of(key)  # binary: it may hold b"/"
+        except RecordError:
+            pass
+        else:
+            head = key[:-len(owner)].decode(errors="replace")
+            return f"{head}{peer_id_text(owner)}"
+    pk = PublicKeyValidator.namespace
+    if key.startswith(pk) and is_multihash(key[len(pk):]):
+        return f"{pk.decode()}{peer_id_text(key[len(pk):])}"
     return key.decode("utf-8", errors="backslashreplace")
 
 

@@ -4,9 +4,11 @@ with a message (or skipped, for one bad snapshot entry) instead of reaching the 
 
 from __future__ import annotations
 
+import nacl.signing
 import orjson
 import pytest
 
+from p2pm.common import identity
 from p2pm.services.dht.convert import (decode_snapshot, encode_snapshot, make_peer,
                                        peer_id_bytes, peer_json, provider_key, record_key,
                                        record_key_text)
@@ -40,6 +42,15 @@ def test_record_keys_in_text_and_back() -> None:
     assert record_key("/other/x") == b"/other/x"  # for the validators to refuse
     with pytest.raises(ValueError):
         record_key("/p2pm/no-owner")
+
+
+def test_a_record_key_whose_owner_holds_a_slash_byte_reads_back() -> None:
+    # Peer IDs are binary in keys; about one in eight holds b"/" (0x2f).
+    owner = next(p for p in (identity.peer_id_from_public_key(
+        nacl.signing.SigningKey(bytes([i]) * 32).verify_key.encode()) for i in range(256))
+        if b"/" in peer_id_bytes(p))
+    raw = record_key(f"/p2pm/profile/{owner}")
+    assert record_key_text(raw) == f"/p2pm/profile/{owner}"
 
 
 def test_provider_keys_are_multihashes() -> None:
