@@ -35,6 +35,16 @@ async def _history(node: GossipNode, conv: str, count: int, **kw: Any) -> list[A
     return await node.wait_for(enough, f"{count} messages")
 
 
+async def _subscribed(sub: zmq.Socket, events: AsyncSocket) -> None:
+    """Return once `sub` hears its actor: PUB/SUB joins asynchronously and drops what
+    is published before. A heartbeat (every second) shows the subscriptions hold."""
+    sub.setsockopt(zmq.SUBSCRIBE, b"gossip.sys.heartbeat")
+    with trio.fail_after(10):
+        while not (await events.recv_multipart())[0].startswith(b"gossip.sys.heartbeat"):
+            pass
+    sub.setsockopt(zmq.UNSUBSCRIBE, b"gossip.sys.heartbeat")
+
+
 async def test_list_unread_mark_read_paging_and_events() -> None:
     async with open_gossip_node("alice") as alice, open_gossip_node("bob") as bob:
         sub = zmq.Context.instance().socket(zmq.SUB)
@@ -43,7 +53,7 @@ async def test_list_unread_mark_read_paging_and_events() -> None:
         events = AsyncSocket(sub)
         try:
             room = await _room_of_two(alice, bob)
-            await trio.sleep(0.2)  # the SUB connects asynchronously
+            await _subscribed(sub, events)
             ids = [(await alice.call("gossip", "post", {
                 "conversation": room["id"], "text": f"note {i}"}))["id"] for i in range(5)]
             got = await _history(bob, room["id"], 5)

@@ -16,6 +16,7 @@ from libp2p.peer.id import ID
 
 from p2pm.common import errors
 from p2pm.common.actor import Actor, ActorRuntime, on_event
+from p2pm.common.home import Endpoints
 from p2pm.common.zmqtrio import AsyncSocket
 from p2pm.services.transport.frames import CHUNK, DEFAULT_WINDOW, encode_sid
 from p2pm.services.transport.streams import (ProtocolSpec, Stream, StreamClient, StreamError,
@@ -278,12 +279,20 @@ class EventLog(Actor):
         self.events.append((topic, data))
 
 
+async def subscribed(nursery: trio.Nursery, actor: EventLog, endpoints: Endpoints) -> None:
+    """Serve `actor` and return once its subscription is live: PUB/SUB joins
+    asynchronously and drops what is published before, so wait for the transport's
+    first heartbeat (subscribed with the rest, so it arrives only once they hold)."""
+    runtime = ActorRuntime(actor, endpoints)
+    await nursery.start(runtime.serve)
+    await wait_until(lambda: runtime.counters["events_received"] > 0)
+
+
 async def test_peer_events_connected_identified_disconnected() -> None:
     async with two_nodes() as (a, b):
         log = EventLog()
         async with trio.open_nursery() as nursery:
-            await nursery.start(ActorRuntime(log, a.endpoints).serve)
-            await trio.sleep(0.2)  # PUB/SUB joins asynchronously
+            await subscribed(nursery, log, a.endpoints)
             await a.call("dial", {"addr": b.addrs[0]})
             await wait_until(lambda: any(t.endswith("identified") for t, _ in log.events))
             await a.call("hangup", {"peer_id": b.peer_id})
@@ -450,8 +459,7 @@ async def test_a_protocol_registered_after_identify_is_pushed_to_connected_peers
         assert MSGS not in await b_protocols()
         log = EventLog()
         async with trio.open_nursery() as nursery:
-            await nursery.start(ActorRuntime(log, a.endpoints).serve)
-            await trio.sleep(0.2)  # PUB/SUB joins asynchronously
+            await subscribed(nursery, log, a.endpoints)
             async with open_streams(b.endpoints, "late", {MSGS: ProtocolSpec(messages=True)}):
                 with trio.fail_after(5):
                     while MSGS not in await b_protocols():
