@@ -27,6 +27,7 @@ from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.host.basic_host import BasicHost
 from libp2p.identity.identify_push.identify_push import ID_PUSH as IDENTIFY_PUSH
 from libp2p.identity.identify_push.identify_push import identify_push_handler_for
+from libp2p.io.exceptions import IOException
 from libp2p.io.utils import read_exactly
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
@@ -35,6 +36,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peer_record import PeerRecord
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.security.secure_session import SecureSession
 from libp2p.transport.tcp.tcp import TCP
 from libp2p.utils.address_validation import expand_wildcard_address
 
@@ -47,6 +49,9 @@ from .reuseport import ReuseportTCP, listening_port, local_port
 log = get_logger("transport")
 
 CLOSE_TIMEOUT_S = 5.0  # closing the swarm when the host stops
+# A frame that began to go out and is not taken by the peer within this closes the
+# connection (keepalive would have closed it by then: its pings wait behind the frame).
+STALLED_WRITE_S = 30.0
 
 # (domain, data, payload_type) -> signature; the keystore's `sign` RPC.
 Signer = Callable[[str, bytes, bytes | None], Awaitable[bytes]]
@@ -160,6 +165,45 @@ def connection_config(max_connections: int) -> ConnectionConfig:
     )
 
 
+class CancelSafeSession(SecureSession):
+    """A Noise session whose writes, once begun, go out whole.
+
+    Noise spends a frame's nonce when it encrypts it, before the bytes reach the
+    socket, and py-libp2p's write can be cancelled in between (or halfway through the
+    bytes). The peer then fails to decrypt every later frame and drops the connection
+    with every stream and relayed circuit on it: one stream's timeout, or a circuit torn
+    down while data flowed the other way, broke all the others (found with js-libp2p
+    reserved on a p2pm relay). So a write is shielded from its caller's cancellation,
+    for at most STALLED_WRITE_S; a frame the peer has not taken by then closes the
+    connection, which also frees the writers queued behind it."""
+
+    async def write(self, data: bytes) -> None:
+        with trio.CancelScope(shield=True,
+                              deadline=trio.current_time() + STALLED_WRITE_S) as scope:
+            await super().write(data)
+        if scope.cancelled_caught:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                await self.close()
+            raise IOException(f"the peer took no frame for {STALLED_WRITE_S:g}s; "
+                              f"connection closed")
+
+
+class CancelSafeNoise(NoiseTransport):
+    """Noise whose sessions are CancelSafeSessions."""
+
+    async def secure_inbound(self, conn: Any) -> Any:
+        return _cancel_safe(await super().secure_inbound(conn))
+
+    async def secure_outbound(self, conn: Any, peer_id: ID) -> Any:
+        return _cancel_safe(await super().secure_outbound(conn, peer_id))
+
+
+def _cancel_safe(session: Any) -> Any:
+    if type(session) is SecureSession:
+        session.__class__ = CancelSafeSession
+    return session
+
+
 class ManualDialsOnly(AutoConnector):
     """The swarm's auto-connector dials peers from the peerstore until the connection
     count reaches the midpoint of the watermarks (128 of our 256): it would dial every
@@ -253,7 +297,7 @@ def _build(key: KeystoreBackedKey, noise_private: Any, max_connections: int,
         key_pair=key_pair,
         # Noise only: new_host's default also offers TLS, secio and plaintext, and
         # negotiates plaintext with a peer that asks for it.
-        sec_opt={NOISE_PROTOCOL_ID: NoiseTransport(key_pair, noise_privkey=noise_private)},
+        sec_opt={NOISE_PROTOCOL_ID: CancelSafeNoise(key_pair, noise_privkey=noise_private)},
         muxer_opt=create_yamux_muxer_option(),  # Yamux first, Mplex as a fallback
         connection_config=connection_config(max_connections),
     )

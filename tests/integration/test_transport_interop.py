@@ -3,6 +3,7 @@ trio loop): Noise + Yamux both ways, identify and ping; plaintext is refused."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -64,6 +65,25 @@ async def test_p2pm_node_dials_and_pings_a_reference_host() -> None:
                 if "/ipfs/ping/1.0.0" in info["protocols"]:
                     break
                 await trio.sleep(0.02)
+
+
+async def test_a_write_cancelled_as_it_begins_still_leaves_the_connection_usable() -> None:
+    """Noise spends a frame's nonce when it encrypts it: a write cancelled after that (a
+    timeout firing, a relayed circuit torn down while data flows) must still go out
+    whole, or every later frame fails to decrypt at the peer, which drops the connection
+    with every stream and relayed circuit on it."""
+    async with open_test_node("p2pm") as node, reference_host() as ref:
+        await node.call("dial", {"addr": str(ref.get_addrs()[0])})
+        conn = node.transport.node.host.get_network().get_connections(ref.get_id())[0]
+        # A Yamux ping (version 0, type 2, flag SYN, session stream 0, opaque value 7).
+        frame = struct.pack(">BBHII", 0, 2, 1, 0, 7)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await conn.muxed_conn.secured_conn.write(frame)
+        # The connection still carries streams both ways.
+        pong = await node.call("ping", {"peer_id": str(ref.get_id()), "count": 2})
+        assert len(pong["rtts_ms"]) == 2
+        assert len(await PingService(ref).ping(ID.from_base58(node.peer_id), 2)) == 2
 
 
 async def test_plaintext_only_host_cannot_connect_either_way() -> None:
