@@ -1,6 +1,7 @@
 """Building the node's libp2p host: TCP listeners, Noise only, Yamux (Mplex as a
-fallback), identify, identify-push and ping, connection limits, and the two places where
-py-libp2p 0.8.1 needs adjusting (key custody, dial latency).
+fallback), identify, identify-push and ping, connection limits, and the three places where
+py-libp2p 0.8.1 needs adjusting (key custody, dial latency, Noise writes that a
+cancellation cut short).
 
 Everything that signs with the identity goes through the keystore (see custody.py):
 `open_host` obtains the Noise signature before the host exists and re-signs the peer
