@@ -31,6 +31,10 @@ import trio
 JS_DIR = Path(__file__).resolve().parents[1] / "interop" / "js"
 SCRIPT = JS_DIR / "peer.mjs"
 MIN_NODE = 20
+# js-libp2p logs through `debug`: its error-level lines (a connection it dropped and
+# why) are kept, and shown with a failed command.
+JS_DEBUG = "*:error"
+STDERR_SHOWN = 6000
 
 
 class JsPeerError(Exception):
@@ -82,7 +86,9 @@ class JsPeer:
         finally:
             self._waiting.pop(rid, None)
         if "error" in reply:
-            raise JsPeerError(reply["error"])
+            log = "".join(self.stderr)[-STDERR_SHOWN:]
+            raise JsPeerError(reply["error"] + (f"\n--- js-libp2p's errors, latest last:\n{log}"
+                                                if log else ""))
         return reply["ok"]
 
     async def publish(self, topic: str, data: bytes) -> list[str]:
@@ -142,7 +148,8 @@ async def open_js_peer(*, relay_server: bool = False,
     missing = js_peer_missing()
     if missing:
         raise RuntimeError(missing)
-    env = {**os.environ, "P2PM_JS_RELAY_SERVER": "1" if relay_server else "0",
+    env = {"DEBUG": JS_DEBUG, **os.environ,
+           "P2PM_JS_RELAY_SERVER": "1" if relay_server else "0",
            "P2PM_JS_LISTEN": json.dumps(list(listen))}
     async with trio.open_nursery() as nursery:
         proc = await trio.lowlevel.open_process(
