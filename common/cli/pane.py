@@ -3,9 +3,9 @@ into rows of a given width, and which rows a scrollable pane shows.
 
 Widths are display columns (a CJK character or an emoji takes two, a combining mark
 none), counted per code point as prompt_toolkit's renderer counts them (so a ZWJ
-emoji sequence counts as the sum of its parts: rows stay within the width). Wrapping breaks at spaces; a word is broken only
-when it is wider than a whole row, and never inside a character with its combining
-marks or a ZWJ sequence. Tabs become spaces up to the next multiple of TAB_WIDTH.
+emoji sequence counts as the sum of its parts: rows stay within the width).
+Wrapping breaks at spaces; a word is broken only when it is wider than a whole row,
+and never inside a character with its combining marks or a ZWJ sequence. Tabs become spaces up to the next multiple of TAB_WIDTH.
 
 A pane (`Scroll`) either follows the newest row (the bottom stays in view as rows
 arrive) or stays where the user scrolled to, anchored to a row key (a message id and

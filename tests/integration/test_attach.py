@@ -22,7 +22,8 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
 from p2pm.common.cli import bus
-from p2pm.common.cli.attach import COMMANDS, HELP, AttachModel, run_attach
+from p2pm.common.cli.attach import COMMANDS, HELP, AttachModel
+from p2pm.common.cli.screen import run_attach
 from p2pm.common.cli.chat import gateway
 from p2pm.services.gateway.actor import MAX_TEXT_BYTES
 from p2pm.services.gateway.testing import FakeNetwork, FakeNode
