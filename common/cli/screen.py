@@ -16,6 +16,7 @@ import zmq
 from .. import wire
 from ..home import Home
 from . import pane
+from .safe import inert
 from .attach import (CONVERSATIONS_WIDTH, HEARTBEAT_GRACE_S, QUIT, REFUSED, STATUS_EVERY_S,
                      WHEEL_ROWS, AttachModel)
 
@@ -111,7 +112,8 @@ async def run_attach(model: AttachModel) -> None:
         """The last action's outcome, wrapped; two rows at most."""
 
         def create_content(self, width: int, height: int) -> UIContent:
-            rows = [r for para in model.notice.split("\n") for r in pane.wrap(para, width, 2)]
+            notice = inert(model.notice, indent="")  # errors may quote what came back
+            rows = [r for para in notice.split("\n") for r in pane.wrap(para, width, 2)]
             if len(rows) > height:
                 rows = rows[:height - 1] + [pane.cut(rows[height - 1] + " ...", width)]
             return UIContent(get_line=lambda i: [("class:notice", rows[i])],

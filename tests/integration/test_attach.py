@@ -31,7 +31,8 @@ from tests.helpers.node import clean_env, p2pm_argv
 from tests.helpers.terminal import Terminal
 
 
-async def until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+async def until(condition: Callable[[], Any], what: str, timeout: float = 30.0,
+                model: AttachModel | None = None) -> Any:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -39,7 +40,9 @@ async def until(condition: Callable[[], Any], what: str, timeout: float = 30.0) 
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+            seen = "" if model is None else \
+                f"; the notice: {model.notice!r}; the last messages: {model.message_lines()[-3:]}"
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{seen}")
         await asyncio.sleep(0.05)
 
 
@@ -147,7 +150,7 @@ def test_attach_on_real_nodes(node_factory: Any) -> None:
             keys.send_text("after a gossip crash\r")
             await until(lambda: any(line.endswith("✓✓") for line in
                                     lines_with(model, "after a gossip crash")),
-                        "the receipt after the restart", 40)
+                        "the receipt after the restart", 40, model)
 
     asyncio.run(drive())
 
@@ -180,6 +183,17 @@ def on_pane(term: Terminal, text: str) -> bool:
     return any(text in row for row in pane_rows(term))
 
 
+def page_up_to(term: Terminal, text: str, pages: int = 30) -> None:
+    """Press PageUp until `text` is in view; every press must move the pane."""
+    for _ in range(pages):
+        if on_pane(term, text):
+            return
+        before = pane_rows(term)
+        term.key("pageup")
+        term.wait_for(lambda t: pane_rows(t) != before, "PageUp to move the pane")
+    raise AssertionError(f"{text!r} not reached in {pages} pages:\n{term.text()}")
+
+
 def send_from_bob(bob: FakeNode, text: str) -> None:
     gateway(bob.home, "send", {"contact": "alice", "text": text})
 
@@ -195,16 +209,7 @@ def test_a_flooded_chat_follows_the_newest_and_scrolls_back(
     assert not on_pane(term, "message 001 from bob")
 
     # PageUp, page after page, reaches the first message; each page moves up.
-    seen_first = False
-    for _ in range(20):
-        before = pane_rows(term)
-        term.key("pageup")
-        term.wait_for(lambda t: pane_rows(t) != before or "message 001" in before[0],
-                      "the page to move")
-        if on_pane(term, "message 001 from bob"):
-            seen_first = True
-            break
-    assert seen_first, term.text()
+    page_up_to(term, "message 001 from bob")
     assert "scrolled up" in term.lines()[1]
 
     # A message arriving while scrolled up does not move the view...
@@ -326,3 +331,23 @@ def test_a_hostile_peers_text_is_shown_not_obeyed(
     # The fake line from "alice" is indented under bob's message, not a message.
     (fake,) = [r for r in pane_rows(term) if "alice: i agree" in r]
     assert fake.startswith(" " * 11)
+
+
+def test_the_real_screen_on_real_nodes(node_factory: Any) -> None:
+    """100 messages from another real node (gossip over libp2p) into the screen."""
+    alice, bob = node_factory.many(2, listen=["/ip4/127.0.0.1/tcp/0"])
+    for me, other, name in ((alice, bob, "bob"), (bob, alice, "alice")):
+        inv = gateway(other.home, "invite", {"name": name})["invite"]
+        gateway(me.home, "contact_add", {"name": name, "invite": inv})
+    argv = p2pm_argv("--home", str(alice.home.root), "attach")
+    with Terminal(argv, COLS, ROWS, env=clean_env(PROMPT_TOOLKIT_NO_CPR="1")) as term:
+        term.wait_for(lambda t: "[connected]" in t.lines()[0], "the screen to connect", 30)
+        term.type("/open bob\r")
+        term.wait_for(lambda t: "bob  (direct chat)" in t.lines()[1], "bob's chat's title")
+        for i in range(1, 101):
+            gateway(bob.home, "send", {"contact": "alice", "text": f"real {i:03} from bob"})
+        term.wait_for(lambda t: "real 100 from bob" in pane_rows(t)[-1],
+                      "the 100th message at the bottom", 90)
+        page_up_to(term, "real 001 from bob")
+        term.key("end")
+        term.wait_for(lambda t: "real 100 from bob" in pane_rows(t)[-1], "End")
