@@ -239,6 +239,7 @@ class AttachModel:
                 return REFUSED
             got = await self.call("post", {"conversation": self.current, "text": line})
             self.notice = f"sent ({got['state']})"
+            self.close_view()
             self.chat.end()  # what you just wrote is what you want to see
             await self.load_current()
             return DONE
@@ -339,8 +340,8 @@ class AttachModel:
         return f"{inert(conv.get('name') or conv['id'])}  ({kind}{extra})"
 
     def scroll_hint(self) -> str:
-        scroll = self.chat if self.view_title is None else self.view
-        if scroll.follow or self.view_title is not None:
+        """Said while the chat does not follow the newest message."""
+        if self.view_title is not None or self.chat.follow:
             return ""
         return "[scrolled up: End = newest]"
 
@@ -375,8 +376,8 @@ class AttachModel:
         if not self.messages:
             return [("empty", "class:faint", "(no messages yet)")]
         rows: list[Row] = []
-        for m, text in zip(self.messages, self.message_lines(), strict=True):
-            mid = m.get("id")
+        for n, (m, text) in enumerate(zip(self.messages, self.message_lines(), strict=True)):
+            mid = m.get("id") or ("#", n)
             for i, row in enumerate(self._rows_of(mid, text, width, HANGING, True)):
                 rows.append(((mid, i), "", row))
         return rows
@@ -403,7 +404,7 @@ class AttachModel:
         self.on_change()
 
     def to_newest(self) -> None:
-        (self.chat if self.view_title is None else self.view).end()
+        self.rows(self.width)[0].end()
         self.on_change()
 
     def to_oldest(self) -> None:
