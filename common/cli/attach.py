@@ -340,10 +340,15 @@ class AttachModel:
         return f"{inert(conv.get('name') or conv['id'])}  ({kind}{extra})"
 
     def scroll_hint(self) -> str:
-        """Said while the chat does not follow the newest message."""
+        """Said while the chat does not follow the newest message: how many messages
+        are below the pane (as last drawn), all of them out of view."""
         if self.view_title is not None or self.chat.follow:
             return ""
-        return "[scrolled up: End = newest]"
+        rows = self.message_rows(self.width)
+        _, end = self.chat.window([k for k, _, _ in rows], self.chat.height)
+        in_view = {k[0] for k, _, _ in rows[:end]}
+        below = len({k[0] for k, _, _ in rows[end:]} - in_view)
+        return f"[{below} newer below: End]" if below else "[scrolled up: End = newest]"
 
     def message_lines(self) -> list[str]:
         """One string per message: time, author and body, all made inert."""

@@ -100,6 +100,8 @@ def wrap(text: str, width: int, indent: int = 0) -> list[str]:
             pw = text_width(piece)
             if used + pw > width and used > (indent if rows else 0):
                 new_row()
+                if used + pw > width:  # too wide for an indented row: use it all
+                    row, used = "", 0
             row, used = row + piece, used + pw
     rows.append(row.rstrip(" "))
     return rows

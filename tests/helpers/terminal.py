@@ -95,10 +95,15 @@ class Terminal:
 
     # -- typing ------------------------------------------------------------------------
     def type(self, text: str) -> None:
-        data = text.encode()
-        for i in range(0, len(data), 1024):  # a tty's input queue holds about 4 KiB
-            os.write(self.master, data[i:i + 1024])
+        data = memoryview(text.encode())
+        while data:  # a tty's input queue holds about 4 KiB: a write may take less
+            data = data[os.write(self.master, data[:1024]):]
             time.sleep(0.01)
+
+    def paste(self, text: str) -> None:
+        """`text` pasted, as a terminal in bracketed-paste mode sends it (one insert,
+        not a key press per character)."""
+        self.type(f"\x1b[200~{text}\x1b[201~")
 
     def key(self, name: str) -> None:
         self.type(KEYS[name])

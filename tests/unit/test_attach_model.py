@@ -179,3 +179,17 @@ def test_help_fits_80_columns_and_names_every_command() -> None:
     assert all(text_width(line) <= 78 for line in HELP.splitlines())
     assert {"/open", "/send", "/post", "/invite", "/add", "/contacts", "/verify",
             "/create", "/join", "/roominvite", "/inbox", "/help", "/quit"} <= set(COMMANDS)
+
+
+async def test_scrolled_up_the_title_counts_the_messages_below(tmp_path: Path) -> None:
+    m = model(tmp_path, [{"id": f"m{i}", "author": "b", "author_name": "bob",
+                          "body": f"message {i}", "ts": 0, "state": "received"}
+                         for i in range(30)])
+    await m.load_current()
+    shown = m.rows(60)[1]
+    m.chat.window([k for k, _, _ in shown], 10)  # drawn 10 rows high: 20 to 29 in view
+    assert m.scroll_hint() == ""
+    m.scroll(-5)
+    assert m.scroll_hint() == "[5 newer below: End]"
+    m.to_newest()
+    assert m.scroll_hint() == ""
