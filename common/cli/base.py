@@ -15,6 +15,7 @@ import click
 import orjson
 
 from ..home import Home, default_home
+from .safe import inert_json
 
 # Exit codes shared by the commands (click itself uses 2 for a usage error).
 EXIT_ERROR = 1
@@ -28,9 +29,10 @@ class Ctx:
         self.json = as_json
 
     def out(self, data: Any, text: str) -> None:
-        """Print `data` as one JSON document with --json, else the human `text`."""
+        """Print `data` as one JSON document with --json, else the human `text` (in
+        which the caller made peer-supplied strings inert)."""
         if self.json:
-            click.echo(orjson.dumps(data, default=_jsonable).decode())
+            click.echo(inert_json(orjson.dumps(data, default=_jsonable).decode()))
         else:
             click.echo(text)
 

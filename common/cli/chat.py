@@ -21,6 +21,7 @@ from .. import supervisor as supmod
 from ..home import Home
 from . import bus
 from .base import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, Ctx, fail, main
+from .safe import inert
 
 # An actor that supervisord restarts is back within about a second; a command keeps
 # trying for several before it gives up. Attempts carry the same request id, so a
@@ -76,11 +77,19 @@ def _call(obj: Ctx, method: str, params: dict[str, Any] | None = None,
         fail(str(exc), EXIT_USAGE)
 
 
-def format_message(m: dict[str, Any]) -> str:
+def message_head(m: dict[str, Any]) -> str:
+    """`[hh:mm:ss] author: ` with the author's name made inert."""
     when = time.strftime("%H:%M:%S", time.localtime(float(m.get("ts") or 0)))
     who = m.get("author_name") or str(m.get("author", "?"))[-8:]
-    mark = STATE_MARKS.get(str(m.get("state")), f"({m.get('state')})")
-    return f"[{when}] {who}: {m.get('body', '')}" + (f"  {mark}" if mark else "")
+    return f"[{when}] {inert(who)}: "
+
+
+def format_message(m: dict[str, Any], prefix: str = "") -> str:
+    """One message for the terminal, after `prefix`; a body's own lines continue
+    indented under its first, so none can pass for another message."""
+    mark = STATE_MARKS.get(str(m.get("state")), f"({inert(m.get('state'))})")
+    body = inert(m.get("body", ""), indent=prefix + " " * len("[hh:mm:ss] "))
+    return prefix + message_head(m) + body + (f"  {mark}" if mark else "")
 
 
 # -- invites and contacts ------------------------------------------------------------
@@ -117,9 +126,10 @@ def contacts() -> None:
 def contacts_add(obj: Ctx, name: str, invite_text: str) -> None:
     """Add NAME from their INVITE (or from a bare peer ID, looked up in the DHT)."""
     got = _call(obj, "contact_add", {"name": name, "invite": invite_text}, SLOW_RETRIES)
-    obj.out(got, f"{'added' if got['created'] else 'updated'} {got['name']} "
+    name = inert(got["name"])
+    obj.out(got, f"{'added' if got['created'] else 'updated'} {name} "
                  f"({got['peer_id']}); compare safety numbers with "
-                 f"p2pm contacts verify {got['name']}")
+                 f"p2pm contacts verify {name}")
 
 
 @contacts.command(name="list")
@@ -128,7 +138,7 @@ def contacts_list(obj: Ctx) -> None:
     """Every contact with its peer ID."""
     found = _call(obj, "contact_list")
     lines = [f"{len(found)} contact{'s' if len(found) != 1 else ''}"]
-    lines += [f"  {c['name']:<20} {c['peer_id']}{'  verified' if c['verified'] else ''}"
+    lines += [f"  {inert(c['name']):<20} {c['peer_id']}{'  verified' if c['verified'] else ''}"
               for c in found]
     obj.out(found, "\n".join(lines))
 
@@ -141,10 +151,11 @@ def contacts_list(obj: Ctx) -> None:
 def contacts_verify(obj: Ctx, name: str, confirmed: bool) -> None:
     """The safety number of NAME: read it to each other; it must match."""
     got = _call(obj, "contact_verify", {"name": name, "confirmed": confirmed})
-    tail = f"{got['name']} is marked verified" if got["verified"] else \
+    name = inert(got["name"])
+    tail = f"{name} is marked verified" if got["verified"] else \
         "it must read the same on their side (p2pm contacts verify <you>); if it does, " \
-        f"run p2pm contacts verify {got['name']} --confirmed"
-    obj.out(got, f"safety number with {got['name']}:\n  {got['safety_number']}\n{tail}")
+        f"run p2pm contacts verify {name} --confirmed"
+    obj.out(got, f"safety number with {name}:\n  {got['safety_number']}\n{tail}")
 
 
 # -- messages ------------------------------------------------------------------------
@@ -187,7 +198,7 @@ def rooms_create(obj: Ctx, name: str) -> None:
     """Create room NAME and print its invite."""
     got = _call(obj, "room_create", {"name": name})
     obj.out({"id": got["id"], "name": got["name"], "invite": got["invite"]},
-            f"room {got['name']} created ({got['id']}); its invite:\n{got['invite']}")
+            f"room {inert(got['name'])} created ({got['id']}); its invite:\n{got['invite']}")
 
 
 @rooms.command(name="join")
@@ -196,7 +207,7 @@ def rooms_create(obj: Ctx, name: str) -> None:
 def rooms_join(obj: Ctx, invite_text: str) -> None:
     """Join the room of INVITE."""
     got = _call(obj, "room_join", {"invite": invite_text}, SLOW_RETRIES)
-    obj.out(got, f"joined room {got['name']} ({got['id']})")
+    obj.out(got, f"joined room {inert(got['name'])} ({got['id']})")
 
 
 @rooms.command(name="invite")
@@ -216,7 +227,7 @@ def rooms_list(obj: Ctx) -> None:
     lines = [f"{len(found)} room{'s' if len(found) != 1 else ''}"]
     for c in found:
         members = len(c.get("members") or [])
-        lines.append(f"  {c['name']:<20} {c['id']}  {members} member"
+        lines.append(f"  {inert(c['name']):<20} {c['id']}  {members} member"
                      f"{'s' if members != 1 else ''}, {c.get('unread', 0)} unread")
     obj.out(found, "\n".join(lines))
 
@@ -243,6 +254,7 @@ def inbox(obj: Ctx) -> None:
         return
     lines = []
     for conv in found:
-        lines.append(f"{conv['name'] or conv['id']} ({conv['kind']}): {conv['unread']} unread")
-        lines += ["  " + format_message(m) for m in conv["messages"]]
+        lines.append(f"{inert(conv['name'] or conv['id'])} ({conv['kind']}): "
+                     f"{conv['unread']} unread")
+        lines += [format_message(m, "  ") for m in conv["messages"]]
     obj.out(found, "\n".join(lines))
