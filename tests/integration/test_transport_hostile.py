@@ -130,6 +130,32 @@ async def test_a_stream_open_flood_is_refused_and_the_connection_keeps_working()
                     await trio.sleep(0.2)  # until the open-rate bucket refills
 
 
+async def test_a_protocol_opened_too_often_is_refused_per_peer() -> None:
+    """identify push (burst 10, 1/s): a stranger that pushes 40 times in a row gets
+    its streams reset past the burst, and only its own; its connection stays."""
+    push = "/ipfs/id/push/1.0.0"
+    async with open_test_node("p2pm") as node, hostile_host() as bad:
+        node_id = ID.from_base58(node.peer_id)
+        await bad.connect(info_from_p2p_addr(multiaddr.Multiaddr(node.addrs[0])))
+        for _ in range(40):
+            try:
+                stream = await bad.new_stream(node_id, [push])  # type: ignore[list-item]
+                await stream.close()
+            except Exception:
+                pass  # a refused stream may be reset before we close it
+
+        async def refused() -> Any:
+            rates = (await node.call("sys.status"))["limits"]["rates"]
+            return rates if rates["identify_push"]["refused"] >= 25 else None
+
+        rates = await await_for(refused, "pushes past the burst to be refused", DEADLINE)
+        print("identify push table:", rates["identify_push"])
+        assert rates["identify_push"]["allowed"] <= 15  # the burst, plus what refilled
+        assert rates["identify_push"]["keys"] == 1  # one peer, one bucket
+        assert rates["ping"]["refused"] == 0
+        assert len(await PingService(bad).ping(node_id, 2)) == 2
+
+
 def rss_mib(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
