@@ -197,7 +197,9 @@ class BoundedYamux(Yamux):
     state py-libp2p's streams read: `streams`, `stream_buffers` and `stream_events`
     (their read path waits on those), `recv_window` (their window updates add to it),
     `_finalize_stream_locked` (drops a stream's bookkeeping once it is closed both ways
-    and drained), `_cleanup_on_error` (ends the connection and tells the swarm), and
+    and drained), `_cleanup_on_error` (ends the connection and tells the swarm),
+    `_write_frame` (its write lock: our frames must not interleave with the streams'),
+    `_read_data_body` (a frame body with py-libp2p's read timeout), and
     `_rtt`/`_ping_event`/`_ping_sent_time` (its RTT measurement, which auto-tuning reads).
     py-libp2p's muxer negotiation builds `Yamux` itself whatever class the muxer
     options name, so `BoundedMuxers` adopts each new one, before it starts, by

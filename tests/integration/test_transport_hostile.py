@@ -209,6 +209,7 @@ async def flood(target: str, addr: str, mode: str, until: float,
             await trio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_a_window_flood_for_10s_leaves_rss_bounded_and_pings_flowing(
         proc_nodes: list[ProcNode]) -> None:
     a, b = proc_nodes
