@@ -127,6 +127,18 @@ class P2pmHost(BasicHost):
 
         return handle
 
+    async def _swarm_stream_handler(self, net_stream: INetStream) -> None:
+        # Every new inbound stream of every muxer enters here (BasicHost's private
+        # entry point, before protocol negotiation). BoundedYamux counted its streams
+        # against the per-peer open rate already; an Mplex connection's are counted
+        # here, so a peer cannot escape the limit by choosing the fallback muxer.
+        if not isinstance(net_stream.muxed_conn, BoundedYamux) and not \
+                self.limits.stream_open.allow(net_stream.muxed_conn.peer_id,
+                                              trio.current_time()):
+            await net_stream.reset()
+            return
+        await super()._swarm_stream_handler(net_stream)
+
     def _announce(self, peer: ID) -> None:
         if self.on_identified is not None:
             self.on_identified(peer)

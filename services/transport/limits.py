@@ -3,8 +3,8 @@
 Two layers, both token buckets in bounded tables (common/ratelimit.py, where the
 overflow rule is written):
 
-* any new stream, counted by the muxer before a byte of it is read (yamux_guard.py):
-  `STREAM_OPEN`;
+* any new stream, counted by the muxer before a byte of it is read (yamux_guard.py;
+  on an Mplex connection, by the host before protocol negotiation): `STREAM_OPEN`;
 * each protocol, once multistream-select has named it, before its handler runs: the
   rates below. The transport's own protocols (identify, identify push, ping, relay hop
   and stop, AutoNAT, DCUtR) and the ones owners speak through the stream API (kad,
