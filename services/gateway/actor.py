@@ -10,7 +10,8 @@ builds itself, from the keystore's signature and the transport's addresses.
 Who may call: anyone who can reach the `run/` folder (mode 0700, checked and tightened
 at start), which is the node's owner; for the optional TCP endpoint (`gateway.tcp`)
 every request also carries the token in `<home>/gateway.token` (0600, generated on
-first use) as `"token"` next to `"method"`.
+first use) as `"token"` next to `"method"`. That door listens on loopback only unless
+`gateway.tcp_allow_remote = true`, and rate-limits wrong tokens (door.py).
 
 Events (re-published from the actors behind it, for attached clients):
   gateway.message.received {"id", "conversation", "author", "body", "ts"}
@@ -37,6 +38,9 @@ from p2pm.common import errors, identity, wire
 from p2pm.common import invite as invites
 from p2pm.common.actor import Actor, on_event, rpc
 from p2pm.common.zmqtrio import AsyncSocket
+
+from . import door
+from .door import DoorGuard, check_bind
 
 # Bodies are text typed by a person; a bus frame could carry far more, a chat should not.
 MAX_TEXT_BYTES = 16 * 1024
@@ -114,8 +118,9 @@ class Gateway(Actor):
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.tcp = str(self.config.get("gateway", {}).get("tcp", "") or "")
+        self.tcp_allow_remote = self.config.get("gateway", {}).get("tcp_allow_remote", False)
         self.tcp_bound: str | None = None
-        self.tcp_refused = 0
+        self.door = DoorGuard()
         self._token: bytes | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -124,8 +129,7 @@ class Gateway(Actor):
             _guard_run_dir(self.home.run)
             self.log.info("gateway.local_clients", run_dir=str(self.home.run), mode="0700")
         if self.tcp:
-            if not self.tcp.startswith("tcp://"):
-                raise ValueError(f"gateway.tcp must be a tcp:// endpoint, got {self.tcp!r}")
+            check_bind(self.tcp, self.tcp_allow_remote)
             if self.home is None:
                 raise ValueError("gateway.tcp needs a home for its token")
             self._token = load_or_create_token(self.home.root / TOKEN_FILE)
@@ -135,7 +139,7 @@ class Gateway(Actor):
             await self._serve_tcp()
 
     def status(self) -> dict[str, Any]:
-        return {"tcp": self.tcp_bound, "tcp_refused": self.tcp_refused}
+        return {"tcp": self.tcp_bound, **self.door.status()}
 
     async def resync(self, source: str, reason: str) -> None:
         self.publish("gateway.resync", {"source": source, "reason": reason})
@@ -156,35 +160,56 @@ class Gateway(Actor):
         limiter = trio.Semaphore(TCP_MAX_CONCURRENT)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._summarise_refusals)
                 while True:
-                    frames = await asock.recv_multipart()
+                    frames = await asock.recv_multipart(copy=False)
                     await limiter.acquire()
                     nursery.start_soon(self._tcp_request, asock, frames, limiter)
         finally:
             asock.close(linger_ms=0)
 
-    async def _tcp_request(self, sock: AsyncSocket, frames: list[bytes],
+    async def _summarise_refusals(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            line = self.door.summary(trio.current_time())
+            if line is not None:
+                self.log.warning("gateway.tcp_refused_summary", refused=line.refused,
+                                 limited=line.limited, other_sources=line.other_sources,
+                                 sources=" ".join(f"{s}={n}" for s, n in line.sources))
+
+    async def _tcp_request(self, sock: AsyncSocket, frames: list[Any],
                            limiter: trio.Semaphore) -> None:
         try:
             await self._tcp_answer(sock, frames)
         finally:
             limiter.release()
 
-    async def _tcp_answer(self, sock: AsyncSocket, frames: list[bytes]) -> None:
+    async def _tcp_answer(self, sock: AsyncSocket, zframes: list[Any]) -> None:
         assert self.runtime is not None and self._token is not None
-        if len(frames) < 2:
+        if len(zframes) < 2:
             return
+        source = _peer_address(zframes[-1])
+        frames = [f.bytes for f in zframes]
         envelope, body = frames[:-1], frames[-1]
+        now = trio.current_time()
+        if not self.door.admits(source, now):
+            await sock.send_multipart([*envelope, wire.encode_error(None, errors.BusError(
+                errors.LIMIT, "too many wrong tokens from this address; try again in "
+                              "a few seconds"))])
+            return
         try:
             req = wire.decode_request(body)
             token = wire.loads(body).get("token")
         except errors.BusError as exc:
+            self.door.failed(source, now)  # no token either: a flood of it costs the same
             await sock.send_multipart([*envelope, wire.encode_error(None, exc)])
             return
         if not isinstance(token, str) or not hmac.compare_digest(
                 token.encode(), self._token):
-            self.tcp_refused += 1
-            self.log.warning("gateway.tcp_refused", reason="bad token")
+            if self.door.failed(source, now):
+                self.log.warning("gateway.tcp_refused", reason="bad token", source=source,
+                                 note=f"further refusals are summarised every "
+                                      f"{door.SUMMARY_S:g}s")
             await sock.send_multipart([*envelope, wire.encode_error(req.id, errors.forbidden(
                 f"a valid token is required on the TCP endpoint (see {TOKEN_FILE})"))])
             return
@@ -543,6 +568,14 @@ def _guard_run_dir(run: Any) -> None:
         raise PermissionError(f"{run} belongs to uid {st.st_uid}, not to this user")
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(run, 0o700)
+
+
+def _peer_address(frame: Any) -> str:
+    """The remote IP of a TCP message (ZeroMQ's "Peer-Address" property)."""
+    try:
+        return str(frame.get("Peer-Address"))
+    except (zmq.ZMQError, AttributeError):
+        return "unknown"
 
 
 def load_or_create_token(path: Any) -> bytes:

@@ -89,6 +89,7 @@ class Transport(Actor):
                 "nat": self.nat.status() if self.nat else {},
                 "peers": len(self.node.host.get_connected_peers()),
                 "streams": self.hub.status() if self.hub else {},
+                "limits": self.node.limits_status(),
                 "problem": self._problem}
 
     def _check_config(self) -> list[str]:
