@@ -25,8 +25,12 @@ def run(name: str, home: Home) -> int:
     except (ValueError, configmod.ConfigError) as exc:
         print(f"p2pm: {exc}", file=sys.stderr)
         return 2
-    home.ensure()
-    setup_logging(cfg["node"]["log_level"])
+    try:
+        home.ensure()
+    except OSError as exc:
+        print(f"p2pm: cannot make the home folder {home.root}: {exc.strerror}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.node.log_level)
     actor = cls(home, cfg)
     return run_actor_process(actor, home.endpoints())
 

@@ -36,6 +36,7 @@ import zmq
 from p2pm.common import errors, identity, wire
 from p2pm.common import invite as invites
 from p2pm.common.actor import Actor, on_event, rpc
+from p2pm.common.config import settings_of
 from p2pm.common.zmqtrio import AsyncSocket
 
 # Bodies are text typed by a person; a bus frame could carry far more, a chat should not.
@@ -113,7 +114,7 @@ class Gateway(Actor):
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
-        self.tcp = str(self.config.get("gateway", {}).get("tcp", "") or "")
+        self.tcp = settings_of(self.config).gateway.tcp  # checked in settings.py
         self.tcp_bound: str | None = None
         self.tcp_refused = 0
         self._token: bytes | None = None
@@ -124,8 +125,6 @@ class Gateway(Actor):
             _guard_run_dir(self.home.run)
             self.log.info("gateway.local_clients", run_dir=str(self.home.run), mode="0700")
         if self.tcp:
-            if not self.tcp.startswith("tcp://"):
-                raise ValueError(f"gateway.tcp must be a tcp:// endpoint, got {self.tcp!r}")
             if self.home is None:
                 raise ValueError("gateway.tcp needs a home for its token")
             self._token = load_or_create_token(self.home.root / TOKEN_FILE)

@@ -57,6 +57,7 @@ import trio
 
 from p2pm.common import errors, identity, wire
 from p2pm.common.actor import Actor, every, on_event, rpc
+from p2pm.common.config import settings_of
 
 from . import conversations as cv
 from . import sync
@@ -137,8 +138,7 @@ class Gossip(Actor):
 
     def __init__(self, home: Any = None, config: dict[str, Any] | None = None) -> None:
         super().__init__(home, config)
-        gcfg = (config or {}).get("gossip", {})
-        self.params = GossipParams(heartbeat_s=float(gcfg.get("heartbeat_s", 1.0)))
+        self.params = GossipParams(heartbeat_s=settings_of(config).gossip.heartbeat_s)
         self.me = ""
         self.router: Router | None = None
         self.streams: Any = None

@@ -102,8 +102,8 @@ async def test_run_dir_is_tightened_and_bad_tcp_config_refused(short_tmp: Path) 
     assert stat.S_IMODE(home.run.stat().st_mode) == 0o700
     cfg = configmod.defaults()
     cfg["gateway"]["tcp"] = "http://0.0.0.0:80"
-    with pytest.raises(ValueError, match="tcp://"):
-        await Gateway(home, cfg).setup()
+    with pytest.raises(ValueError, match="gateway.tcp: .*tcp://"):
+        Gateway(home, cfg)
     assert not (home.root / TOKEN_FILE).exists()
 
 
