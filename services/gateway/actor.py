@@ -311,7 +311,9 @@ class Gateway(Actor):
             try:
                 inv = invites.decode(text)
             except invites.InviteError as exc:
-                raise errors.bad_params(f"invalid invite: {exc}") from None
+                # Refused, not bad input: an invite that does not verify was
+                # tampered with, forged or garbled (exit 1 in the CLI).
+                raise errors.forbidden(f"invalid invite: {exc}") from None
             peer_id, addrs = inv.peer_id, list(inv.addrs)
         else:
             try:

@@ -772,10 +772,14 @@ class Gossip(Actor):
     async def room_join(self, invite: str) -> dict[str, Any]:
         """{"invite"} -> {"id", "name", "kind": "room"}; joining twice is harmless."""
         await self._ready()
+        if not isinstance(invite, str) or not invite.strip():
+            raise errors.bad_params("the invite is empty")
         try:
             inv = cv.decode_invite(invite)
         except cv.InviteError as exc:
-            raise errors.bad_params(f"invalid invite: {exc}") from None
+            # Refused, not bad input: an invite that does not verify was tampered
+            # with, forged or garbled (exit 1 in the CLI).
+            raise errors.forbidden(f"invalid invite: {exc}") from None
         members = {self.me, inv.inviter}
         if inv.id in self.convs:
             members |= self.convs[inv.id].members
