@@ -39,9 +39,11 @@ Theory of operation
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import signal
 import sys
+import threading
 import time
 import types
 import typing
@@ -62,6 +64,10 @@ from .zmqtrio import AsyncSocket
 MAX_CONCURRENT = 256
 REPLY_CACHE = 4096
 HEARTBEAT_S = 1.0
+# An actor exits within this long of SIGTERM: teardown gets up to TEARDOWN_S, the
+# sockets' linger is 0.2 s, and whatever is still running after that is cut short.
+TEARDOWN_S = 4.0
+STOP_BOUND_S = 5.0
 
 # -- decorators ----------------------------------------------------------------------
 
@@ -345,7 +351,7 @@ class ActorRuntime:
                 await trio.sleep_forever()
         finally:
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(5):
+                with trio.move_on_after(TEARDOWN_S):
                     await self.actor.teardown()
             for c in self._clients.values():
                 c.close()
@@ -572,6 +578,7 @@ def run_actor_process(actor: Actor, endpoints: Endpoints) -> int:
                 with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
                     async for signum in sigs:
                         actor.log.info("actor.stopping", signal=signal.Signals(signum).name)
+                        _exit_after(STOP_BOUND_S, actor)
                         nursery.cancel_scope.cancel()
                         return
 
@@ -588,6 +595,20 @@ def run_actor_process(actor: Actor, endpoints: Endpoints) -> int:
         ctx.term()
         lock.close()
     return code
+
+
+def _exit_after(seconds: float, actor: Actor) -> None:
+    """The stop's bound: a task that ignores cancellation (a shielded send to a peer
+    socket that went away, a thread) must not keep a stopping actor alive until
+    supervisord's SIGKILL. Exits 0, as a stop does; the log says it was cut short."""
+    def overrun() -> None:
+        actor.log.error("actor.stop_overrun", bound_s=seconds)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(seconds, overrun)
+    timer.daemon = True
+    timer.start()
 
 
 def _lock_actor(name: str, endpoints: Endpoints) -> Any:

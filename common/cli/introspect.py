@@ -16,7 +16,7 @@ import zmq
 from .. import errors, wire
 from ..home import ACTORS
 from . import bus
-from .base import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, Ctx, fail, main
+from .base import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, SECONDS, Ctx, fail, main
 from .safe import inert, inert_json
 
 
@@ -36,7 +36,7 @@ def _bus_call(obj: Ctx, actor: str, method: str, params: dict[str, Any] | None =
 @click.argument("actor", type=click.Choice(ACTORS))
 @click.argument("method")
 @click.argument("params_json", required=False, default="{}")
-@click.option("--timeout", type=float, default=bus.CALL_TIMEOUT, show_default=True,
+@click.option("--timeout", type=SECONDS, default=bus.CALL_TIMEOUT, show_default=True,
               help="Seconds per attempt (a few attempts are made).")
 @click.pass_obj
 def call(obj: Ctx, actor: str, method: str, params_json: str, timeout: float) -> None:

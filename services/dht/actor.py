@@ -33,6 +33,7 @@ import trio
 from p2pm.common import errors, identity, wire
 from p2pm.common import protobuf as pb
 from p2pm.common.actor import Actor, every, on_event, rpc
+from p2pm.common.config import settings_of
 from p2pm.services.transport.streams import open_streams
 
 from .convert import (decode_snapshot, encode_snapshot, make_peer, peer_id_bytes,
@@ -49,7 +50,6 @@ DEFAULT_RECORD_TTL_S = 24 * 3600.0
 BOOTSTRAP_AGAIN_S = 10.0  # at most one self-lookup this often as new peers appear
 BOOTSTRAP_RETRY_S = 0.5  # next self-lookup after one that found new peers
 BOOTSTRAP_RETRY_MAX_S = 60.0
-MODES = ("auto", "server", "client")
 
 
 class Dht(Actor):
@@ -57,35 +57,17 @@ class Dht(Actor):
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
-        cfg = self.config.get("dht", {})
-        # A bad setting is reported (log, status) and replaced by its default: the
-        # node keeps a working DHT rather than a crash loop under supervisord.
-        self.config_errors: list[str] = []
-        self.mode = str(cfg.get("mode", "auto"))
-        if self.mode not in MODES:
-            self._bad_setting(f"dht.mode must be one of {', '.join(MODES)}, not "
-                              f"{self.mode!r}; using auto")
-            self.mode = "auto"
-        k, alpha = cfg.get("bucket_size", 20), cfg.get("alpha", 3)
-        if not isinstance(k, int) or not 1 <= k <= 256:
-            self._bad_setting(f"dht.bucket_size must be 1..256, not {k!r}; using 20")
-            k = 20
-        if not isinstance(alpha, int) or not 1 <= alpha <= k:
-            self._bad_setting(f"dht.alpha must be 1..bucket_size, not {alpha!r}; using 3")
-            alpha = min(3, k)
-        self.core_config = Config(k=k, alpha=alpha)
-        self.bootstrap_addrs: list[str] = list(self.config.get("transport", {})
-                                               .get("bootstrap", []))
+        # Checked once, in settings.py: a bad value never gets this far.
+        settings = settings_of(self.config)
+        self.mode = settings.dht.mode
+        self.core_config = Config(k=settings.dht.bucket_size, alpha=settings.dht.alpha)
+        self.bootstrap_addrs: list[str] = list(settings.transport.bootstrap)
         self.driver: KadDriver | None = None
         self.peer_id: str | None = None
         self._saved: frozenset[bytes] | None = None
         self._last_bootstrap = float("-inf")
         self._ready = trio.Event()
         self.remembered = 0  # peers reloaded from the stored snapshot at start
-
-    def _bad_setting(self, message: str) -> None:
-        self.config_errors.append(message)
-        self.log.error("dht.bad_config", problem=message)
 
     @property
     def server_mode(self) -> bool:
@@ -100,8 +82,7 @@ class Dht(Actor):
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": self.mode, "server": self.server_mode,
-                               "remembered": self.remembered,
-                               "config_errors": list(self.config_errors)}
+                               "remembered": self.remembered}
         if self.driver is not None:
             out.update(peer_id=self.peer_id, **self.driver.statistics(),
                        transport=self.driver.streams.statistics())

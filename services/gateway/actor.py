@@ -37,6 +37,7 @@ import zmq
 from p2pm.common import errors, identity, wire
 from p2pm.common import invite as invites
 from p2pm.common.actor import Actor, on_event, rpc
+from p2pm.common.config import settings_of
 from p2pm.common.zmqtrio import AsyncSocket
 
 from . import door
@@ -117,8 +118,9 @@ class Gateway(Actor):
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
-        self.tcp = str(self.config.get("gateway", {}).get("tcp", "") or "")
-        self.tcp_allow_remote = self.config.get("gateway", {}).get("tcp_allow_remote", False)
+        gateway = settings_of(self.config).gateway  # checked in settings.py
+        self.tcp = gateway.tcp
+        self.tcp_allow_remote = gateway.tcp_allow_remote
         self.tcp_bound: str | None = None
         self.door = DoorGuard()
         self._token: bytes | None = None
@@ -337,7 +339,9 @@ class Gateway(Actor):
             try:
                 inv = invites.decode(text)
             except invites.InviteError as exc:
-                raise errors.bad_params(f"invalid invite: {exc}") from None
+                # Refused, not bad input: an invite that does not verify was
+                # tampered with, forged or garbled (exit 1 in the CLI).
+                raise errors.forbidden(f"invalid invite: {exc}") from None
             peer_id, addrs = inv.peer_id, list(inv.addrs)
         else:
             try:

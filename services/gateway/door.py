@@ -18,12 +18,12 @@ Sans-IO: time comes in as `now`; `DoorGuard.summary(now)` returns the line to lo
 
 from __future__ import annotations
 
-import ipaddress
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from p2pm.common.ratelimit import Rate, RateTable
+from p2pm.common.settings import is_loopback, tcp_host
 
 ALLOW_REMOTE_KEY = "gateway.tcp_allow_remote"
 PER_SOURCE = Rate(rate=1.0, burst=10.0)  # failed tokens per source address
@@ -34,26 +34,6 @@ SUMMARY_TOP = 5  # sources named in a summary line
 # Sources counted between two summaries; past this, refusals still count in the total
 # and under "other", so the table cannot grow with the number of addresses.
 MAX_COUNTED_SOURCES = 256
-
-
-def tcp_host(endpoint: str) -> str:
-    """The host part of a `tcp://HOST:PORT` endpoint (brackets of IPv6 removed)."""
-    if not endpoint.startswith("tcp://"):
-        raise ValueError(f"gateway.tcp must be a tcp:// endpoint, got {endpoint!r}")
-    rest = endpoint[len("tcp://"):]
-    host, sep, port = rest.rpartition(":")
-    if not sep or not host or not port:
-        raise ValueError(f"gateway.tcp must be tcp://HOST:PORT, got {endpoint!r}")
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # "*", an interface name, a host name: not provably loopback
 
 
 def check_bind(endpoint: str, allow_remote: Any) -> None:

@@ -57,6 +57,7 @@ import trio
 
 from p2pm.common import errors, identity, wire
 from p2pm.common.actor import Actor, every, on_event, rpc
+from p2pm.common.config import settings_of
 
 from . import conversations as cv
 from . import sync
@@ -137,8 +138,7 @@ class Gossip(Actor):
 
     def __init__(self, home: Any = None, config: dict[str, Any] | None = None) -> None:
         super().__init__(home, config)
-        gcfg = (config or {}).get("gossip", {})
-        self.params = GossipParams(heartbeat_s=float(gcfg.get("heartbeat_s", 1.0)))
+        self.params = GossipParams(heartbeat_s=settings_of(config).gossip.heartbeat_s)
         self.me = ""
         self.router: Router | None = None
         self.streams: Any = None
@@ -772,10 +772,14 @@ class Gossip(Actor):
     async def room_join(self, invite: str) -> dict[str, Any]:
         """{"invite"} -> {"id", "name", "kind": "room"}; joining twice is harmless."""
         await self._ready()
+        if not isinstance(invite, str) or not invite.strip():
+            raise errors.bad_params("the invite is empty")
         try:
             inv = cv.decode_invite(invite)
         except cv.InviteError as exc:
-            raise errors.bad_params(f"invalid invite: {exc}") from None
+            # Refused, not bad input: an invite that does not verify was tampered
+            # with, forged or garbled (exit 1 in the CLI).
+            raise errors.forbidden(f"invalid invite: {exc}") from None
         members = {self.me, inv.inviter}
         if inv.id in self.convs:
             members |= self.convs[inv.id].members

@@ -35,9 +35,10 @@ import trio
 
 from p2pm.common import errors
 from p2pm.common.actor import Actor, rpc
+from p2pm.common.config import settings_of
 
 from . import schema
-from .store import MESSAGE_STATES, SYNCHRONOUS_MODES, Message, Result, Store, capture
+from .store import MESSAGE_STATES, Message, Result, Store, capture
 
 MAX_ID = 128  # message, conversation and peer ids, kv keys
 MAX_NAME = 256
@@ -150,6 +151,7 @@ class Storage(Actor):
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
+        self.synchronous = settings_of(self.config).storage.synchronous  # settings.py
         self.store: Store | None = None
         self._lock = trio.Lock()
         self._queue: list[_Slot] = []  # writes waiting for the next batch
@@ -159,10 +161,7 @@ class Storage(Actor):
 
     async def setup(self) -> None:
         assert self.home is not None, "storage needs a home"
-        sync = str(self.config.get("storage", {}).get("synchronous", "FULL")).upper()
-        if sync not in SYNCHRONOUS_MODES:
-            raise ValueError(f"storage.synchronous must be one of "
-                             f"{', '.join(SYNCHRONOUS_MODES)}, got {sync!r}")
+        sync = self.synchronous
         self.home.data.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.home.data / "node.db"
         try:

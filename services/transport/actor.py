@@ -31,6 +31,7 @@ from libp2p.peer.id import ID
 
 from p2pm.common import errors, wire
 from p2pm.common.actor import Actor, every, rpc
+from p2pm.common.config import settings_of
 from p2pm.common.zmqtrio import AsyncSocket
 
 from .host import ConnectionWatcher, NodeHost, open_host, ping_rtt_ms
@@ -47,10 +48,6 @@ DIRECT_BEFORE_RELAY_S = 3.0
 DIAL_STAGGER_S = 0.25  # head start of each direct address over the next one
 MAX_DIRECT_ADDRS = 8
 ADDR_TTL_S = 3600
-MAX_CONNECTIONS = 256  # fallbacks for out-of-range settings (same as default.toml)
-MAX_STREAMS_PER_PEER = 64
-KEEPALIVE_INTERVAL_S = 15.0
-KEEPALIVE_TIMEOUT_S = 10.0
 
 
 class Transport(Actor):
@@ -58,13 +55,14 @@ class Transport(Actor):
 
     def __init__(self, home: Any = None, config: dict[str, Any] | None = None) -> None:
         super().__init__(home, config)
-        cfg = (config or {}).get("transport", {})
-        self.listen: list[str] = list(cfg.get("listen", ["/ip4/0.0.0.0/tcp/0"]))
-        self.bootstrap: list[str] = list(cfg.get("bootstrap", []))
-        self.max_connections = int(cfg.get("max_connections", MAX_CONNECTIONS))
-        self.max_streams_per_peer = int(cfg.get("max_streams_per_peer", MAX_STREAMS_PER_PEER))
-        self.keepalive_interval_s = cfg.get("keepalive_interval_s", KEEPALIVE_INTERVAL_S)
-        self.keepalive_timeout_s = cfg.get("keepalive_timeout_s", KEEPALIVE_TIMEOUT_S)
+        # Checked once, in settings.py: a bad value never gets this far.
+        cfg = settings_of(config).transport
+        self.listen: list[str] = list(cfg.listen)
+        self.bootstrap: list[str] = list(cfg.bootstrap)
+        self.max_connections = cfg.max_connections
+        self.max_streams_per_peer = cfg.max_streams_per_peer
+        self.keepalive_interval_s = cfg.keepalive_interval_s
+        self.keepalive_timeout_s = cfg.keepalive_timeout_s
         self.node: NodeHost | None = None
         self.hub: StreamHub | None = None
         self._started = trio.Event()
@@ -92,56 +90,10 @@ class Transport(Actor):
                 "limits": self.node.limits_status(),
                 "problem": self._problem}
 
-    def _check_config(self) -> list[str]:
-        """Problems with the [transport] settings; bad entries are dropped, so one
-        typo does not keep the node off the network."""
-        problems = []
-        good = []
-        for addr in self.listen:
-            try:
-                maddr = multiaddr.Multiaddr(addr)
-                if "tcp" not in {p.name for p in maddr.protocols()}:
-                    raise ValueError("only TCP listeners are supported")
-                good.append(addr)
-            except Exception as exc:
-                problems.append(f"transport.listen: {addr!r} skipped ({exc})")
-        self.listen = good
-        boot = []
-        for addr in self.bootstrap:
-            try:
-                if not multiaddr.Multiaddr(addr).get_peer_id():
-                    raise ValueError("needs /p2p/<peer id>")
-                boot.append(addr)
-            except Exception as exc:
-                problems.append(f"transport.bootstrap: {addr!r} skipped ({exc})")
-        self.bootstrap = boot
-        if self.max_connections < 1:
-            problems.append(f"transport.max_connections must be >= 1; using {MAX_CONNECTIONS}")
-            self.max_connections = MAX_CONNECTIONS
-        if self.max_streams_per_peer < 1:
-            problems.append("transport.max_streams_per_peer must be >= 1; using "
-                            f"{MAX_STREAMS_PER_PEER}")
-            self.max_streams_per_peer = MAX_STREAMS_PER_PEER
-        for key, default in (("keepalive_interval_s", KEEPALIVE_INTERVAL_S),
-                             ("keepalive_timeout_s", KEEPALIVE_TIMEOUT_S)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                problems.append(f"transport.{key} must be a positive number; using {default}")
-                setattr(self, key, default)
-        if not self.listen:
-            problems.append("transport.listen has no usable address; listening on "
-                            "/ip4/0.0.0.0/tcp/0")
-            self.listen = ["/ip4/0.0.0.0/tcp/0"]
-        problems += self.nat_settings.problems
-        for problem in problems:
-            self.log.error("transport.bad_config", problem=problem)
-        return problems
-
     async def run(self) -> None:
-        problems = self._check_config()
         identity = await self.call_until_answered(
             "keystore", "identity", on_wait=self._set_problem)
-        self._problem = "; ".join(problems) or None
+        self._problem = None
         public_key = wire.b64d(identity["public_key"], "keystore public_key")
         await self._serve_host(public_key, identity)
 

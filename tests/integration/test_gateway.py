@@ -159,7 +159,7 @@ async def test_tcp_door_off_loopback_needs_the_explicit_setting(short_tmp: Path)
     # The setting is a real config key: a home's config.toml may say it, typed.
     (home.root / "config.toml").write_text(
         '[gateway]\ntcp = "tcp://0.0.0.0:*"\ntcp_allow_remote = true\n')
-    assert configmod.load(home)["gateway"]["tcp_allow_remote"] is True
+    assert configmod.load(home).gateway.tcp_allow_remote is True
 
 
 async def test_run_dir_is_tightened_and_bad_tcp_config_refused(short_tmp: Path) -> None:
@@ -169,8 +169,8 @@ async def test_run_dir_is_tightened_and_bad_tcp_config_refused(short_tmp: Path) 
     assert stat.S_IMODE(home.run.stat().st_mode) == 0o700
     cfg = configmod.defaults()
     cfg["gateway"]["tcp"] = "http://0.0.0.0:80"
-    with pytest.raises(ValueError, match="tcp://"):
-        await Gateway(home, cfg).setup()
+    with pytest.raises(ValueError, match="gateway.tcp: .*tcp://"):
+        Gateway(home, cfg)
     assert not (home.root / TOKEN_FILE).exists()
 
 

@@ -51,7 +51,7 @@ async def test_malformed_rpcs_get_clear_errors_and_store_nothing() -> None:
              errors.BAD_PARAMS),
             ("post", {"conversation": conv["id"], "text": 5}, errors.BAD_PARAMS),
             ("post", {"conversation": "nope", "text": "hi"}, errors.NOT_FOUND),
-            ("room_join", {"invite": "p2pm-invite1:garbage"}, errors.BAD_PARAMS),
+            ("room_join", {"invite": "p2pm-invite1:garbage"}, errors.FORBIDDEN),
             ("room_join", {"invite": ""}, errors.BAD_PARAMS),
             ("direct_open", {"peer_id": "not-a-peer"}, errors.BAD_PARAMS),
             ("direct_open", {"peer_id": alice.peer_id}, errors.BAD_PARAMS),
