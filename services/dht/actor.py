@@ -30,9 +30,10 @@ from typing import Any
 
 import trio
 
-from p2pm.common import errors, identity, wire
+from p2pm.common import errors, identity
 from p2pm.common import protobuf as pb
 from p2pm.common.actor import Actor, every, on_event, rpc
+from p2pm.common.clients import KeystoreClient, StorageClient, TransportClient
 from p2pm.services.transport.streams import open_streams
 
 from .convert import (decode_snapshot, encode_snapshot, make_peer, peer_id_bytes,
@@ -54,6 +55,9 @@ MODES = ("auto", "server", "client")
 
 class Dht(Actor):
     name = "dht"
+    keystore = KeystoreClient.dependency()
+    storage = StorageClient.dependency()
+    transport = TransportClient.dependency()
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
@@ -109,10 +113,10 @@ class Dht(Actor):
 
     async def run(self) -> None:
         assert self.runtime is not None
-        me = await self.call_until_answered("keystore", "identity")
-        self.peer_id = me["peer_id"]
+        me = await self.keystore.until_answered().identity()
+        self.peer_id = me.peer_id
         validators = Validators(PublicKeyValidator(), SignedRecordValidator(identity.verify))
-        core = KadCore(Peer(peer_id_bytes(me["peer_id"]), ()), validators, self.core_config,
+        core = KadCore(Peer(peer_id_bytes(me.peer_id), ()), validators, self.core_config,
                        server_mode=self.server_mode)
         remembered = await self._load_snapshot()
         self.remembered = len(remembered)
@@ -148,7 +152,7 @@ class Dht(Actor):
         await self._sync_connected()
         if self.mode == "auto":
             try:
-                status = await self.call("transport", "sys.status", timeout=2.0, retries=1)
+                status = await self.transport.with_options(timeout=2.0, retries=1).status()
                 await self._follow_reachability(status.get("reachability"))
             except errors.BusError:
                 pass  # the event will tell
@@ -208,7 +212,7 @@ class Dht(Actor):
         if driver is None:
             return
         try:
-            peers = await self.call("transport", "peers", timeout=2.0, retries=5)
+            peers = await self.transport.with_options(timeout=2.0, retries=5).peers()
         except errors.BusError as exc:
             self.log.warning("dht.transport_unavailable", error=exc.message)
             return
@@ -240,10 +244,10 @@ class Dht(Actor):
         if driver is None:
             return
         try:
-            mine = await self.call("transport", "addrs", timeout=2.0, retries=5)
+            mine = await self.transport.with_options(timeout=2.0, retries=5).addrs()
         except errors.BusError:
             return
-        local = make_peer(mine["peer_id"], mine["addrs"])
+        local = make_peer(mine.peer_id, list(mine.addrs))
         if local.id == driver.core.local.id:
             driver.core.local = local
 
@@ -303,12 +307,10 @@ class Dht(Actor):
 
     async def _load_snapshot(self) -> list[Peer]:
         try:
-            got = await self.call("storage", "kv_get", {"key": SNAPSHOT_KEY},
-                                  timeout=2.0, retries=1)
-            peers = decode_snapshot(wire.b64d(got["value"], "snapshot"))
+            got = await self.storage.with_options(timeout=2.0, retries=1).kv_get(SNAPSHOT_KEY)
+            peers = decode_snapshot(got) if got is not None else []
         except errors.BusError as exc:
-            if exc.code != errors.NOT_FOUND:
-                self.log.warning("dht.snapshot_unavailable", error=exc.message)
+            self.log.warning("dht.snapshot_unavailable", error=exc.message)
             return []
         except (ValueError, KeyError, TypeError) as exc:
             self.log.warning("dht.snapshot_unreadable", error=str(exc))
@@ -324,9 +326,8 @@ class Dht(Actor):
         if ids == self._saved:
             return
         try:
-            await self.call("storage", "kv_put", {"key": SNAPSHOT_KEY,
-                                                  "value": encode_snapshot(peers)},
-                            timeout=timeout, retries=retries)
+            await self.storage.with_options(timeout=timeout, retries=retries).kv_put(
+                SNAPSHOT_KEY, encode_snapshot(peers))
             self._saved = ids
         except errors.BusError as exc:
             self.log.warning("dht.snapshot_not_saved", error=exc.message)
@@ -360,7 +361,8 @@ class Dht(Actor):
 
     async def _tell_transport(self, found: dict[str, Any]) -> None:
         try:
-            await self.call("transport", "add_addrs", found, timeout=2.0, retries=1)
+            await self.transport.with_options(timeout=2.0, retries=1).add_addrs(
+                found["peer_id"], list(found["addrs"]))
         except errors.BusError as exc:
             self.log.warning("dht.addrs_not_given", peer=found["peer_id"], error=exc.message)
 
@@ -416,9 +418,7 @@ class Dht(Actor):
         seq = int(time.time() * 1000)
         expires = int(time.time() + ttl)
         body = signed_bytes(key, owner, seq, expires, value)
-        signed = await self.call("keystore", "sign", {"domain": RECORD_DOMAIN,
-                                                      "data": wire.b64e(body)})
-        signature = wire.b64d(signed["signature"], "keystore signature")
+        signature = await self.keystore.sign(RECORD_DOMAIN, body)
         return pb.encode(SignedValue(owner, seq, expires, value, signature))
 
     @rpc

@@ -36,6 +36,7 @@ import zmq
 from p2pm.common import errors, identity, wire
 from p2pm.common import invite as invites
 from p2pm.common.actor import Actor, on_event, rpc
+from p2pm.common.clients import DhtClient, KeystoreClient, StorageClient, TransportClient
 from p2pm.common.zmqtrio import AsyncSocket
 
 # Bodies are text typed by a person; a bus frame could carry far more, a chat should not.
@@ -110,6 +111,11 @@ class Gateway(Actor):
     name = "gateway"
     downstream_timeout = DOWNSTREAM_TIMEOUT
     downstream_retries = DOWNSTREAM_RETRIES
+    # Through _call, so an actor that does not answer reads as "unavailable".
+    keystore = KeystoreClient.dependency(via="_call")
+    storage = StorageClient.dependency(via="_call")
+    transport = TransportClient.dependency(via="_call")
+    dht = DhtClient.dependency(via="_call")
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
@@ -207,27 +213,18 @@ class Gateway(Actor):
             raise
 
     async def _peer_id(self) -> str:
-        return str((await self._call("keystore", "identity"))["peer_id"])
+        return (await self.keystore.identity()).peer_id
 
     async def _display_name(self) -> str:
-        try:
-            got = await self._call("storage", "kv_get", {"key": NAME_KEY})
-        except errors.BusError as exc:
-            if exc.code != errors.NOT_FOUND:
-                raise
-            return ""
-        value = got.get("value") if isinstance(got, dict) else None
-        return wire.b64d(value, "name").decode("utf-8", "replace") if value else ""
+        value = await self.storage.kv_get(NAME_KEY)
+        return value.decode("utf-8", "replace") if value else ""
 
     async def _contact(self, name: str) -> dict[str, Any]:
         _check_ref(name, "a contact name")
-        try:
-            return await self._call("storage", "contact_get", {"name": name})
-        except errors.BusError as exc:
-            if exc.code == errors.NOT_FOUND:
-                raise errors.not_found(f"no contact named {name!r} (see p2pm contacts "
-                                       "list)") from None
-            raise
+        contact = await self.storage.contact_get(name=name)
+        if contact is None:
+            raise errors.not_found(f"no contact named {name!r} (see p2pm contacts list)")
+        return contact
 
     async def _conversations(self) -> list[dict[str, Any]]:
         got = await self._call("gossip", "conversation_list")
@@ -247,13 +244,9 @@ class Gateway(Actor):
         if len(named) > 1:
             ids = ", ".join(str(c.get("id")) for c in named)
             raise errors.bad_params(f"{ref!r} names several conversations ({ids}); use an id")
-        try:
-            contact = await self._call("storage", "contact_get", {"name": ref})
-        except errors.BusError as exc:
-            if exc.code != errors.NOT_FOUND:
-                raise
-            raise errors.not_found(
-                f"no conversation, room or contact named {ref!r}") from None
+        contact = await self.storage.contact_get(name=ref)
+        if contact is None:
+            raise errors.not_found(f"no conversation, room or contact named {ref!r}")
         return await self._open_direct(contact)
 
     async def _open_direct(self, contact: dict[str, Any]) -> dict[str, Any]:
@@ -266,7 +259,7 @@ class Gateway(Actor):
     async def node_info(self) -> dict[str, Any]:
         """{} -> {"peer_id", "name", "addrs"}: who this node is, as invites show it."""
         peer_id = await self._peer_id()
-        addrs = (await self._call("transport", "addrs"))["addrs"]
+        addrs = list((await self.transport.addrs()).addrs)
         return {"peer_id": peer_id, "name": await self._display_name(), "addrs": addrs}
 
     @rpc
@@ -283,16 +276,14 @@ class Gateway(Actor):
             except invites.InviteError as exc:
                 raise errors.bad_params(str(exc)) from None
         peer_id = await self._peer_id()
-        addrs = (await self._call("transport", "addrs"))["addrs"]
+        addrs = list((await self.transport.addrs()).addrs)
         if name is not None:
-            await self._call("storage", "kv_put",
-                             {"key": NAME_KEY, "value": wire.b64e(name.encode())})
+            await self.storage.kv_put(NAME_KEY, name.encode())
         shown = name or await self._display_name() or peer_id[-8:]
         inv = invites.NodeInvite(peer_id, shown, tuple(addrs[:invites.MAX_ADDRS]),
                                  time.time())
-        signed = await self._call("keystore", "sign", {
-            "domain": invites.DOMAIN, "data": wire.b64e(inv.payload())})
-        text = invites.encode(inv, wire.b64d(signed["signature"], "signature"))
+        signature = await self.keystore.sign(invites.DOMAIN, inv.payload())
+        text = invites.encode(inv, signature)
         return Invite(text, peer_id, shown, list(inv.addrs))
 
     # -- contacts ----------------------------------------------------------------------
@@ -321,38 +312,27 @@ class Gateway(Actor):
                 raise errors.bad_params(
                     "not an invite (p2pm-node:...) nor a peer ID (12D3KooW...)") from None
             peer_id = text
-            found = await self._call("dht", "find_peer", {"peer_id": peer_id},
-                                     timeout=DIAL_TIMEOUT)
+            found = await self.dht.with_options(timeout=DIAL_TIMEOUT).find_peer(peer_id)
             addrs = list(found.get("addrs") or [])
         if peer_id == await self._peer_id():
             raise errors.bad_params("that invite is this node's own")
-        try:
-            existing = await self._call("storage", "contact_get", {"name": name})
-        except errors.BusError as exc:
-            if exc.code != errors.NOT_FOUND:
-                raise
-            existing = None
+        existing = await self.storage.contact_get(name=name)
         if existing is not None and existing["peer_id"] != peer_id:
             raise errors.BusError(errors.CONFLICT,
                                   f"{name!r} is already the contact {existing['peer_id']}")
         if existing is None:
-            try:
-                known = await self._call("storage", "contact_get", {"peer_id": peer_id})
-            except errors.BusError as exc:
-                if exc.code != errors.NOT_FOUND:
-                    raise
-            else:
+            known = await self.storage.contact_get(peer_id=peer_id)
+            if known is not None:
                 raise errors.BusError(errors.CONFLICT,
                                       f"that peer is already your contact {known['name']!r}")
-        got = await self._call("storage", "contact_add",
-                               {"name": name, "peer_id": peer_id, "addrs": addrs})
+        got = await self.storage.contact_add(name, peer_id, addrs)
         self.log.info("gateway.contact_added", name=name, peer_id=peer_id)
         return Contact(name, peer_id, addrs, False, bool(got.get("created")))
 
     @rpc
     async def contact_list(self) -> list[dict[str, Any]]:
         """{} -> [{"name", "peer_id", "addrs", "added_at", "verified"}, ...] by name."""
-        return list((await self._call("storage", "contact_list"))["contacts"])
+        return await self.storage.contact_list()
 
     @rpc
     async def contact_verify(self, name: str, confirmed: bool = False) -> SafetyNumber:
@@ -363,17 +343,15 @@ class Gateway(Actor):
         number = invites.safety_number(await self._peer_id(), contact["peer_id"])
         verified = bool(contact.get("verified"))
         if confirmed and not verified:
-            await self._call("storage", "contact_add", {
-                "name": contact["name"], "peer_id": contact["peer_id"],
-                "addrs": list(contact.get("addrs") or []), "verified": True})
+            await self.storage.contact_add(contact["name"], contact["peer_id"],
+                                           list(contact.get("addrs") or []), verified=True)
             verified = True
         return SafetyNumber(name, contact["peer_id"], number, verified)
 
     @rpc
     async def find_peer(self, peer_id: str) -> dict[str, Any]:
         """{"peer_id"} -> {"peer_id", "addrs"} from the DHT."""
-        return await self._call("dht", "find_peer", {"peer_id": peer_id},
-                                timeout=DIAL_TIMEOUT)
+        return await self.dht.with_options(timeout=DIAL_TIMEOUT).find_peer(peer_id)
 
     # -- conversations -----------------------------------------------------------------
     @rpc

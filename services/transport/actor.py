@@ -29,8 +29,9 @@ import zmq
 from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 
-from p2pm.common import errors, wire
+from p2pm.common import errors
 from p2pm.common.actor import Actor, every, rpc
+from p2pm.common.clients import DhtClient, Identity, KeystoreClient
 from p2pm.common.zmqtrio import AsyncSocket
 
 from .host import ConnectionWatcher, NodeHost, open_host, ping_rtt_ms
@@ -55,6 +56,8 @@ KEEPALIVE_TIMEOUT_S = 10.0
 
 class Transport(Actor):
     name = "transport"
+    keystore = KeystoreClient.dependency()
+    dht = DhtClient.dependency()
 
     def __init__(self, home: Any = None, config: dict[str, Any] | None = None) -> None:
         super().__init__(home, config)
@@ -138,18 +141,16 @@ class Transport(Actor):
 
     async def run(self) -> None:
         problems = self._check_config()
-        identity = await self.call_until_answered(
-            "keystore", "identity", on_wait=self._set_problem)
+        identity = await self.keystore.until_answered(self._set_problem).identity()
         self._problem = "; ".join(problems) or None
-        public_key = wire.b64d(identity["public_key"], "keystore public_key")
-        await self._serve_host(public_key, identity)
+        await self._serve_host(identity)
 
-    async def _serve_host(self, public_key: bytes, identity: dict[str, Any]) -> None:
+    async def _serve_host(self, identity: Identity) -> None:
         assert self.runtime is not None
         listen = self._sticky_listen()
-        async with open_host(public_key, self._sign, listen,
+        async with open_host(identity.public_key, self.keystore.sign, listen,
                              self.max_connections) as node:
-            if str(node.peer_id) != identity.get("peer_id", str(node.peer_id)):
+            if str(node.peer_id) != identity.peer_id:
                 raise RuntimeError("keystore peer_id does not match its public key")
             self.node = node
             listening = list(node.host.get_transport_addrs())
@@ -178,7 +179,7 @@ class Transport(Actor):
                                          self.max_streams_per_peer, self._connect)
                     await nursery.start(self.hub.run)
                     self.nat = NatManager(node, self.nat_settings, self.publish,
-                                          self._connect, self.call)
+                                          self._connect, self.dht)
                     node.extra_addrs = self.nat.extra_addrs
                     await nursery.start(self.nat.run)
                     nursery.start_soon(self._persist_loop)
@@ -233,13 +234,6 @@ class Transport(Actor):
 
     def _set_problem(self, problem: str) -> None:
         self._problem = problem
-
-    async def _sign(self, domain: str, data: bytes, payload_type: bytes | None) -> bytes:
-        params: dict[str, Any] = {"domain": domain, "data": wire.b64e(data)}
-        if payload_type is not None:
-            params["payload_type"] = wire.b64e(payload_type)
-        result = await self.call("keystore", "sign", params)
-        return wire.b64d(result["signature"], "keystore signature")
 
     def _require(self) -> NodeHost:
         if self.node is None:
