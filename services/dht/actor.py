@@ -34,7 +34,7 @@ from p2pm.common import errors, identity
 from p2pm.common import protobuf as pb
 from p2pm.common.actor import Actor, every, on_event, rpc
 from p2pm.common.clients import KeystoreClient, StorageClient, TransportClient
-from p2pm.services.transport.streams import open_streams
+from p2pm.common.streams import open_streams
 
 from .convert import (decode_snapshot, encode_snapshot, make_peer, peer_id_bytes,
                       peer_id_text, peer_json, provider_key, record_key, record_key_text)

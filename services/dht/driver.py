@@ -33,7 +33,7 @@ from typing import Any
 import trio
 
 from p2pm.common.log import get_logger
-from p2pm.services.transport.streams import (ProtocolSpec, Stream, StreamClient,
+from p2pm.common.streams import (ProtocolSpec, Stream, StreamClient,
                                              StreamError, StreamReset)
 
 from .convert import addr_text, peer_id_bytes, peer_id_text

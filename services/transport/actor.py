@@ -1,7 +1,7 @@
 """The transport actor: the node's libp2p daemon.
 
 It runs the host (host.py) with a keystore-backed identity (custody.py), serves the
-stream API to the other actors (hub.py, owner side in streams.py), publishes connection
+stream API to the other actors (hub.py; the owner side is common/streams/), publishes connection
 events, answers RPCs about peers, and redials the peers it was connected to when it
 comes back after a crash.
 
@@ -39,7 +39,7 @@ from .hub import StreamHub
 from .nat import NatManager, NatSettings
 from .relay import is_relayed, split_addrs
 from .reuseport import is_circuit
-from .streams import streams_endpoint
+from p2pm.common.streams import streams_endpoint
 
 PEERS_FILE = "transport-peers.json"
 LISTEN_PORTS_FILE = "transport-ports.json"
@@ -168,7 +168,7 @@ class Transport(Actor):
             node.host.on_identified = self._on_identified
             sock = self.runtime.ctx.socket(zmq.ROUTER)
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-            sock.setsockopt(zmq.SNDHWM, 0)  # bounded by stream credit, see frames.py
+            sock.setsockopt(zmq.SNDHWM, 0)  # bounded by stream credit, see common/streams/frames.py
             sock.setsockopt(zmq.RCVHWM, 0)
             sock.bind(streams_endpoint(self.runtime.endpoints))
             asock = AsyncSocket(sock)

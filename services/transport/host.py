@@ -44,7 +44,7 @@ from libp2p.utils.address_validation import expand_wildcard_address
 from p2pm.common.log import get_logger
 
 from .custody import NOISE_DOMAIN, PEER_RECORD_DOMAIN, CustodyError, KeystoreBackedKey
-from .frames import decode_uvarint
+from p2pm.common.streams.frames import decode_uvarint
 from .reuseport import ReuseportTCP, listening_port, local_port
 
 log = get_logger("transport")

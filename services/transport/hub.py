@@ -1,10 +1,10 @@
 """The transport's side of the stream API: owners, their protocols, and one pump per
 libp2p stream between the network and the owner's socket.
 
-Protocol and flow control are described in frames.py. Here: an owner registers (and
-keeps registering, as heartbeat) the protocols it owns; the hub installs a libp2p
-handler for each; inbound streams are announced with INBOUND, outbound ones are opened
-on OPEN. Each stream is served by two tasks:
+Protocol and flow control are described in common/streams/frames.py. Here: an owner
+registers (and keeps registering, as heartbeat) the protocols it owns; the hub installs
+a libp2p handler for each; inbound streams are announced with INBOUND, outbound ones
+are opened on OPEN. Each stream is served by two tasks:
 
 * reader: libp2p -> owner, only while the owner has granted credit. When credit runs
   out it stops calling `read()`, so Yamux stops granting window and the remote blocks.
@@ -33,8 +33,8 @@ from p2pm.common import errors
 from p2pm.common.log import get_logger
 from p2pm.common.zmqtrio import AsyncSocket
 
-from . import frames as fr
-from .frames import Frame, FrameError, MessageDecoder, MessageTooLarge, ProtocolSpec
+from p2pm.common.streams import frames as fr
+from p2pm.common.streams.frames import Frame, FrameError, MessageDecoder, MessageTooLarge, ProtocolSpec
 from .host import NodeHost
 
 log = get_logger("transport")
