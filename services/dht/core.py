@@ -43,10 +43,11 @@ import dataclasses
 import random
 from collections.abc import Callable
 
+from p2pm.common.identity import is_multihash
 from p2pm.common.log import get_logger
 from p2pm.common.protobuf import DecodeError
 
-from .keyspace import MAX_REFRESH_CPL, is_multihash, kad_key, random_key_in_bucket
+from .keyspace import MAX_REFRESH_CPL, kad_key, random_key_in_bucket
 from .lookup import Lookup, LookupKind, LookupResult
 from .messages import Message, MessageType, Peer, Record, decode_message
 from .ratelimit import RateLimiter

@@ -33,15 +33,14 @@ from typing import Any
 import trio
 import zmq
 
-from p2pm.common import errors, identity, wire
+from p2pm.common import errors, identity, validate, wire
 from p2pm.common import invite as invites
 from p2pm.common.actor import Actor, on_event, rpc
 from p2pm.common.clients import DhtClient, KeystoreClient, StorageClient, TransportClient
 from p2pm.common.zmqtrio import AsyncSocket
 
 # Bodies are text typed by a person; a bus frame could carry far more, a chat should not.
-MAX_TEXT_BYTES = 16 * 1024
-MAX_REF = 256  # a conversation id, room name or contact name as typed
+MAX_TEXT_BYTES = validate.MAX_TEXT_BYTES
 MAX_INBOX_MESSAGES = 20  # per conversation
 MAX_ROOM_INVITE_CHARS = 16 * 1024
 TOKEN_FILE = "gateway.token"
@@ -88,23 +87,18 @@ class Posted:
 
 
 def check_text(text: str) -> str:
-    """A message body: not empty, at most MAX_TEXT_BYTES, no control characters but
-    newlines and tabs."""
-    if not text.strip():
-        raise errors.bad_params("the message is empty")
-    size = len(text.encode("utf-8", errors="replace"))
-    if size > MAX_TEXT_BYTES:
-        raise errors.bad_params(
-            f"the message is {size} bytes; at most {MAX_TEXT_BYTES} bytes are allowed")
-    if any(not c.isprintable() and c not in "\n\t" for c in text):
-        raise errors.bad_params("the message contains control characters")
-    return text
+    """A message body as typed, line ends normalised (the rule of common/validate)."""
+    try:
+        return validate.message_text(text)
+    except validate.Invalid as exc:
+        raise errors.bad_params(str(exc)) from None
 
 
 def _check_ref(ref: str, what: str) -> str:
-    if not ref.strip() or len(ref) > MAX_REF or not ref.isprintable():
-        raise errors.bad_params(f"{what} must be 1-{MAX_REF} printable characters")
-    return ref
+    try:
+        return validate.check_ref(ref, what)
+    except validate.Invalid as exc:
+        raise errors.bad_params(str(exc)) from None
 
 
 class Gateway(Actor):
@@ -357,7 +351,7 @@ class Gateway(Actor):
     @rpc
     async def send(self, contact: str, text: str) -> Posted:
         """{"contact", "text"} -> {"id", "state", "conversation"}: a direct message."""
-        check_text(text)
+        text = check_text(text)
         conv = await self._open_direct(await self._contact(contact))
         return await self._post(conv["id"], text)
 
@@ -365,7 +359,7 @@ class Gateway(Actor):
     async def post(self, conversation: str, text: str) -> Posted:
         """{"conversation", "text"} -> {"id", "state", "conversation"}; the
         conversation by id, name or contact name."""
-        check_text(text)
+        text = check_text(text)
         conv = await self.resolve(conversation)
         return await self._post(conv["id"], text)
 

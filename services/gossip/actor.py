@@ -55,7 +55,7 @@ from typing import Any
 import orjson
 import trio
 
-from p2pm.common import errors, identity, wire
+from p2pm.common import errors, identity, validate, wire
 from p2pm.common.actor import Actor, every, on_event, rpc
 
 from . import conversations as cv
@@ -101,7 +101,7 @@ def peer_str(raw: bytes) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def peer_bytes(peer: str) -> bytes:
-    return identity._b58decode(peer)
+    return identity.peer_id_bytes(peer)
 
 
 @dataclass
@@ -1277,6 +1277,6 @@ class Gossip(Actor):
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or len(name) > cv.MAX_NAME or not name.isprintable():
+    if not validate.is_name(name, empty=True):
         raise errors.bad_params(f"a name is at most {cv.MAX_NAME} printable characters")
     return name

@@ -29,9 +29,10 @@ import zmq
 from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 
-from p2pm.common import errors
+from p2pm.common import errors, identity
 from p2pm.common.actor import Actor, every, rpc
 from p2pm.common.clients import DhtClient, Identity, KeystoreClient
+from p2pm.common.streams import streams_endpoint
 from p2pm.common.zmqtrio import AsyncSocket
 
 from .host import ConnectionWatcher, NodeHost, open_host, ping_rtt_ms
@@ -39,7 +40,6 @@ from .hub import StreamHub
 from .nat import NatManager, NatSettings
 from .relay import is_relayed, split_addrs
 from .reuseport import is_circuit
-from p2pm.common.streams import streams_endpoint
 
 PEERS_FILE = "transport-peers.json"
 LISTEN_PORTS_FILE = "transport-ports.json"
@@ -141,16 +141,16 @@ class Transport(Actor):
 
     async def run(self) -> None:
         problems = self._check_config()
-        identity = await self.keystore.until_answered(self._set_problem).identity()
+        me = await self.keystore.until_answered(self._set_problem).identity()
         self._problem = "; ".join(problems) or None
-        await self._serve_host(identity)
+        await self._serve_host(me)
 
-    async def _serve_host(self, identity: Identity) -> None:
+    async def _serve_host(self, me: Identity) -> None:
         assert self.runtime is not None
         listen = self._sticky_listen()
-        async with open_host(identity.public_key, self.keystore.sign, listen,
+        async with open_host(me.public_key, self.keystore.sign, listen,
                              self.max_connections) as node:
-            if str(node.peer_id) != identity.peer_id:
+            if str(node.peer_id) != me.peer_id:
                 raise RuntimeError("keystore peer_id does not match its public key")
             self.node = node
             listening = list(node.host.get_transport_addrs())
@@ -616,12 +616,9 @@ def _port_free(maddr: multiaddr.Multiaddr, port: int) -> bool:
 
 def _parse_peer(text: str) -> ID:
     try:
-        peer = ID.from_base58(text)
-    except Exception:
+        return ID(identity.peer_id_bytes(text))
+    except identity.PeerIdError:
         raise errors.bad_params(f"not a peer id: {text!r}") from None
-    if not text or len(text) < 32:
-        raise errors.bad_params(f"not a peer id: {text!r}")
-    return peer
 
 
 def _strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:

@@ -29,12 +29,13 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.peer.id import ID
 
-from p2pm.common import errors
+from p2pm.common import errors, identity
 from p2pm.common.log import get_logger
+from p2pm.common.streams import frames as fr
+from p2pm.common.streams.frames import (Frame, FrameError, MessageDecoder, MessageTooLarge,
+                                        ProtocolSpec)
 from p2pm.common.zmqtrio import AsyncSocket
 
-from p2pm.common.streams import frames as fr
-from p2pm.common.streams.frames import Frame, FrameError, MessageDecoder, MessageTooLarge, ProtocolSpec
 from .host import NodeHost
 
 log = get_logger("transport")
@@ -489,7 +490,7 @@ def _parse_open(body: dict[str, Any]) -> tuple[ID, list[multiaddr.Multiaddr], st
             raise FrameError("give 'peer', or addrs ending in /p2p/<peer id>")
         peer_text = ids.pop()
     try:
-        peer = ID.from_base58(peer_text)
-    except Exception:
+        peer = ID(identity.peer_id_bytes(peer_text))
+    except identity.PeerIdError:
         raise FrameError(f"not a peer id: {peer_text!r}") from None
     return peer, addrs, proto
