@@ -122,7 +122,7 @@ class Dht(Actor):
         self.remembered = len(remembered)
         now = time.time()
         for peer in remembered:
-            core.routing.add(peer, now)
+            core.add_peer(peer, now)
         protocols = {KAD_PROTOCOL: KAD_SPEC} if self.server_mode else {}
         async with open_streams(self.runtime.endpoints, self.name, protocols,
                                 ctx=self.runtime.ctx, wait=None) as streams:
@@ -216,7 +216,7 @@ class Dht(Actor):
         except errors.BusError as exc:
             self.log.warning("dht.transport_unavailable", error=exc.message)
             return
-        driver.core.connected.clear()
+        driver.core.connections_reset()
         for info in peers:
             self._note_peer(info.get("peer_id", ""), info.get("addrs") or [],
                             info.get("protocols") or [])
@@ -229,12 +229,10 @@ class Dht(Actor):
             peer = make_peer(peer_id, [a for a in addrs if isinstance(a, str)])
         except ValueError:
             return
-        driver.addrs[peer.id] = peer.addrs
-        driver.core.connected[peer.id] = peer
-        if KAD_PROTOCOL in protocols:
-            driver.servers.add(peer.id)
-            was_empty = len(driver.core.routing) == 0
-            driver.core.routing.add(peer, time.time())
+        is_server = KAD_PROTOCOL in protocols
+        was_empty = len(driver.core.routing) == 0
+        driver.peer_identified(peer, is_server, time.time())
+        if is_server:
             if was_empty or time.time() - self._last_bootstrap > BOOTSTRAP_AGAIN_S:
                 self._bootstrap([])
 
@@ -249,7 +247,7 @@ class Dht(Actor):
             return
         local = make_peer(mine.peer_id, list(mine.addrs))
         if local.id == driver.core.local.id:
-            driver.core.local = local
+            driver.core.set_local_addrs(local)
 
     @on_event("transport.peer")
     async def _on_peer_event(self, topic: str, data: dict[str, Any]) -> None:
@@ -269,11 +267,7 @@ class Dht(Actor):
                 raw = peer_id_bytes(peer_id)
             except ValueError:
                 return
-            # What identify said is only kept for connected peers (bounded by the
-            # transport's connection limit); the table keeps its own addresses.
-            driver.core.connected.pop(raw, None)
-            driver.addrs.pop(raw, None)
-            driver.servers.discard(raw)
+            driver.peer_gone(raw)
 
     @on_event("transport.reachability")
     async def _on_reachability(self, topic: str, data: dict[str, Any]) -> None:
@@ -285,9 +279,8 @@ class Dht(Actor):
         if self.mode != "auto" or driver is None or not isinstance(reachability, str):
             return
         server = reachability != "private"
-        if driver.core.server_mode == server:
+        if not driver.core.set_server_mode(server):
             return
-        driver.core.server_mode = server
         await driver.streams.set_protocols({KAD_PROTOCOL: KAD_SPEC} if server else {})
         self.log.info("dht.mode_changed", server=server, reachability=reachability)
 

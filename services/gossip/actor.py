@@ -945,7 +945,7 @@ class Gossip(Actor):
         if topic in self.by_topic:
             raise errors.bad_params("that topic belongs to a conversation")
         try:
-            self.router._check_topic(topic)
+            self.router.check_topic(topic)
         except ValueError as exc:
             raise errors.bad_params(str(exc)) from None
         self.debug_topics.setdefault(topic, deque(maxlen=MAX_DEBUG_MESSAGES))

@@ -455,9 +455,7 @@ class Transport(Actor):
             except Exception as exc:
                 problem = _why(exc)
             # The swarm remembers failures for a while; an explicit dial must retry.
-            cache = getattr(host.get_network(), "_negative_peer_cache", None)
-            if cache is not None:
-                cache.evict(str(peer))
+            host.forget_dial_failures(peer)
         if circuits and self.nat is not None:
             try:
                 with trio.fail_after(DIAL_TIMEOUT_S):
@@ -570,7 +568,7 @@ class Transport(Actor):
         """Observed addresses come and go: re-sign the record and tell peers."""
         node = self.node
         if node is not None and await node.refresh_record():
-            await node.host._push_identify_to_all_peers()
+            await node.host.push_identify_to_all()
 
     def _peer_entry(self, peer: ID) -> dict[str, Any]:
         assert self.node is not None
@@ -595,7 +593,7 @@ class Transport(Actor):
         return {"peer_id": str(peer), "addrs": addrs, "protocols": protocols,
                 "direction": direction, "remote_addr": remote,
                 "streams": self.hub.streams_of(peer) if self.hub else 0,
-                "identified": peer in host._identified_peers,
+                "identified": host.is_identified(peer),
                 "relayed": bool(conns) and all(is_relayed(c) for c in conns),
                 "connected_since": self._connected_at.get(peer)}
 

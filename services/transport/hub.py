@@ -158,7 +158,7 @@ class StreamHub:
                 continue
             try:
                 with trio.move_on_after(PUSH_TIMEOUT_S):
-                    await self.node.host._push_identify_to_all_peers()
+                    await self.node.host.push_identify_to_all()
                 log.info("streams.identify_pushed", peers=peers)
             except Exception as exc:  # best effort: peers re-identify on reconnect
                 log.info("streams.identify_push_failed", error=str(exc) or type(exc).__name__)

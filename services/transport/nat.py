@@ -148,11 +148,8 @@ class NatManager:
     # addresses -------------------------------------------------------------------------
     def observed(self) -> list[multiaddr.Multiaddr]:
         """Our addresses as peers saw them (one observer is enough to try)."""
-        obs = getattr(self.host, "_observed_addr_manager", None)
-        if obs is None:
-            return []
         try:
-            return [a for a in obs.addrs(min_observers=1) if not is_circuit(a)]
+            return [a for a in self.host.observed_addrs() if not is_circuit(a)]
         except Exception:
             return []
 
