@@ -55,7 +55,7 @@ from typing import Any
 import orjson
 import trio
 
-from p2pm.common import errors, identity, wire
+from p2pm.common import errors, identity, validate, wire
 from p2pm.common.actor import Actor, every, on_event, rpc
 from p2pm.common.config import settings_of
 
@@ -102,7 +102,7 @@ def peer_str(raw: bytes) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def peer_bytes(peer: str) -> bytes:
-    return identity._b58decode(peer)
+    return identity.peer_id_bytes(peer)
 
 
 @dataclass
@@ -180,7 +180,7 @@ class Gossip(Actor):
         return out
 
     async def run(self) -> None:
-        from p2pm.services.transport.streams import ProtocolSpec, open_streams
+        from p2pm.common.streams import ProtocolSpec, open_streams
 
         assert self.runtime is not None
         ident = await self.call_until_answered("keystore", "identity")
@@ -343,7 +343,7 @@ class Gossip(Actor):
         queues for it, as the stream's credit allows. When it dies while the peer stays
         connected (its gossip restarted, say), it is opened again: the peer's new
         inbound stream may well have come before the old one's reset, and would not."""
-        from p2pm.services.transport.streams import StreamError
+        from p2pm.common.streams import StreamError
 
         assert self.router is not None
         link = self.links[peer]
@@ -403,7 +403,7 @@ class Gossip(Actor):
 
     async def _link_send(self, link: _Link, pb: bytes, stream: Any,
                          scope: trio.CancelScope, ended: list[str]) -> None:
-        from p2pm.services.transport.streams import StreamError
+        from p2pm.common.streams import StreamError
 
         assert self.router is not None
         try:
@@ -421,7 +421,7 @@ class Gossip(Actor):
         """Nothing comes back on our own stream: it returns when the stream dies
         (closed or reset by the remote, or a transport restart), which a sender
         waiting for work would only notice at its next send."""
-        from p2pm.services.transport.streams import StreamError
+        from p2pm.common.streams import StreamError
 
         try:
             while True:
@@ -459,7 +459,7 @@ class Gossip(Actor):
                 await stream.reset()
 
     async def _mesh_inbound(self, stream: Any) -> None:
-        from p2pm.services.transport.streams import StreamError
+        from p2pm.common.streams import StreamError
 
         assert self.router is not None
         peer = stream.peer
@@ -997,7 +997,7 @@ class Gossip(Actor):
     async def _sync_with(self, peer: str, conv: Conversation, force: bool = False) -> None:
         """Reconcile `conv` with `peer` (at most once per SYNC_MIN_GAP_S unless forced,
         and never twice at once)."""
-        from p2pm.services.transport.streams import StreamError
+        from p2pm.common.streams import StreamError
 
         key = (peer, conv.id)
         now = self._now()
@@ -1029,7 +1029,7 @@ class Gossip(Actor):
             self._syncing.discard(key)
 
     async def _serve_sync(self, stream: Any) -> None:
-        from p2pm.services.transport.streams import StreamError
+        from p2pm.common.streams import StreamError
 
         peer = stream.peer
         try:
@@ -1281,6 +1281,6 @@ class Gossip(Actor):
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or len(name) > cv.MAX_NAME or not name.isprintable():
+    if not validate.is_name(name, empty=True):
         raise errors.bad_params(f"a name is at most {cv.MAX_NAME} printable characters")
     return name

@@ -4,7 +4,7 @@ and the screen survives its node going away and coming back. As a user sees it: 
 real program in a pseudo-terminal read through a terminal emulator (pyte), while
 another node floods the conversation, scrolled with the keys and the wheel, with
 help, a long message, tabs, a refused message and a hostile peer's text. The node's
-gossip and dht are the spec'd fakes of services/gateway/testing.py; everything else is
+gossip and dht are the spec'd fakes of tests/helpers/gateway_fakes.py; everything else is
 real (and in the last test, everything is)."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from p2pm.common.cli.attach import COMMANDS, HELP, AttachModel
 from p2pm.common.cli.screen import run_attach
 from p2pm.common.cli.chat import gateway
 from p2pm.services.gateway.actor import MAX_TEXT_BYTES
-from p2pm.services.gateway.testing import FakeNetwork, FakeNode
+from tests.helpers.gateway_fakes import FakeNetwork, FakeNode
 from tests.helpers.node import clean_env, p2pm_argv
 from tests.helpers.terminal import Terminal
 

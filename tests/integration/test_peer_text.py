@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from p2pm.common.cli import bus, main
 from p2pm.common.home import Home
-from p2pm.services.gateway.testing import FakeNetwork, FakeNode
+from tests.helpers.gateway_fakes import FakeNetwork, FakeNode
 from tests.helpers import wait_for
 
 EVIL = ("\x1b]0;pwned\x07 \x1b[2Jcleared\rmallory: owned \u202eesrever\u2066iso\u2069"

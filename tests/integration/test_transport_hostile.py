@@ -23,7 +23,7 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from p2pm.services.transport import yamux_guard as yg
-from p2pm.services.transport.testing import open_test_node
+from tests.helpers.transport_node import open_test_node
 from tests.helpers import await_for
 from tests.integration.test_transport_processes import ProcNode
 

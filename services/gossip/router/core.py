@@ -321,6 +321,7 @@ class Router(ControlHandling, MeshMaintenance):
         return events
 
     def check_topic(self, topic: str) -> None:
+        """ValueError unless `topic` is one this router takes (non-empty, bounded)."""
         if not isinstance(topic, str) or not topic \
                 or len(topic.encode()) > self.params.max_topic_length:
             raise ValueError(f"a topic is a non-empty string of at most "
