@@ -1,0 +1,204 @@
+"""The gossip actor's parts without sockets: held sequence numbers (gap detection),
+dial backoff, receipt batching, and the one place that adds members."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from p2pm.services.gossip import conversations as cv
+from p2pm.services.gossip.context import Context
+from p2pm.services.gossip.delivery import ReceiptBatch
+from p2pm.services.gossip.membership import Membership, Why
+from p2pm.services.gossip.reach import DialBackoff
+from p2pm.services.gossip.state import Conversation, Held, Registry
+
+# -- held sequence numbers -----------------------------------------------------------
+
+
+def test_messages_in_order_leave_no_gap() -> None:
+    held = Held()
+    assert [held.note("alice", s) for s in (1, 2, 3)] == [False, False, False]
+    assert held.contiguous("alice") == 3 and not held.has_gap("alice")
+
+
+def test_a_lost_message_is_a_gap_until_it_arrives() -> None:
+    held = Held()
+    held.note("alice", 1)
+    assert held.note("alice", 3) is True  # 2 went missing
+    assert held.note("alice", 4) is True and held.has_gap("alice")
+    assert held.note("alice", 2) is False  # sync (or a late copy) fills it
+    assert held.contiguous("alice") == 4 and not held.has_gap("alice")
+
+
+def test_authors_are_counted_apart_and_redelivery_is_harmless() -> None:
+    held = Held()
+    held.note("alice", 1)
+    held.note("bob", 2)
+    assert not held.has_gap("alice") and held.has_gap("bob")
+    assert held.note("alice", 1) is False and held.contiguous("alice") == 1
+
+
+def test_held_at_start_comes_from_storage_ranges() -> None:
+    held = Held.from_ranges({
+        "alice": {"contiguous": 5, "ranges": [[1, 5], [8, 9]], "max_seq": 9},
+        "bob": {"contiguous": 2, "ranges": [[1, 2]], "max_seq": 2},
+        # A span too wide to expand is left out rather than costing the start.
+        "carol": {"contiguous": 0, "ranges": [[5, 5 + 20_000]], "max_seq": 20_005},
+    })
+    assert held.has_gap("alice") and not held.has_gap("bob")
+    assert held.contiguous("carol") == 0 and not held.has_gap("carol")
+    # The first gap of alice's (6, 7) closes as the messages come.
+    assert held.note("alice", 6) is True
+    assert held.note("alice", 7) is False and held.contiguous("alice") == 9
+
+
+# -- dial backoff --------------------------------------------------------------------
+
+
+def test_a_peer_that_does_not_answer_is_dialled_less_and_less_often() -> None:
+    backoff = DialBackoff(first=2.0, cap=30.0)
+    tries = [t for t in range(0, 200) if backoff.attempt("bob", float(t))]
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert tries[0] == 0
+    assert gaps[:4] == [2, 4, 8, 16] and set(gaps[4:]) == {30}
+
+
+def test_two_callers_at_once_dial_once() -> None:
+    backoff = DialBackoff()
+    assert backoff.attempt("bob", 10.0) is True
+    assert backoff.attempt("bob", 10.0) is False
+
+
+def test_a_dial_that_succeeded_resets_the_backoff() -> None:
+    backoff = DialBackoff(first=2.0, cap=30.0)
+    for t in (0.0, 2.0, 6.0, 14.0):
+        assert backoff.attempt("bob", t)
+    backoff.succeeded("bob")
+    assert backoff.attempt("bob", 14.5) and not backoff.attempt("bob", 16.0)
+    assert backoff.attempt("bob", 16.5)  # 2 s again, not 16
+    assert backoff.attempt("carol", 14.5)  # others were never held back
+
+
+def test_the_backoff_table_is_bounded_and_forgets_the_oldest() -> None:
+    backoff = DialBackoff(max_peers=3)
+    for i, peer in enumerate(("a", "b", "c", "d")):
+        backoff.attempt(peer, float(i))
+    assert len(backoff) == 3
+    assert backoff.attempt("a", 4.0)  # forgotten: dialled again at once
+    assert not backoff.attempt("d", 4.0)  # still backing off
+
+
+# -- receipt batching ----------------------------------------------------------------
+
+
+def _kinds(kinds: dict[str, str]) -> Callable[[str], str | None]:
+    return kinds.get
+
+
+def test_a_direct_chat_acknowledges_at_every_flush_a_room_every_two_seconds() -> None:
+    batch = ReceiptBatch(room_every_s=2.0)
+    kinds = _kinds({"dm": "direct", "room": "room"})
+    assert batch.take(0.0, kinds) == []
+    batch.owe("dm", "m1")
+    batch.owe("room", "r1")
+    batch.owe("room", "r2")
+    assert batch.take(0.2, kinds) == [("dm", ["m1"])]
+    assert batch.owed("room") == ["r1", "r2"]
+    assert batch.take(1.8, kinds) == []
+    batch.owe("dm", "m2")
+    assert batch.take(2.0, kinds) == [("room", ["r1", "r2"]), ("dm", ["m2"])]
+    batch.owe("room", "r3")
+    assert batch.take(2.2, kinds) == []  # the next room flush is two seconds on
+    assert batch.take(4.0, kinds) == [("room", ["r3"])]
+
+
+def test_receipts_of_a_conversation_left_are_dropped() -> None:
+    batch = ReceiptBatch()
+    batch.owe("gone", "m1")
+    assert batch.take(0.0, _kinds({})) == []
+    assert batch.owed("gone") == []
+
+
+def test_receipts_nobody_took_go_first_next_time_and_stay_bounded() -> None:
+    batch = ReceiptBatch(max_held=4)
+    kinds = _kinds({"dm": "direct"})
+    batch.owe("dm", "a")
+    batch.owe("dm", "b")
+    taken = batch.take(0.0, kinds)
+    batch.owe("dm", "c")  # arrived while a and b were being sent
+    batch.put_back("dm", taken[0][1])
+    assert batch.owed("dm") == ["a", "b", "c"]
+    # Nobody reachable for a long time: the newest are kept, older ones are also
+    # acknowledged by the next sync's HAVE.
+    batch.put_back("dm", [f"old{i}" for i in range(10)])
+    assert batch.owed("dm") == ["old9", "a", "b", "c"]
+
+
+# -- membership: one place adds members ---------------------------------------------
+
+
+class _Log:
+    def warning(self, *a: Any, **kw: Any) -> None:
+        pass
+
+
+def _membership() -> tuple[Membership, list[tuple[str, tuple[Any, ...]]]]:
+    spawned: list[tuple[str, tuple[Any, ...]]] = []
+
+    def spawn(fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        spawned.append((fn.__name__, args))
+
+    async def call(*a: Any, **kw: Any) -> Any:
+        raise AssertionError("no call expected here")
+
+    async def owe_first(conv: Conversation, members: set[str]) -> None:
+        pass
+
+    ctx = Context(call, spawn, lambda topic, data: None, _Log())
+    ctx.me = "me"
+    return Membership(ctx, owe_first), spawned
+
+
+def _room() -> Conversation:
+    secret = cv.new_room_secret()
+    return Conversation(cv.Keys.derive("room", secret), "ops", secret)
+
+
+def test_stored_members_are_held_without_being_saved_again() -> None:
+    membership, spawned = _membership()
+    conv = _room()
+    assert membership.add(conv, {"me", "alice"}, Why.STORED) == {"me", "alice"}
+    assert conv.members == {"me", "alice"} and spawned == []
+
+
+@pytest.mark.parametrize("why", [Why.AUTHOR, Why.SYNC, Why.PROVIDER])
+def test_a_member_learnt_is_saved_and_the_first_owe_what_we_wrote_alone(why: Why) -> None:
+    membership, spawned = _membership()
+    conv = _room()
+    membership.add(conv, {"me"}, Why.STORED)
+    assert membership.add(conv, {"alice"}, why) == {"alice"}
+    assert [name for name, _ in spawned] == ["_save", "owe_first"]
+    assert spawned[1][1] == (conv, {"alice"})
+    # The next member is saved, but owes nothing: alice already has a queue.
+    spawned.clear()
+    assert membership.add(conv, {"alice", "bob"}, why) == {"bob"}
+    assert [name for name, _ in spawned] == ["_save"]
+    assert conv.members == {"me", "alice", "bob"}
+    # Nobody new: nothing to save.
+    spawned.clear()
+    assert membership.add(conv, {"bob"}, why) == set() and spawned == []
+
+
+def test_the_registry_finds_a_conversation_by_id_and_topic_until_left() -> None:
+    registry = Registry()
+    conv = _room()
+    registry.add(conv)
+    assert registry.get(conv.id) is conv and registry.of_topic(conv.keys.topic) is conv
+    assert registry.require(conv.id) is conv and list(registry) == [conv]
+    registry.remove(conv)
+    assert conv.id not in registry and registry.of_topic(conv.keys.topic) is None
+    with pytest.raises(Exception, match="no conversation"):
+        registry.require(conv.id)
