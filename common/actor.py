@@ -53,7 +53,7 @@ from typing import Any, ClassVar
 import trio
 import zmq
 
-from . import errors, wire
+from . import clients, errors, wire
 from .client import Client, open_client
 from .home import Endpoints, Home
 from .log import get_logger
@@ -143,18 +143,8 @@ class Actor:
         identity, say) until it answers, backing off up to 2 s. Only "not there yet"
         (timeout, unavailable) is waited out; any other error is raised. `on_wait`
         gets the reason each time, e.g. to show it in `sys.status`."""
-        delay = 0.1
-        while True:
-            try:
-                return await self.call(actor, method, params, timeout=2.0, retries=0)
-            except errors.BusError as exc:
-                if exc.code not in (errors.TIMEOUT, errors.UNAVAILABLE):
-                    raise
-                self.log.info("actor.waiting", actor=actor, method=method, error=exc.message)
-                if on_wait is not None:
-                    on_wait(f"waiting for the {actor}: {exc.message}")
-                await trio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+        return await clients.call_until_answered(self.call, actor, method, params,
+                                                 on_wait, self.log)
 
     def spawn(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Start a background task in the actor's nursery (it dies with the actor)."""

@@ -33,14 +33,14 @@ from typing import Any
 import trio
 import zmq
 
-from p2pm.common import errors, identity, wire
+from p2pm.common import errors, identity, validate, wire
 from p2pm.common import invite as invites
 from p2pm.common.actor import Actor, on_event, rpc
+from p2pm.common.clients import DhtClient, KeystoreClient, StorageClient, TransportClient
 from p2pm.common.zmqtrio import AsyncSocket
 
 # Bodies are text typed by a person; a bus frame could carry far more, a chat should not.
-MAX_TEXT_BYTES = 16 * 1024
-MAX_REF = 256  # a conversation id, room name or contact name as typed
+MAX_TEXT_BYTES = validate.MAX_TEXT_BYTES
 MAX_INBOX_MESSAGES = 20  # per conversation
 MAX_ROOM_INVITE_CHARS = 16 * 1024
 TOKEN_FILE = "gateway.token"
@@ -87,29 +87,29 @@ class Posted:
 
 
 def check_text(text: str) -> str:
-    """A message body: not empty, at most MAX_TEXT_BYTES, no control characters but
-    newlines and tabs."""
-    if not text.strip():
-        raise errors.bad_params("the message is empty")
-    size = len(text.encode("utf-8", errors="replace"))
-    if size > MAX_TEXT_BYTES:
-        raise errors.bad_params(
-            f"the message is {size} bytes; at most {MAX_TEXT_BYTES} bytes are allowed")
-    if any(not c.isprintable() and c not in "\n\t" for c in text):
-        raise errors.bad_params("the message contains control characters")
-    return text
+    """A message body as typed, line ends normalised (the rule of common/validate)."""
+    try:
+        return validate.message_text(text)
+    except validate.Invalid as exc:
+        raise errors.bad_params(str(exc)) from None
 
 
 def _check_ref(ref: str, what: str) -> str:
-    if not ref.strip() or len(ref) > MAX_REF or not ref.isprintable():
-        raise errors.bad_params(f"{what} must be 1-{MAX_REF} printable characters")
-    return ref
+    try:
+        return validate.check_ref(ref, what)
+    except validate.Invalid as exc:
+        raise errors.bad_params(str(exc)) from None
 
 
 class Gateway(Actor):
     name = "gateway"
     downstream_timeout = DOWNSTREAM_TIMEOUT
     downstream_retries = DOWNSTREAM_RETRIES
+    # Through _call, so an actor that does not answer reads as "unavailable".
+    keystore = KeystoreClient.dependency(via="_call")
+    storage = StorageClient.dependency(via="_call")
+    transport = TransportClient.dependency(via="_call")
+    dht = DhtClient.dependency(via="_call")
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
@@ -207,27 +207,18 @@ class Gateway(Actor):
             raise
 
     async def _peer_id(self) -> str:
-        return str((await self._call("keystore", "identity"))["peer_id"])
+        return (await self.keystore.identity()).peer_id
 
     async def _display_name(self) -> str:
-        try:
-            got = await self._call("storage", "kv_get", {"key": NAME_KEY})
-        except errors.BusError as exc:
-            if exc.code != errors.NOT_FOUND:
-                raise
-            return ""
-        value = got.get("value") if isinstance(got, dict) else None
-        return wire.b64d(value, "name").decode("utf-8", "replace") if value else ""
+        value = await self.storage.kv_get(NAME_KEY)
+        return value.decode("utf-8", "replace") if value else ""
 
     async def _contact(self, name: str) -> dict[str, Any]:
         _check_ref(name, "a contact name")
-        try:
-            return await self._call("storage", "contact_get", {"name": name})
-        except errors.BusError as exc:
-            if exc.code == errors.NOT_FOUND:
-                raise errors.not_found(f"no contact named {name!r} (see p2pm contacts "
-                                       "list)") from None
-            raise
+        contact = await self.storage.contact_get(name=name)
+        if contact is None:
+            raise errors.not_found(f"no contact named {name!r} (see p2pm contacts list)")
+        return contact
 
     async def _conversations(self) -> list[dict[str, Any]]:
         got = await self._call("gossip", "conversation_list")
@@ -247,13 +238,9 @@ class Gateway(Actor):
         if len(named) > 1:
             ids = ", ".join(str(c.get("id")) for c in named)
             raise errors.bad_params(f"{ref!r} names several conversations ({ids}); use an id")
-        try:
-            contact = await self._call("storage", "contact_get", {"name": ref})
-        except errors.BusError as exc:
-            if exc.code != errors.NOT_FOUND:
-                raise
-            raise errors.not_found(
-                f"no conversation, room or contact named {ref!r}") from None
+        contact = await self.storage.contact_get(name=ref)
+        if contact is None:
+            raise errors.not_found(f"no conversation, room or contact named {ref!r}")
         return await self._open_direct(contact)
 
     async def _open_direct(self, contact: dict[str, Any]) -> dict[str, Any]:
@@ -266,7 +253,7 @@ class Gateway(Actor):
     async def node_info(self) -> dict[str, Any]:
         """{} -> {"peer_id", "name", "addrs"}: who this node is, as invites show it."""
         peer_id = await self._peer_id()
-        addrs = (await self._call("transport", "addrs"))["addrs"]
+        addrs = list((await self.transport.addrs()).addrs)
         return {"peer_id": peer_id, "name": await self._display_name(), "addrs": addrs}
 
     @rpc
@@ -283,16 +270,14 @@ class Gateway(Actor):
             except invites.InviteError as exc:
                 raise errors.bad_params(str(exc)) from None
         peer_id = await self._peer_id()
-        addrs = (await self._call("transport", "addrs"))["addrs"]
+        addrs = list((await self.transport.addrs()).addrs)
         if name is not None:
-            await self._call("storage", "kv_put",
-                             {"key": NAME_KEY, "value": wire.b64e(name.encode())})
+            await self.storage.kv_put(NAME_KEY, name.encode())
         shown = name or await self._display_name() or peer_id[-8:]
         inv = invites.NodeInvite(peer_id, shown, tuple(addrs[:invites.MAX_ADDRS]),
                                  time.time())
-        signed = await self._call("keystore", "sign", {
-            "domain": invites.DOMAIN, "data": wire.b64e(inv.payload())})
-        text = invites.encode(inv, wire.b64d(signed["signature"], "signature"))
+        signature = await self.keystore.sign(invites.DOMAIN, inv.payload())
+        text = invites.encode(inv, signature)
         return Invite(text, peer_id, shown, list(inv.addrs))
 
     # -- contacts ----------------------------------------------------------------------
@@ -321,38 +306,27 @@ class Gateway(Actor):
                 raise errors.bad_params(
                     "not an invite (p2pm-node:...) nor a peer ID (12D3KooW...)") from None
             peer_id = text
-            found = await self._call("dht", "find_peer", {"peer_id": peer_id},
-                                     timeout=DIAL_TIMEOUT)
+            found = await self.dht.with_options(timeout=DIAL_TIMEOUT).find_peer(peer_id)
             addrs = list(found.get("addrs") or [])
         if peer_id == await self._peer_id():
             raise errors.bad_params("that invite is this node's own")
-        try:
-            existing = await self._call("storage", "contact_get", {"name": name})
-        except errors.BusError as exc:
-            if exc.code != errors.NOT_FOUND:
-                raise
-            existing = None
+        existing = await self.storage.contact_get(name=name)
         if existing is not None and existing["peer_id"] != peer_id:
             raise errors.BusError(errors.CONFLICT,
                                   f"{name!r} is already the contact {existing['peer_id']}")
         if existing is None:
-            try:
-                known = await self._call("storage", "contact_get", {"peer_id": peer_id})
-            except errors.BusError as exc:
-                if exc.code != errors.NOT_FOUND:
-                    raise
-            else:
+            known = await self.storage.contact_get(peer_id=peer_id)
+            if known is not None:
                 raise errors.BusError(errors.CONFLICT,
                                       f"that peer is already your contact {known['name']!r}")
-        got = await self._call("storage", "contact_add",
-                               {"name": name, "peer_id": peer_id, "addrs": addrs})
+        got = await self.storage.contact_add(name, peer_id, addrs)
         self.log.info("gateway.contact_added", name=name, peer_id=peer_id)
         return Contact(name, peer_id, addrs, False, bool(got.get("created")))
 
     @rpc
     async def contact_list(self) -> list[dict[str, Any]]:
         """{} -> [{"name", "peer_id", "addrs", "added_at", "verified"}, ...] by name."""
-        return list((await self._call("storage", "contact_list"))["contacts"])
+        return await self.storage.contact_list()
 
     @rpc
     async def contact_verify(self, name: str, confirmed: bool = False) -> SafetyNumber:
@@ -363,23 +337,21 @@ class Gateway(Actor):
         number = invites.safety_number(await self._peer_id(), contact["peer_id"])
         verified = bool(contact.get("verified"))
         if confirmed and not verified:
-            await self._call("storage", "contact_add", {
-                "name": contact["name"], "peer_id": contact["peer_id"],
-                "addrs": list(contact.get("addrs") or []), "verified": True})
+            await self.storage.contact_add(contact["name"], contact["peer_id"],
+                                           list(contact.get("addrs") or []), verified=True)
             verified = True
         return SafetyNumber(name, contact["peer_id"], number, verified)
 
     @rpc
     async def find_peer(self, peer_id: str) -> dict[str, Any]:
         """{"peer_id"} -> {"peer_id", "addrs"} from the DHT."""
-        return await self._call("dht", "find_peer", {"peer_id": peer_id},
-                                timeout=DIAL_TIMEOUT)
+        return await self.dht.with_options(timeout=DIAL_TIMEOUT).find_peer(peer_id)
 
     # -- conversations -----------------------------------------------------------------
     @rpc
     async def send(self, contact: str, text: str) -> Posted:
         """{"contact", "text"} -> {"id", "state", "conversation"}: a direct message."""
-        check_text(text)
+        text = check_text(text)
         conv = await self._open_direct(await self._contact(contact))
         return await self._post(conv["id"], text)
 
@@ -387,7 +359,7 @@ class Gateway(Actor):
     async def post(self, conversation: str, text: str) -> Posted:
         """{"conversation", "text"} -> {"id", "state", "conversation"}; the
         conversation by id, name or contact name."""
-        check_text(text)
+        text = check_text(text)
         conv = await self.resolve(conversation)
         return await self._post(conv["id"], text)
 

@@ -121,7 +121,7 @@ class Gossip(Actor):
         return out
 
     async def run(self) -> None:
-        from p2pm.services.transport.streams import ProtocolSpec, open_streams
+        from p2pm.common.streams import ProtocolSpec, open_streams
 
         assert self.runtime is not None
         me = (await self.call_until_answered("keystore", "identity"))["peer_id"]
@@ -325,7 +325,7 @@ class Gossip(Actor):
     async def _sync_with(self, peer: str, conv: Conversation, force: bool = False) -> None:
         """Reconcile `conv` with `peer` (at most once per SYNC_MIN_GAP_S unless forced,
         and never twice at once)."""
-        from p2pm.services.transport.streams import StreamError
+        from p2pm.common.streams import StreamError
 
         key = (peer, conv.id)
         now = self.ctx.now()
@@ -357,7 +357,7 @@ class Gossip(Actor):
             self._syncing.discard(key)
 
     async def _serve_sync(self, stream: Any) -> None:
-        from p2pm.services.transport.streams import StreamError
+        from p2pm.common.streams import StreamError
 
         peer = stream.peer
         try:

@@ -37,7 +37,7 @@ def peer_str(raw: bytes) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def peer_bytes(peer: str) -> bytes:
-    return identity._b58decode(peer)
+    return identity.peer_id_bytes(peer)
 
 
 class Context:

@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from p2pm.services.transport.streams import StreamError
+from p2pm.common.streams import StreamError
 
 from .context import Context, SyncWith, peer_bytes, peer_str
 from .router.params import PROTOCOLS

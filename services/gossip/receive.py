@@ -100,7 +100,7 @@ class Receive:
         if self.registry.of_topic(topic) is not None:
             raise errors.bad_params("that topic belongs to a conversation")
         try:
-            self.ctx.router._check_topic(topic)
+            self.ctx.router.check_topic(topic)
         except ValueError as exc:
             raise errors.bad_params(str(exc)) from None
         self.debug_topics.setdefault(topic, deque(maxlen=MAX_DEBUG_MESSAGES))

@@ -22,7 +22,7 @@ from typing import Any
 
 import trio
 
-from p2pm.common import errors, identity, wire
+from p2pm.common import errors, identity, validate, wire
 
 from . import conversations as cv
 from .context import Context
@@ -138,7 +138,7 @@ class Registry:
 
 
 def check_name(name: str) -> str:
-    if not isinstance(name, str) or len(name) > cv.MAX_NAME or not name.isprintable():
+    if not validate.is_name(name, empty=True):
         raise errors.bad_params(f"a name is at most {cv.MAX_NAME} printable characters")
     return name
 

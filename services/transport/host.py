@@ -8,6 +8,11 @@ Everything that signs with the identity goes through the keystore (see custody.p
 record whenever the advertised addresses change. The host only ever advertises addresses
 for which a keystore-signed record is installed (`addrs_factory`), so identify always
 finds a matching cached record and never asks the key to sign in the event loop.
+
+This is the one module that touches py-libp2p's private attributes and methods (the
+other transport modules call the public wrappers here: `P2pmHost.is_identified`,
+`P2pmHost.push_identify_to_all`, `dial_addr_once`), each with a comment saying why
+0.8.1 leaves no public way; an upgrade of py-libp2p is checked here.
 """
 
 from __future__ import annotations
@@ -42,9 +47,9 @@ from libp2p.transport.tcp.tcp import TCP
 from libp2p.utils.address_validation import expand_wildcard_address
 
 from p2pm.common.log import get_logger
+from p2pm.common.streams.frames import decode_uvarint
 
 from .custody import NOISE_DOMAIN, PEER_RECORD_DOMAIN, CustodyError, KeystoreBackedKey
-from .frames import decode_uvarint
 from .reuseport import ReuseportTCP, listening_port, local_port
 
 log = get_logger("transport")
@@ -104,6 +109,33 @@ class P2pmHost(BasicHost):
         log.warning("transport.identify_failed", peer=str(peer_id),
                     attempts=1 + len(IDENTIFY_RETRY_S))
 
+    # py-libp2p's private state, reached only here (see the module docstring) ---------
+    def is_identified(self, peer_id: ID) -> bool:
+        """Whether identify completed with this connected peer. py-libp2p 0.8.1 keeps
+        that only in BasicHost._identified_peers and offers no accessor."""
+        return peer_id in self._identified_peers
+
+    async def push_identify_to_all(self) -> None:
+        """Send identify-push to every connected peer (our addresses or protocols
+        changed). BasicHost._push_identify_to_all_peers is the only way py-libp2p
+        0.8.1 has; it calls it itself only when a handler is set, not for addresses."""
+        await self._push_identify_to_all_peers()
+
+    def observed_addrs(self) -> list[multiaddr.Multiaddr]:
+        """Our addresses as identify's peers observed them (one observer is enough).
+        py-libp2p 0.8.1 keeps them in BasicHost._observed_addr_manager, not exposed."""
+        manager = getattr(self, "_observed_addr_manager", None)
+        if manager is None:
+            return []
+        return list(manager.addrs(min_observers=1))
+
+    def forget_dial_failures(self, peer_id: ID) -> None:
+        """Drop the swarm's memory of failed dials to `peer_id`, so an explicit dial
+        tries again at once. Swarm._negative_peer_cache has no public way in 0.8.1."""
+        cache = getattr(self.get_network(), "_negative_peer_cache", None)
+        if cache is not None:
+            cache.evict(str(peer_id))
+
     def get_addrs(self) -> list[multiaddr.Multiaddr]:
         # BasicHost strips everything from the first /p2p/ before appending ours,
         # which turns a circuit address (/.../p2p/RELAY/p2p-circuit) into the relay's
@@ -143,6 +175,16 @@ class ConnectionWatcher(INotifee):
 
     async def listen_close(self, network: INetwork, maddr: multiaddr.Multiaddr) -> None:
         return None
+
+
+async def dial_addr_once(network: Any, addr: multiaddr.Multiaddr, peer: ID,
+                         source: tuple[str, int] | None) -> INetConn:
+    """One dial of one address, from `source`, without the swarm's retries and address
+    fan-out: what a hole punch needs (DCUtR dials every address at once and the first
+    to connect wins). Swarm.dial_addr_as_responder is the public form for the
+    responder; py-libp2p 0.8.1 has none for the initiator but the private
+    Swarm._dial_addr_single_attempt."""
+    return await network._dial_addr_single_attempt(addr, peer, source)
 
 
 def connection_config(max_connections: int) -> ConnectionConfig:
@@ -374,7 +416,8 @@ def _observe_listening_port_only(host: BasicHost, port: int) -> None:
     Most dials leave from an ephemeral port (reuseport.py); what a peer observes for
     those is a NAT mapping nobody can dial back. py-libp2p records it anyway (it
     matches observations to listeners by IP alone), and we would offer it to AutoNAT
-    and DCUtR and advertise it."""
+    and DCUtR and advertise it. The manager is private to BasicHost (0.8.1), and
+    record_observation its only hook."""
     manager = getattr(host, "_observed_addr_manager", None)
     if manager is None:
         return

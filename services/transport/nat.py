@@ -21,6 +21,7 @@ import trio
 from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 
+from p2pm.common.clients import DhtClient
 from p2pm.common.log import get_logger
 
 from . import autonat, dcutr, relay
@@ -93,13 +94,13 @@ class NatManager:
     def __init__(self, node: Any, settings: NatSettings,
                  publish: Callable[[str, dict[str, Any]], None],
                  connect: Callable[[ID, list[multiaddr.Multiaddr]], Awaitable[None]],
-                 call: Callable[..., Awaitable[Any]] | None = None) -> None:
+                 dht: DhtClient | None = None) -> None:
         self.node = node
         self.host = node.host
         self.settings = settings
         self.publish = publish
         self.connect = connect
-        self.call = call  # another actor's RPC (Actor.call); None: no dht to ask
+        self.dht = dht  # None: no dht to ask
         self.tcp = next(t for t in self.host.get_network().transport_manager.get_transports()
                         if isinstance(t, ReuseportTCP))
         self.autonat = autonat.AutoNAT(
@@ -118,7 +119,7 @@ class NatManager:
         self._nursery: trio.Nursery | None = None
         self._probe_now = trio.Event()
         self._reserve_now = trio.Event()
-        discovery = settings.relay_discovery and call is not None
+        discovery = settings.relay_discovery and dht is not None
         self.finder = RelayFinder(str(node.peer_id)) if discovery else None
         self.announcer = RelayAnnouncer() if discovery and settings.relay_service else None
         self.first_relayed_at: float | None = None
@@ -147,11 +148,8 @@ class NatManager:
     # addresses -------------------------------------------------------------------------
     def observed(self) -> list[multiaddr.Multiaddr]:
         """Our addresses as peers saw them (one observer is enough to try)."""
-        obs = getattr(self.host, "_observed_addr_manager", None)
-        if obs is None:
-            return []
         try:
-            return [a for a in obs.addrs(min_observers=1) if not is_circuit(a)]
+            return [a for a in self.host.observed_addrs() if not is_circuit(a)]
         except Exception:
             return []
 
@@ -335,10 +333,10 @@ class NatManager:
     async def _ask_dht(self, method: str) -> Any:
         """`provide` or `find_providers` of the relay key; a dht that is down or slow
         costs this task DHT_OP_TIMEOUT_S + DHT_CALL_SLACK_S, and nothing else."""
-        assert self.call is not None
-        return await self.call("dht", method,
-                               {"key": RELAY_PROVIDER_KEY_HEX, "timeout": DHT_OP_TIMEOUT_S},
-                               timeout=DHT_OP_TIMEOUT_S + DHT_CALL_SLACK_S, retries=0)
+        assert self.dht is not None
+        dht = self.dht.with_options(timeout=DHT_OP_TIMEOUT_S + DHT_CALL_SLACK_S, retries=0)
+        ask = dht.provide if method == "provide" else dht.find_providers
+        return await ask(RELAY_PROVIDER_KEY_HEX, timeout=DHT_OP_TIMEOUT_S)
 
     async def _discovery_loop(self) -> None:
         """While private and short of reservations, ask the dht for relays. Each ask

@@ -30,7 +30,7 @@ from p2pm.services.dht import messages as kad
 from p2pm.services.gossip import conversations as cv
 from p2pm.services.gossip import sync
 from p2pm.services.gossip.router import messages as gs
-from p2pm.services.transport import frames
+from p2pm.common.streams import frames
 
 from .mutate import fuzzed, mutated
 

@@ -1,7 +1,7 @@
 """`p2pm attach` driven through prompt_toolkit's pipe input: typing a line sends it,
 an incoming message appears with the sender's name, delivery marks update, and the
 screen survives its node going away and coming back. The node's gossip and dht are
-the spec'd fakes of services/gateway/testing.py; everything else is real."""
+the spec'd fakes of tests/helpers/gateway_fakes.py; everything else is real."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from prompt_toolkit.output import DummyOutput
 
 from p2pm.common.cli.attach import AttachModel, run_attach
 from p2pm.common.cli.chat import gateway
-from p2pm.services.gateway.testing import FakeNetwork, FakeNode
+from tests.helpers.gateway_fakes import FakeNetwork, FakeNode
 
 
 async def until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:

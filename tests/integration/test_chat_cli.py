@@ -1,6 +1,6 @@
 """The chat commands end to end: `p2pm` (click, --json, exit codes) -> the real gateway
 -> real keystore, storage and transport, with the gossip and dht actors replaced by the
-spec'd fakes of services/gateway/testing.py (two nodes in one process, on their
+spec'd fakes of tests/helpers/gateway_fakes.py (two nodes in one process, on their
 homes' ipc sockets). Against real gossip: test_gateway_nodes.py."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from p2pm.common.cli import main
 from p2pm.common.home import Home
 from p2pm.services.gateway.actor import MAX_TEXT_BYTES
-from p2pm.services.gateway.testing import FakeNetwork, FakeNode
+from tests.helpers.gateway_fakes import FakeNetwork, FakeNode
 from tests.helpers import wait_for
 
 

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from p2pm.common import errors
-from p2pm.services.dht.testing import DhtNode, open_dht_node
+from tests.helpers.dht_node import DhtNode, open_dht_node
 
 DEADLINE = 20.0
 

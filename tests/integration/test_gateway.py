@@ -24,7 +24,7 @@ from p2pm.common.actor import ActorRuntime
 from p2pm.common.cli.chat import gateway
 from p2pm.common.home import Home
 from p2pm.services.gateway.actor import TOKEN_FILE, Gateway
-from p2pm.services.gateway.testing import GOSSIP_CONTRACT, FakeGossip, FakeNetwork, FakeNode
+from tests.helpers.gateway_fakes import GOSSIP_CONTRACT, FakeGossip, FakeNetwork, FakeNode
 from tests.helpers import wait_for
 
 

@@ -16,8 +16,8 @@ from p2pm.common import wire
 from p2pm.common.zmqtrio import AsyncSocket
 from p2pm.services.gossip.router.core import Validation
 from p2pm.services.gossip import delivery as gossip_delivery
-from p2pm.services.gossip.testing import GossipNode, open_gossip_node
-from p2pm.services.transport.testing import make_home
+from tests.helpers.gossip_node import GossipNode, open_gossip_node
+from tests.helpers.transport_node import make_home
 
 
 async def _room_of_two(alice: GossipNode, bob: GossipNode) -> dict[str, Any]:

@@ -22,9 +22,9 @@ from p2pm.services.gossip import conversations as cv
 from p2pm.services.gossip import sync
 from p2pm.services.gossip.context import peer_bytes
 from p2pm.services.gossip.router.messages import RPC, Message, SubOpts, encode, signing_data
-from p2pm.services.gossip.testing import GossipNode, open_gossip_node
-from p2pm.services.transport.streams import ProtocolSpec, StreamReset, open_streams
-from p2pm.services.transport.testing import LocalNode, open_test_node
+from tests.helpers.gossip_node import GossipNode, open_gossip_node
+from p2pm.common.streams import ProtocolSpec, StreamReset, open_streams
+from tests.helpers.transport_node import LocalNode, open_test_node
 
 MESH = "/meshsub/1.1.0"
 

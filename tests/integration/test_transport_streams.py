@@ -18,10 +18,10 @@ from p2pm.common import errors
 from p2pm.common.actor import Actor, ActorRuntime, on_event
 from p2pm.common.home import Endpoints
 from p2pm.common.zmqtrio import AsyncSocket
-from p2pm.services.transport.frames import CHUNK, DEFAULT_WINDOW, encode_sid
-from p2pm.services.transport.streams import (ProtocolSpec, Stream, StreamClient, StreamError,
+from p2pm.common.streams.frames import CHUNK, DEFAULT_WINDOW, encode_sid
+from p2pm.common.streams import (ProtocolSpec, Stream, StreamClient, StreamError,
                                              StreamReset, open_streams, streams_endpoint)
-from p2pm.services.transport.testing import LocalNode, open_test_node
+from tests.helpers.transport_node import LocalNode, open_test_node
 
 ECHO = "/p2pm-test/echo/1.0.0"
 MSGS = "/p2pm-test/msgs/1.0.0"

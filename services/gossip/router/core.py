@@ -269,7 +269,7 @@ class Router:
     # -- topics ------------------------------------------------------------------------
     def subscribe(self, topic: str, now: float) -> list[Event]:
         """JOIN(topic): announce it and build the mesh from fanout and known peers."""
-        self._check_topic(topic)
+        self.check_topic(topic)
         if topic in self._topics:
             return []
         self._topics.add(topic)
@@ -301,7 +301,8 @@ class Router:
         self._mesh.pop(topic, None)
         return events
 
-    def _check_topic(self, topic: str) -> None:
+    def check_topic(self, topic: str) -> None:
+        """ValueError unless `topic` is one this router takes (non-empty, bounded)."""
         if not isinstance(topic, str) or not topic \
                 or len(topic.encode()) > self.params.max_topic_length:
             raise ValueError(f"a topic is a non-empty string of at most "
@@ -311,7 +312,7 @@ class Router:
     def new_message(self, topic: str, data: bytes, now: float) -> Message:
         """An unsigned message from us. Seqnos grow with the clock, so they stay unique
         across restarts (as go-libp2p does) and within a run they never repeat."""
-        self._check_topic(topic)
+        self.check_topic(topic)
         self._seqno = max(self._seqno + 1, int(now * 1_000_000_000))
         return Message(from_=self.local_peer, data=bytes(data),
                        seqno=self._seqno.to_bytes(8, "big"), topic=topic)
@@ -334,7 +335,7 @@ class Router:
                              "and a signature (StrictSign)")
         if msg.topic is None:
             raise ValueError("a published message needs a topic")
-        self._check_topic(msg.topic)
+        self.check_topic(msg.topic)
         encoded = encode(msg)
         if len(encoded) > self.params.max_message_size:
             raise ValueError(f"message of {len(encoded)} bytes exceeds the limit of "

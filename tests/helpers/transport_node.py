@@ -28,7 +28,7 @@ from p2pm.common.client import Client, open_client
 from p2pm.common.home import Endpoints, Home
 from p2pm.common.identity import create_identity
 
-from .actor import Transport
+from p2pm.services.transport.actor import Transport
 
 
 @dataclass
