@@ -46,6 +46,7 @@ import trio
 
 from p2pm.common import errors, wire
 from p2pm.common.actor import Actor, every, on_event, rpc
+from p2pm.common.clients import DhtClient, KeystoreClient, StorageClient, TransportClient
 
 from . import conversations as cv
 from . import sync
@@ -62,16 +63,21 @@ from .state import Conversation, Conversations, Registry
 
 SYNC_INTERVAL_S = 30.0  # anti-entropy with one member per conversation
 SYNC_MIN_GAP_S = 5.0  # between two syncs of one conversation with one peer
+STORAGE_TIMEOUT = 5.0
 
 
 class Gossip(Actor):
     name = "gossip"
+    keystore = KeystoreClient.dependency()
+    storage = StorageClient.dependency(timeout=STORAGE_TIMEOUT)
+    transport = TransportClient.dependency()
+    dht = DhtClient.dependency()
 
     def __init__(self, home: Any = None, config: dict[str, Any] | None = None) -> None:
         super().__init__(home, config)
         gcfg = (config or {}).get("gossip", {})
         self.params = GossipParams(heartbeat_s=float(gcfg.get("heartbeat_s", 1.0)))
-        self.ctx = Context(self.call, self.spawn, self.publish, self.log)
+        self.ctx = Context(self, self.spawn, self.publish, self.log)
         self.registry = Registry()
         self.delivery = Delivery(self.ctx, self.registry)
         self.membership = Membership(self.ctx, self.delivery.owe_first_members)
@@ -124,7 +130,7 @@ class Gossip(Actor):
         from p2pm.common.streams import ProtocolSpec, open_streams
 
         assert self.runtime is not None
-        me = (await self.call_until_answered("keystore", "identity"))["peer_id"]
+        me = (await self.keystore.until_answered().identity()).peer_id
         self.ctx.start(me, Router(peer_bytes(me), verify=verify_ed25519,
                                   rng=random.Random(), validate=self.receive.validate,
                                   params=self.params))
@@ -155,8 +161,7 @@ class Gossip(Actor):
         super().spawn(guarded)
 
     async def _load(self) -> None:
-        listed = await self.call_until_answered("storage", "conversation_list")
-        await self.conversations.load(listed["conversations"])
+        await self.conversations.load(await self.storage.until_answered().conversation_list())
         await self.delivery.load()
         self.loaded.set()
 
@@ -166,7 +171,7 @@ class Gossip(Actor):
 
     # -- peers and streams -------------------------------------------------------------
     async def _initial_peers(self) -> None:
-        for p in await self.call_until_answered("transport", "peers"):
+        for p in await self.transport.until_answered().peers():
             self.links.peer_up(p["peer_id"], p.get("protocols") or [])
 
     @on_event("transport.peer")
@@ -310,8 +315,7 @@ class Gossip(Actor):
 
     # -- sync --------------------------------------------------------------------------
     async def _ranges(self, conv: Conversation) -> sync.Ranges:
-        got = await self.ctx.storage("author_ranges", conversation=conv.id)
-        return sync.from_storage(got["authors"])
+        return sync.from_storage(await self.storage.author_ranges(conv.id))
 
     async def _share_addrs(self, conv: Conversation) -> dict[str, list[str]]:
         """Ours and the members' addresses we know: how members find each other."""
@@ -406,8 +410,8 @@ class Gossip(Actor):
                 for lo, hi in spans:
                     start = lo
                     while start <= hi:
-                        page = await self.ctx.storage(
-                            "messages_by_author", conversation=conv.id, author=author,
+                        page = await self.storage.messages_by_author(
+                            conversation=conv.id, author=author,
                             from_seq=start, to_seq=hi, limit=sync.ENVS_PER_FRAME)
                         batch = page["messages"]
                         if not batch:

@@ -1,6 +1,6 @@
 """What every part of the gossip actor shares: the node's identity and router, its
-counters and log, how a part starts a background task or publishes an event, and one
-small method per other actor it calls (storage, keystore, transport, dht).
+counters and log, how a part starts a background task or publishes an event, and the
+typed clients of the other actors it calls (keystore, storage, transport, dht).
 
 The parts (links, delivery, membership, reach, receive, state) hold this object and
 nothing of each other beyond what the shell hands them, so each can be read alone.
@@ -13,17 +13,25 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
-from p2pm.common import errors, identity, wire
+from p2pm.common import identity
+from p2pm.common.clients import DhtClient, KeystoreClient, StorageClient, TransportClient
 
 from .router.core import Router
 
-STORAGE_TIMEOUT = 5.0
 
-Call = Callable[..., Awaitable[Any]]  # (actor, method, params, **options) -> result
+class Clients(Protocol):
+    """What the parts call the other actors through (the shell declares them)."""
+
+    keystore: KeystoreClient
+    storage: StorageClient
+    transport: TransportClient
+    dht: DhtClient
+
+
 SyncWith = Callable[..., Awaitable[None]]  # the sync session: (peer, conversation, force=)
 
 
@@ -41,7 +49,7 @@ def peer_bytes(peer: str) -> bytes:
 
 
 class Context:
-    def __init__(self, call: Call, spawn: Callable[..., None],
+    def __init__(self, clients: Clients, spawn: Callable[..., None],
                  publish: Callable[[str, Any], None], log: Any) -> None:
         self.me = ""
         self._router: Router | None = None
@@ -50,7 +58,7 @@ class Context:
         self.spawn = spawn  # a background task whose failure is logged, never fatal
         self.publish = publish  # an event on gossip's PUB socket
         self.kick: Callable[[], None] = lambda: None  # wake the links (set by links)
-        self._call = call
+        self._clients = clients
 
     @property
     def router(self) -> Router:
@@ -67,30 +75,21 @@ class Context:
     def now(self) -> float:
         return trio.current_time()
 
-    # -- the other actors, one method each ---------------------------------------------
-    async def storage(self, method: str, **params: Any) -> Any:
-        return await self._call("storage", method, params, timeout=STORAGE_TIMEOUT)
+    # -- the other actors, typed clients declared on the shell ----------------------
+    # Read through the shell at each use, so fakes put in its place (clients'
+    # build_actor) are the ones the parts call.
+    @property
+    def keystore(self) -> KeystoreClient:
+        return self._clients.keystore
 
-    async def kv_get(self, key: str) -> bytes | None:
-        try:
-            got = await self.storage("kv_get", key=key)
-        except errors.BusError as exc:
-            if exc.code == errors.NOT_FOUND:
-                return None
-            raise
-        return wire.b64d(got["value"], "value")
+    @property
+    def storage(self) -> StorageClient:
+        return self._clients.storage
 
-    async def sign(self, domain: str, data: bytes) -> bytes:
-        got = await self._call("keystore", "sign", {"domain": domain, "data": data})
-        return wire.b64d(got["signature"], "keystore signature")
+    @property
+    def transport(self) -> TransportClient:
+        return self._clients.transport
 
-    async def dh(self, public: bytes) -> bytes:
-        got = await self._call("keystore", "dh", {"public": public})
-        return wire.b64d(got["shared"], "shared")
-
-    async def transport(self, method: str, params: dict[str, Any] | None = None,
-                        **options: Any) -> Any:
-        return await self._call("transport", method, params, **options)
-
-    async def dht(self, method: str, params: dict[str, Any], **options: Any) -> Any:
-        return await self._call("dht", method, params, **options)
+    @property
+    def dht(self) -> DhtClient:
+        return self._clients.dht

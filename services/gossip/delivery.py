@@ -111,9 +111,8 @@ class Delivery:
         by_message: dict[str, set[str]] = {}
         after = None
         while True:
-            page = (await self.ctx.storage(
-                "outbox_due", now=time.time() + 10 * 365 * 86400, limit=OUTBOX_PAGE,
-                after=after))["entries"]
+            page = (await self.ctx.storage.outbox_due(
+                time.time() + 10 * 365 * 86400, limit=OUTBOX_PAGE, after=after))["entries"]
             for e in page:
                 by_message.setdefault(e["message_id"], set()).add(e["recipient"])
             if len(page) < OUTBOX_PAGE:
@@ -121,10 +120,10 @@ class Delivery:
             after = {k: page[-1][k] for k in ("next_attempt_at", "message_id", "recipient")}
         for mid, recipients in by_message.items():
             try:
-                m = await self.ctx.storage("message_get", id=mid)
+                m = await self.ctx.storage.message_get(mid)
             except errors.BusError:
                 continue
-            if m["author"] == me and m["conversation"] in self.registry:
+            if m is not None and m["author"] == me and m["conversation"] in self.registry:
                 self.outbox.add(mid, m["conversation"], m["seq"], recipients, self.ctx.now())
                 if m["state"] == "pending":
                     self.unsent[mid] = m["conversation"]
@@ -142,15 +141,14 @@ class Delivery:
         async with conv.lock:
             seq, ts = conv.next_seq, time.time()
             plaintext = cv.message_plaintext(conv.id, me, seq, ts, text)
-            sig = await self.ctx.sign(cv.MESSAGE_DOMAIN, plaintext)
+            sig = await self.ctx.keystore.sign(cv.MESSAGE_DOMAIN, plaintext)
             envelope = cv.seal(conv.keys.content_key, sig, plaintext)
             mid = cv.message_id(plaintext)
             recipients = sorted(conv.members - {me})
             # Stored and queued in one transaction: a crash in between would leave a
             # message that stays pending and that nobody ever delivers.
-            await self.ctx.storage("message_put", id=mid, conversation=conv.id, author=me,
-                                   seq=seq, ts=ts, body=envelope, state="pending",
-                                   recipients=recipients or None)
+            await self.ctx.storage.message_put(mid, conv.id, me, seq, ts, envelope,
+                                               "pending", recipients=recipients or None)
             conv.next_seq = seq + 1
             if recipients:
                 self.outbox.add(mid, conv.id, seq, set(recipients), self.ctx.now())
@@ -166,7 +164,7 @@ class Delivery:
         """A GossipSub message on `topic`, signed through the keystore."""
         router = self.ctx.router
         msg = router.new_message(topic, data, self.ctx.now())
-        sig = await self.ctx.sign(SIGNING_DOMAIN, signing_data(msg))
+        sig = await self.ctx.keystore.sign(SIGNING_DOMAIN, signing_data(msg))
         result = router.publish_message(dataclasses.replace(msg, signature=sig),
                                         self.ctx.now())
         self.ctx.kick()
@@ -184,7 +182,10 @@ class Delivery:
                           envelope: bytes | None = None) -> str:
         """Publish one of our stored messages; its state after the attempt."""
         if envelope is None:
-            m = await self.ctx.storage("message_get", id=mid)
+            m = await self.ctx.storage.message_get(mid)
+            if m is None:  # not stored, so nothing to publish
+                self.unsent.pop(mid, None)
+                return "pending"
             if m["state"] != "pending":
                 self.unsent.pop(mid, None)
                 return str(m["state"])
@@ -207,7 +208,7 @@ class Delivery:
 
     async def set_state(self, mid: str, conv_id: str, state: str) -> None:
         try:
-            got = await self.ctx.storage("message_set_state", id=mid, state=state)
+            got = await self.ctx.storage.message_set_state(mid, state)
         except errors.BusError as exc:
             self.ctx.log.warning("gossip.state_not_saved", id=mid, error=exc.message)
             return
@@ -219,11 +220,10 @@ class Delivery:
     async def delivered_to(self, mid: str, peer: str) -> None:
         """`peer` holds our message `mid`. Storage first (the receipt survives a crash),
         then the outbox mirror; the last recipient makes the message delivered."""
-        try:
-            await self.ctx.storage("outbox_done", message_id=mid, recipient=peer)
-        except errors.BusError as exc:
-            if exc.code != errors.NOT_FOUND:
-                return
+        try:  # never queued there (None) is fine: the mirror is told all the same
+            await self.ctx.storage.outbox_done(mid, peer)
+        except errors.BusError:
+            return
         conv_id = self.outbox.delivered(mid, peer)
         if conv_id is not None:
             self.unsent.pop(mid, None)
@@ -254,11 +254,10 @@ class Delivery:
         seq = 1
         async with conv.lock:  # a post in progress now has its recipients already
             while True:
-                page = await self.ctx.storage("messages_unqueued", conversation=conv.id,
-                                              author=self.ctx.me, from_seq=seq, limit=500)
+                page = await self.ctx.storage.messages_unqueued(conv.id, self.ctx.me,
+                                                                from_seq=seq, limit=500)
                 for m in page["messages"]:
-                    await self.ctx.storage("outbox_add", message_id=m["id"],
-                                           recipients=sorted(members))
+                    await self.ctx.storage.outbox_add(m["id"], sorted(members))
                     self.outbox.add(m["id"], conv.id, m["seq"], members, self.ctx.now())
                     seq = max(seq, int(m["seq"]) + 1)
                 if not page["more"]:
@@ -266,10 +265,12 @@ class Delivery:
 
     async def report(self, mid: str) -> dict[str, Any]:
         """The message's state, and per recipient of ours where it stands."""
-        m = await self.ctx.storage("message_get", id=mid)
+        m = await self.ctx.storage.message_get(mid)
+        if m is None:
+            raise errors.not_found(f"no message {mid!r}")
         members: dict[str, str] = {}
         if m["author"] == self.ctx.me:
-            for e in (await self.ctx.storage("outbox_get", message_id=mid))["entries"]:
+            for e in await self.ctx.storage.outbox_get(mid):
                 members[e["recipient"]] = "delivered" if e["state"] == "done" else (
                     "failed" if e["state"] == "failed" else
                     ("sent" if m["state"] != "pending" else "pending"))
@@ -293,7 +294,7 @@ class Delivery:
                     plaintext = cv.receipt_plaintext(conv.id, self.ctx.me, time.time(),
                                                      chunk)
                     try:
-                        sig = await self.ctx.sign(cv.RECEIPT_DOMAIN, plaintext)
+                        sig = await self.ctx.keystore.sign(cv.RECEIPT_DOMAIN, plaintext)
                         if not await self._publish_envelope(
                                 conv, cv.seal(conv.keys.content_key, sig, plaintext)):
                             unsent += chunk

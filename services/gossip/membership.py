@@ -66,9 +66,8 @@ class Membership:
 
     async def _save(self, conv: Conversation) -> None:
         try:
-            await self.ctx.storage("conversation_put", id=conv.id, kind=conv.kind,
-                                   secret=conv.secret, members=sorted(conv.members),
-                                   name=conv.name)
+            await self.ctx.storage.conversation_put(conv.id, conv.kind, conv.secret,
+                                                    sorted(conv.members), name=conv.name)
         except errors.BusError as exc:
             self.ctx.log.warning("gossip.members_not_saved", conversation=conv.id,
                                  error=exc.message)

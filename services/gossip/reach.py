@@ -85,7 +85,7 @@ class Reach:
 
     async def my_addrs(self) -> list[str]:
         try:
-            return list((await self.ctx.transport("addrs", timeout=2.0))["addrs"])
+            return list((await self.ctx.transport.with_options(timeout=2.0).addrs()).addrs)
         except errors.BusError:
             return []
 
@@ -108,22 +108,23 @@ class Reach:
         self._remember(peer, (new + known)[:sync.MAX_ADDRS])
         if persist:
             try:
-                await self.ctx.storage("kv_put", key=f"gossip.addrs.{peer}",
-                                       value=orjson.dumps(self.addrs[peer]))
+                await self.ctx.storage.kv_put(f"gossip.addrs.{peer}",
+                                              orjson.dumps(self.addrs[peer]))
             except errors.BusError:
                 pass
 
     async def addrs_of(self, peer: str) -> list[str]:
         if peer not in self.addrs:
-            stored = await self.ctx.kv_get(f"gossip.addrs.{peer}")
+            stored = await self.ctx.storage.kv_get(f"gossip.addrs.{peer}")
             if stored:
                 self._remember(peer, [a for a in orjson.loads(stored) if isinstance(a, str)])
         if not self.addrs.get(peer):
             try:
-                contact = await self.ctx.storage("contact_get", peer_id=peer)
-                await self.learn_addrs(peer, contact.get("addrs") or [])
+                contact = await self.ctx.storage.contact_get(peer_id=peer)
             except errors.BusError:
-                pass
+                contact = None
+            if contact is not None:
+                await self.learn_addrs(peer, contact.get("addrs") or [])
         if not self.addrs.get(peer):
             await self.find_peer(peer)
         return self.addrs.get(peer, [])
@@ -133,13 +134,12 @@ class Reach:
         if not self.dht_ok:
             return []
         try:
-            found = await self.ctx.dht("find_peer", {"peer_id": peer}, timeout=10,
-                                       retries=0)
+            found = await self.ctx.dht.with_options(timeout=10, retries=0).find_peer(peer)
         except errors.BusError as exc:
             if exc.code != errors.NOT_FOUND:
                 self._dht_failed(exc)
             return []
-        addrs = found.get("addrs") if isinstance(found, dict) else None
+        addrs = found.get("addrs")
         await self.learn_addrs(peer, addrs if isinstance(addrs, list) else [])
         return self.addrs.get(peer, [])
 
@@ -158,7 +158,7 @@ class Reach:
     async def _dial_any(self, peer: str, addrs: list[str]) -> bool:
         for addr in addrs:
             try:
-                await self.ctx.transport("dial", {"addr": addr}, timeout=12, retries=0)
+                await self.ctx.transport.with_options(timeout=12, retries=0).dial(addr)
                 self.backoff.succeeded(peer)
                 self.connected.add(peer)
                 return True
@@ -195,8 +195,8 @@ class Reach:
         if not self.dht_ok:
             return
         try:
-            await self.ctx.dht("provide", {"key": conv.keys.dht_key.hex()},
-                               timeout=40, retries=0)
+            await self.ctx.dht.with_options(timeout=40, retries=0).provide(
+                conv.keys.dht_key.hex())
         except errors.BusError as exc:
             self._dht_failed(exc)
         await self.discover(conv)
@@ -206,12 +206,12 @@ class Reach:
         if not self.dht_ok:
             return
         try:
-            found = await self.ctx.dht("find_providers", {"key": conv.keys.dht_key.hex()},
-                                       timeout=40, retries=0)
+            found = await self.ctx.dht.with_options(timeout=40, retries=0).find_providers(
+                conv.keys.dht_key.hex())
         except errors.BusError as exc:
             self._dht_failed(exc)
             return
-        providers = found.get("providers") if isinstance(found, dict) else None
+        providers = found.get("providers")
         for prov in providers if isinstance(providers, list) else []:
             peer = prov.get("peer_id") if isinstance(prov, dict) else None
             if isinstance(peer, str) and peer != self.ctx.me:

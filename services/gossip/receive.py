@@ -115,9 +115,9 @@ class Receive:
             return False
         counters = self.ctx.counters
         try:
-            got = await self.ctx.storage("message_put", id=opened.id, conversation=conv.id,
-                                         author=opened.author, seq=opened.seq,
-                                         ts=opened.ts, body=envelope, state="received")
+            got = await self.ctx.storage.message_put(opened.id, conv.id, opened.author,
+                                                     opened.seq, opened.ts, envelope,
+                                                     "received")
         except errors.BusError as exc:
             counters["store_refused"] += 1
             self.ctx.log.warning("gossip.store_refused", id=opened.id, error=exc.message)

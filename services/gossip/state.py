@@ -157,9 +157,11 @@ class Conversations:
     async def load(self, listed: list[dict[str, Any]]) -> None:
         """Every conversation in storage's `conversation_list` but those we left."""
         for entry in listed:
-            if await self.ctx.kv_get(f"gossip.left.{entry['id']}") is not None:
+            if await self.ctx.storage.kv_get(f"gossip.left.{entry['id']}") is not None:
                 continue
-            await self.register(await self.ctx.storage("conversation_get", id=entry["id"]))
+            stored = await self.ctx.storage.conversation_get(entry["id"])
+            if stored is not None:
+                await self.register(stored)
 
     async def register(self, stored: dict[str, Any]) -> Conversation:
         """Hold a stored conversation (storage's shape): subscribe to its topic and
@@ -170,8 +172,7 @@ class Conversations:
         conv = self.registry.get(keys.id)
         if conv is None:
             conv = Conversation(keys, stored.get("name", ""), secret)
-            ranges = (await self.ctx.storage("author_ranges",
-                                             conversation=keys.id))["authors"]
+            ranges = await self.ctx.storage.author_ranges(keys.id)
             conv.held = Held.from_ranges(ranges)
             if self.ctx.me in ranges:
                 conv.next_seq = int(ranges[self.ctx.me]["max_seq"]) + 1
@@ -189,8 +190,7 @@ class Conversations:
         secret = cv.new_room_secret()
         keys = cv.Keys.derive("room", secret)
         me = self.ctx.me
-        await self.ctx.storage("conversation_put", id=keys.id, kind="room", secret=secret,
-                               members=[me], name=name)
+        await self.ctx.storage.conversation_put(keys.id, "room", secret, [me], name=name)
         conv = await self.register({"kind": "room", "secret": secret, "name": name,
                                     "members": [me]})
         return {"id": keys.id, "name": name, "kind": "room",
@@ -201,7 +201,8 @@ class Conversations:
             raise errors.bad_params("only rooms have invites")
         payload = cv.invite_payload(conv.name, conv.secret, self.ctx.me,
                                     await self.reach.my_addrs())
-        return cv.encode_invite(payload, await self.ctx.sign(cv.INVITE_DOMAIN, payload))
+        signature = await self.ctx.keystore.sign(cv.INVITE_DOMAIN, payload)
+        return cv.encode_invite(payload, signature)
 
     async def join_room(self, invite: str) -> dict[str, Any]:
         try:
@@ -212,9 +213,9 @@ class Conversations:
         members = {self.ctx.me, inv.inviter}
         if inv.id in self.registry:
             members |= self.registry.require(inv.id).members
-        await self.ctx.storage("kv_delete", key=f"gossip.left.{inv.id}")
-        await self.ctx.storage("conversation_put", id=inv.id, kind="room",
-                               secret=inv.secret, members=sorted(members), name=inv.name)
+        await self.ctx.storage.kv_delete(f"gossip.left.{inv.id}")
+        await self.ctx.storage.conversation_put(inv.id, "room", inv.secret, sorted(members),
+                                                name=inv.name)
         conv = await self.register({"kind": "room", "secret": inv.secret,
                                     "name": inv.name, "members": sorted(members)})
         if inv.inviter != self.ctx.me:
@@ -234,13 +235,13 @@ class Conversations:
             raise errors.bad_params("a direct chat needs another peer")
         if name is not None:
             check_name(name)
-        secret = cv.direct_secret(await self.ctx.dh(x25519), me, peer_id)
+        secret = cv.direct_secret(await self.ctx.keystore.dh(x25519), me, peer_id)
         keys = cv.Keys.derive("direct", secret)
         existing = self.registry.get(keys.id)
         label = name if name is not None else (existing.name if existing else peer_id)
-        await self.ctx.storage("kv_delete", key=f"gossip.left.{keys.id}")
-        await self.ctx.storage("conversation_put", id=keys.id, kind="direct",
-                               secret=secret, members=sorted({me, peer_id}), name=label)
+        await self.ctx.storage.kv_delete(f"gossip.left.{keys.id}")
+        await self.ctx.storage.conversation_put(keys.id, "direct", secret,
+                                                sorted({me, peer_id}), name=label)
         conv = await self.register({"kind": "direct", "secret": secret, "name": label,
                                     "members": [me, peer_id]})
         conv.name = label
@@ -251,20 +252,20 @@ class Conversations:
         return {"id": conv.id, "name": label, "kind": "direct"}
 
     async def leave(self, conv: Conversation) -> None:
-        await self.ctx.storage("kv_put", key=f"gossip.left.{conv.id}", value=b"1")
+        await self.ctx.storage.kv_put(f"gossip.left.{conv.id}", b"1")
         self.registry.remove(conv)
         self.ctx.router.unsubscribe(conv.keys.topic, self.ctx.now())
         self.ctx.kick()
 
     async def listing(self) -> list[dict[str, Any]]:
-        listed = (await self.ctx.storage("conversation_list"))["conversations"]
+        listed = await self.ctx.storage.conversation_list()
         out = []
         for c in listed:
             if c["id"] not in self.registry:
                 continue
-            read = await self.ctx.kv_get(f"gossip.read.{c['id']}")
+            read = await self.ctx.storage.kv_get(f"gossip.read.{c['id']}")
             read_ts = float(read) if read else 0.0
-            page = await self.ctx.storage("history", conversation=c["id"], limit=200)
+            page = await self.ctx.storage.history(c["id"], limit=200)
             unread = sum(1 for m in page["messages"]
                          if m["state"] == "received" and m["ts"] > read_ts)
             out.append({"id": c["id"], "name": c["name"], "kind": c["kind"],
@@ -272,24 +273,25 @@ class Conversations:
         return out
 
     async def mark_read(self, conv: Conversation) -> float:
-        page = await self.ctx.storage("history", conversation=conv.id, limit=1)
+        page = await self.ctx.storage.history(conv.id, limit=1)
         last = max([time.time()] + [m["ts"] for m in page["messages"]])
-        await self.ctx.storage("kv_put", key=f"gossip.read.{conv.id}",
-                               value=repr(last).encode())
+        await self.ctx.storage.kv_put(f"gossip.read.{conv.id}", repr(last).encode())
         return last
 
     async def history(self, conv: Conversation, limit: int,
                       before: str | None) -> list[dict[str, Any]]:
         if not 1 <= limit <= 1000:
             raise errors.bad_params("limit must be 1..1000")
-        params: dict[str, Any] = {"conversation": conv.id, "limit": limit}
+        before_ts = None
         if before is not None:
             try:
-                params["before_ts"] = (await self.ctx.storage("message_get",
-                                                              id=before))["ts"]
+                m = await self.ctx.storage.message_get(before)
             except errors.BusError as exc:
                 raise errors.bad_params(f"before: {exc.message}") from None
-        page = await self.ctx.storage("history", **params)
+            if m is None:
+                raise errors.bad_params(f"before: no message {before!r}")
+            before_ts = m["ts"]
+        page = await self.ctx.storage.history(conv.id, before_ts=before_ts, limit=limit)
         out = []
         for m in page["messages"]:
             try:

@@ -4,10 +4,12 @@ dial backoff, receipt batching, and the one place that adds members."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from p2pm.common.clients import StorageClient, fake
 from p2pm.services.gossip import conversations as cv
 from p2pm.services.gossip.context import Context
 from p2pm.services.gossip.delivery import ReceiptBatch
@@ -145,19 +147,27 @@ class _Log:
         pass
 
 
-def _membership() -> tuple[Membership, list[tuple[str, tuple[Any, ...]]]]:
-    spawned: list[tuple[str, tuple[Any, ...]]] = []
+Spawned = list[tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]]
+
+
+def _membership(saved: list[list[str]] | None = None) -> tuple[Membership, Spawned]:
+    spawned: Spawned = []
 
     def spawn(fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
-        spawned.append((fn.__name__, args))
+        spawned.append((fn.__name__, fn, args))
 
-    async def call(*a: Any, **kw: Any) -> Any:
-        raise AssertionError("no call expected here")
+    async def conversation_put(id: str, kind: str, secret: bytes, members: list[str],
+                               name: str | None = None, created_at: float | None = None
+                               ) -> dict[str, Any]:
+        assert saved is not None, "nothing is saved here"
+        saved.append(members)
+        return {"id": id}
 
     async def owe_first(conv: Conversation, members: set[str]) -> None:
         pass
 
-    ctx = Context(call, spawn, lambda topic, data: None, _Log())
+    clients = SimpleNamespace(storage=fake(StorageClient, conversation_put=conversation_put))
+    ctx = Context(clients, spawn, lambda topic, data: None, _Log())  # type: ignore[arg-type]
     ctx.me = "me"
     return Membership(ctx, owe_first), spawned
 
@@ -174,18 +184,29 @@ def test_stored_members_are_held_without_being_saved_again() -> None:
     assert conv.members == {"me", "alice"} and spawned == []
 
 
+async def test_the_saved_member_list_is_the_whole_one() -> None:
+    saved: list[list[str]] = []
+    membership, spawned = _membership(saved)
+    conv = _room()
+    membership.add(conv, {"me", "alice"}, Why.STORED)
+    membership.add(conv, {"bob"}, Why.AUTHOR)
+    _, save, args = spawned[0]
+    await save(*args)
+    assert saved == [["alice", "bob", "me"]]
+
+
 @pytest.mark.parametrize("why", [Why.AUTHOR, Why.SYNC, Why.PROVIDER])
 def test_a_member_learnt_is_saved_and_the_first_owe_what_we_wrote_alone(why: Why) -> None:
     membership, spawned = _membership()
     conv = _room()
     membership.add(conv, {"me"}, Why.STORED)
     assert membership.add(conv, {"alice"}, why) == {"alice"}
-    assert [name for name, _ in spawned] == ["_save", "owe_first"]
-    assert spawned[1][1] == (conv, {"alice"})
+    assert [name for name, _, _ in spawned] == ["_save", "owe_first"]
+    assert spawned[1][2] == (conv, {"alice"})
     # The next member is saved, but owes nothing: alice already has a queue.
     spawned.clear()
     assert membership.add(conv, {"alice", "bob"}, why) == {"bob"}
-    assert [name for name, _ in spawned] == ["_save"]
+    assert [name for name, _, _ in spawned] == ["_save"]
     assert conv.members == {"me", "alice", "bob"}
     # Nobody new: nothing to save.
     spawned.clear()
