@@ -9,7 +9,7 @@ This module is the shell: it builds the parts, starts their loops, hands each in
 stream to its owner, schedules maintenance, and exposes the RPCs. Each part has one
 job and its own module docstring:
 
-    context.py     what every part shares: identity, router, counters, the other actors
+    context.py     what every part shares: identity, router, counters, actor clients
     state.py       the conversations we are in: registry, held seqs, create/join/leave
     membership.py  the one place that adds a member, and why
     links.py       per-peer meshsub streams between the router and the transport
