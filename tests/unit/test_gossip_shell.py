@@ -99,3 +99,38 @@ async def test_before_it_has_loaded_every_rpc_says_unavailable() -> None:
             await call
         assert info.value.code == errors.UNAVAILABLE
     assert node.status()["conversations"] == 0 and not node.healthy()
+
+
+async def test_a_message_is_delivered_once_every_recipient_holds_it_whichever_way() -> None:
+    """The one place a message becomes delivered: alice's receipt, then bob's sync
+    ranges; a receipt naming the id in another conversation acknowledges nothing."""
+    states: list[str] = []
+
+    async def conversation_put(*args: Any, **kw: Any) -> dict[str, Any]:
+        return {}
+
+    async def message_set_state(id: str, state: str) -> dict[str, Any]:
+        states.append(state)
+        return {"changed": True, "state": state}
+
+    storage = fake(StorageClient, conversation_put=conversation_put, author_ranges={},
+                   outbox_done=True, message_set_state=message_set_state)
+    node = gossip(storage=storage)
+    events: list[tuple[str, Any]] = []
+    node.ctx.publish = lambda topic, data: events.append((topic, data))
+    room = node.convs[(await node.room_create("ops"))["id"]]
+    other = node.convs[(await node.room_create("elsewhere"))["id"]]
+    node.delivery.outbox.add("m1", room.id, 1, {"alice", "bob"}, now=0.0)
+
+    def receipt(conv_id: str, reader: str) -> cv.Opened:
+        return cv.Opened("r", "r-" + reader, conv_id, reader, 1.0, ids=("m1",))
+
+    await node.delivery.receipt(other, receipt(other.id, "alice"))
+    await node.delivery.receipt(room, receipt(room.id, "alice"))
+    assert states == [] and "m1" in node.delivery.outbox  # bob still owes it
+    await node.delivery.ranges_held(room, "bob", {ME: [(1, 1)]})
+    assert states == ["delivered"] and "m1" not in node.delivery.outbox
+    assert events == [("gossip.message.state",
+                       {"id": "m1", "conversation": room.id, "state": "delivered"})]
+    assert [c.kwargs or c.args for c in storage.outbox_done.await_args_list] == [
+        ("m1", "alice"), ("m1", "bob")]
