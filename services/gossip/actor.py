@@ -420,9 +420,8 @@ class Gossip(Actor):
                             wire.b64d(m["body"], "body") for m in batch))))
                         self.counters["sync_envelopes_sent"] += len(batch)
                         for m in batch:
-                            if m["author"] == self.me and m["id"] in self.delivery.unsent:
-                                self.delivery.unsent.pop(m["id"], None)
-                                await self.delivery.set_state(m["id"], conv.id, "sent")
+                            if m["author"] == self.me:
+                                await self.delivery.sent_by_sync(m["id"], conv.id)
                         start = batch[-1]["seq"] + 1
             await stream.send(sync.encode(sync.Done()))
             await theirs_done.wait()

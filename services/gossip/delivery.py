@@ -196,6 +196,12 @@ class Delivery:
             return "sent"
         return "pending"
 
+    async def sent_by_sync(self, mid: str, conv_id: str) -> None:
+        """A sync session handed our message to a member: sent, unless it was already
+        (published, or sent by an earlier sync)."""
+        if self.unsent.pop(mid, None) is not None:
+            await self.set_state(mid, conv_id, "sent")
+
     async def publish_unsent(self) -> None:
         """Publish what is still unsent in every conversation that has a peer now."""
         for mid, conv_id in list(self.unsent.items()):
