@@ -1,5 +1,6 @@
 """The gossip actor's parts without sockets: held sequence numbers (gap detection),
-dial backoff, receipt batching, and the one place that adds members."""
+dial backoff, receipt batching, the one place that adds members, and the validation
+the router runs on every message."""
 
 from __future__ import annotations
 
@@ -7,14 +8,20 @@ from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
+import nacl.signing
 import pytest
 
+from p2pm.common import identity
 from p2pm.common.clients import StorageClient, fake
+from p2pm.common.log import get_logger
 from p2pm.services.gossip import conversations as cv
-from p2pm.services.gossip.context import Context
-from p2pm.services.gossip.delivery import ReceiptBatch
+from p2pm.services.gossip.context import Context, peer_bytes
+from p2pm.services.gossip.delivery import Delivery, ReceiptBatch
 from p2pm.services.gossip.membership import Membership, Why
 from p2pm.services.gossip.reach import DialBackoff
+from p2pm.services.gossip.receive import Receive
+from p2pm.services.gossip.router.core import Validation
+from p2pm.services.gossip.router.messages import Message
 from p2pm.services.gossip.state import Conversation, Held, Registry
 
 # -- held sequence numbers -----------------------------------------------------------
@@ -142,11 +149,6 @@ def test_receipts_nobody_took_go_first_next_time_and_stay_bounded() -> None:
 # -- membership: one place adds members ---------------------------------------------
 
 
-class _Log:
-    def warning(self, *a: Any, **kw: Any) -> None:
-        pass
-
-
 Spawned = list[tuple[str, Callable[..., Awaitable[Any]], tuple[Any, ...]]]
 
 
@@ -167,7 +169,7 @@ def _membership(saved: list[list[str]] | None = None) -> tuple[Membership, Spawn
         pass
 
     clients = SimpleNamespace(storage=fake(StorageClient, conversation_put=conversation_put))
-    ctx = Context(clients, spawn, lambda topic, data: None, _Log())  # type: ignore[arg-type]
+    ctx = Context(clients, spawn, lambda topic, data: None, get_logger("gossip"))  # type: ignore[arg-type]
     ctx.me = "me"
     return Membership(ctx, owe_first), spawned
 
@@ -223,3 +225,53 @@ def test_the_registry_finds_a_conversation_by_id_and_topic_until_left() -> None:
     assert conv.id not in registry and registry.of_topic(conv.keys.topic) is None
     with pytest.raises(Exception, match="no conversation"):
         registry.require(conv.id)
+
+
+# -- validation: what the router lets through ----------------------------------------
+
+
+def _envelope(conv: Conversation, key: nacl.signing.SigningKey, text: str) -> bytes:
+    author = identity.peer_id_from_public_key(bytes(key.verify_key))
+    plaintext = cv.message_plaintext(conv.id, author, 1, 1.0, text)
+    return cv.seal(conv.keys.content_key, identity.sign(key, cv.MESSAGE_DOMAIN, plaintext),
+                   plaintext)
+
+
+def _validator(conv: Conversation) -> tuple[Receive, Context]:
+    membership, _ = _membership()
+    registry = Registry()
+    registry.add(conv)
+    ctx = membership.ctx
+
+    async def sync_with(*args: Any, **kw: Any) -> None:
+        raise AssertionError("validation never syncs")
+
+    return Receive(ctx, registry, membership, Delivery(ctx, registry), sync_with), ctx
+
+
+def test_validation_lets_a_members_message_through_and_refuses_the_rest() -> None:
+    alice = nacl.signing.SigningKey(bytes([1]) * 32)
+    mallory = nacl.signing.SigningKey(bytes([2]) * 32)
+    alice_id = identity.peer_id_from_public_key(bytes(alice.verify_key))
+    mallory_id = identity.peer_id_from_public_key(bytes(mallory.verify_key))
+    secret = bytes(range(32))
+    chat = Conversation(cv.Keys.derive("direct", secret), "alice", secret, {"me", alice_id})
+    receive, ctx = _validator(chat)
+
+    def message(envelope: bytes, sender: str) -> Message:
+        return Message(from_=peer_bytes(sender), data=envelope, seqno=b"\x01",
+                       topic=chat.keys.topic)
+
+    ok = _envelope(chat, alice, "héllo 👋 مرحبا")
+    assert receive.validate(message(ok, alice_id)) is Validation.ACCEPT
+    # Alice's genuine envelope replayed by mallory: the author is not the sender.
+    assert receive.validate(message(ok, mallory_id)) is Validation.REJECT
+    # Mallory holds the key (leaked), but is not one of the direct chat's two.
+    assert receive.validate(message(_envelope(chat, mallory, "let me in"), mallory_id)) \
+        is Validation.REJECT
+    assert receive.validate(message(b"\x00" * 100, alice_id)) is Validation.REJECT
+    assert dict(ctx.counters) == {"rejected_author_mismatch": 1, "rejected_non_member": 1,
+                                  "rejected_envelope": 1}
+    # Not a topic of ours: neither accepted nor held against the sender.
+    assert receive.validate(Message(from_=peer_bytes(alice_id), data=ok,
+                                    topic="/other")) is Validation.IGNORE
