@@ -20,7 +20,7 @@ from p2pm.common import errors, wire
 from p2pm.common.client import open_client
 from p2pm.services.gossip import conversations as cv
 from p2pm.services.gossip import sync
-from p2pm.services.gossip.actor import peer_bytes
+from p2pm.services.gossip.context import peer_bytes
 from p2pm.services.gossip.router.messages import RPC, Message, SubOpts, encode, signing_data
 from tests.helpers.gossip_node import GossipNode, open_gossip_node
 from p2pm.common.streams import ProtocolSpec, StreamReset, open_streams

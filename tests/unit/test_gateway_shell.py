@@ -7,33 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
-import nacl.signing
 import pytest
 
-from p2pm.common import errors, identity
+from p2pm.common import errors
 from p2pm.common import invite as invites
 from p2pm.common.clients import (
-    Addresses, DhtClient, Identity, KeystoreClient, StorageClient, TransportClient,
-    build_actor, fake,
+    Addresses, DhtClient, StorageClient, TransportClient, build_actor, fake,
 )
 from p2pm.services.gateway.actor import NAME_KEY, Gateway
-
-KEY = nacl.signing.SigningKey(bytes(range(32)))
-ME = identity.peer_id_from_public_key(bytes(KEY.verify_key))
-BOB = identity.peer_id_from_public_key(bytes(nacl.signing.SigningKey(bytes(32)).verify_key))
-ADDRS = ("/ip4/192.0.2.1/tcp/4001/p2p/" + ME,)
-
-
-def keystore() -> KeystoreClient:
-    async def sign(domain: str, data: bytes, payload_type: bytes | None = None) -> bytes:
-        return identity.sign(KEY, domain, data, payload_type)
-
-    return fake(KeystoreClient, sign=sign, identity=Identity(
-        ME, bytes(KEY.verify_key), identity.x25519_public(bytes(KEY.verify_key))))
+from tests.helpers.identities import ADDRS, BOB, ME, signing_keystore
 
 
 def gateway(**fakes: Any) -> Gateway:
-    fakes.setdefault("keystore", keystore())
+    fakes.setdefault("keystore", signing_keystore())
     fakes.setdefault("transport", fake(TransportClient, addrs=Addresses(ME, ADDRS)))
     return build_actor(Gateway, None, {}, **fakes)
 
