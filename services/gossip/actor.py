@@ -119,7 +119,8 @@ class Gossip(Actor):
                                "conversations": len(self.registry),
                                **self.links.statistics(),
                                "counters": dict(self.ctx.counters),
-                               "undelivered": len(self.delivery.outbox)}
+                               "undelivered": len(self.delivery.outbox),
+                               "equivocating_authors": dict(self.receive.equivocators)}
         if self.ctx.started:
             out["router"] = self.ctx.router.statistics()
         if self.streams is not None:

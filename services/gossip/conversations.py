@@ -68,6 +68,10 @@ class InviteError(ValueError):
     """A malformed or tampered invite."""
 
 
+# The clock skew taken from an author: a message's timestamp further ahead of the
+# receiver's clock than this is kept as the receiver's time (receive.py).
+MAX_FUTURE_S = 120.0
+
 def _derive(secret: bytes, label: bytes, size: int) -> bytes:
     return hashlib.blake2b(label, key=secret, digest_size=size).digest()
 

@@ -180,7 +180,9 @@ class Reach:
     def announce(self, conv: Conversation, alone: bool, now: float) -> None:
         """Provide our membership in the DHT every PROVIDE_EVERY_S; while no member is
         connected (`alone`), look the others up there every DISCOVER_EVERY_S."""
-        if not self.dht_ok:
+        if not self.dht_ok or conv.kind == "direct":
+            # A direct chat's two peers know each other's ids: a provider record would
+            # only tell the DHT who talks to whom.
             return
         if now - self._provided.get(conv.id, -1e9) > PROVIDE_EVERY_S:
             self._provided[conv.id] = now

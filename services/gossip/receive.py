@@ -13,13 +13,22 @@ sequence numbers: a gap it leaves below it, still open after GAP_GRACE_S (gossip
 reorders), is filled by a sync with the peer that forwarded it. Its author, proven by
 the signature, is a member (Membership, Why.AUTHOR). A receipt is handed to delivery.
 
+What a peer claims is bounded where it enters: an author timestamp more than
+MAX_FUTURE_S (conversations.py) ahead of our clock is clamped to our clock (counted `ts_clamped`; the
+signed envelope is kept as it came, so every member clamps alike), so a date of the
+year 2286 cannot sort first or break unread counts. An author who signs two different
+messages with one sequence number (equivocation) gets the second refused: the first
+stays, the conflict is counted (`equivocations`, the authors in `sys.status`) and the
+author's peer score is set so low that the router graylists it.
+
 Raw GossipSub topics (`pubsub_*` RPCs, interop and debugging) are accepted as they
 come and kept, the last MAX_DEBUG_MESSAGES per topic.
 """
 
 from __future__ import annotations
 
-from collections import deque
+import time
+from collections import OrderedDict, deque
 from typing import Any
 
 import trio
@@ -27,7 +36,7 @@ import trio
 from p2pm.common import errors
 
 from . import conversations as cv
-from .context import Context, SyncWith, peer_str
+from .context import Context, SyncWith, peer_bytes, peer_str
 from .delivery import Delivery
 from .membership import Membership, Why
 from .router.core import MessageReceived, PeerExchange, Validation, default_message_id
@@ -40,6 +49,9 @@ GAP_GRACE_S = 1.0  # gossip reorders; a gap still open after this triggers a syn
 # comes back by sync).
 OPENED_CACHE = 4096
 MAX_DEBUG_MESSAGES = 1000
+# Authors caught equivocating, newest last; the oldest is forgotten past the bound.
+MAX_EQUIVOCATORS = 256
+EQUIVOCATION_SCORE = -1000.0  # P5 app score: far below the router's graylist threshold
 
 
 class Receive:
@@ -52,6 +64,7 @@ class Receive:
         self.sync_with = sync_with
         self.debug_topics: dict[str, deque[dict[str, Any]]] = {}
         self._opened: dict[bytes, cv.Opened] = {}
+        self.equivocators: OrderedDict[str, int] = OrderedDict()  # author -> times
 
     def validate(self, msg: Message) -> Validation:
         topic = msg.topic or ""
@@ -114,11 +127,15 @@ class Receive:
         if opened.author == self.ctx.me:
             return False
         counters = self.ctx.counters
+        ts = bounded_ts(opened.ts, time.time())
+        if ts != opened.ts:
+            counters["ts_clamped"] += 1
         try:
             got = await self.ctx.storage.message_put(opened.id, conv.id, opened.author,
-                                                     opened.seq, opened.ts, envelope,
-                                                     "received")
+                                                     opened.seq, ts, envelope, "received")
         except errors.BusError as exc:
+            if exc.code == errors.CONFLICT and await self._equivocation(conv, opened):
+                return False
             counters["store_refused"] += 1
             self.ctx.log.warning("gossip.store_refused", id=opened.id, error=exc.message)
             return False
@@ -128,11 +145,29 @@ class Receive:
         counters["received"] += 1
         self.ctx.publish("gossip.message.received", {
             "id": opened.id, "conversation": conv.id, "author": opened.author,
-            "body": opened.text, "ts": opened.ts})
+            "body": opened.text, "ts": ts})
         self.delivery.receipts.owe(conv.id, opened.id)
         self.membership.add(conv, {opened.author}, Why.AUTHOR)
         if conv.held.note(opened.author, opened.seq) and source is not None:
             self.ctx.spawn(self._sync_on_gap, conv, opened.author, source)
+        return True
+
+    async def _equivocation(self, conv: Conversation, opened: cv.Opened) -> bool:
+        """Whether the refused `opened` is its author's second message under one seq;
+        if so it is counted and the author penalised (the stored first one stays)."""
+        page = await self.ctx.storage.messages_by_author(
+            conv.id, opened.author, opened.seq, opened.seq, 1)
+        stored = page["messages"]
+        if not stored or stored[0]["id"] == opened.id:
+            return False
+        self.ctx.counters["equivocations"] += 1
+        self.equivocators[opened.author] = self.equivocators.pop(opened.author, 0) + 1
+        while len(self.equivocators) > MAX_EQUIVOCATORS:
+            self.equivocators.popitem(last=False)
+        self.ctx.router.set_app_score(peer_bytes(opened.author), EQUIVOCATION_SCORE)
+        self.ctx.log.warning("gossip.equivocation", conversation=conv.id,
+                             author=opened.author, seq=opened.seq, kept=stored[0]["id"],
+                             refused=opened.id)
         return True
 
     async def _sync_on_gap(self, conv: Conversation, author: str, source: str) -> None:
@@ -140,3 +175,9 @@ class Receive:
         if conv.held.has_gap(author):
             self.ctx.counters["gap_syncs"] += 1
             await self.sync_with(source, conv, force=True)
+
+
+def bounded_ts(ts: float, now: float) -> float:
+    """An author's timestamp as we keep it: clamped to `now` when it is more than
+    cv.MAX_FUTURE_S ahead of our clock."""
+    return now if ts > now + cv.MAX_FUTURE_S else ts

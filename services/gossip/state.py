@@ -277,8 +277,11 @@ class Conversations:
         return out
 
     async def mark_read(self, conv: Conversation) -> float:
+        # Local time, or the newest message's time when it is a little ahead (within
+        # the skew receive.py allows), so that message counts as read too.
         page = await self.ctx.storage.history(conv.id, limit=1)
-        last = max([time.time()] + [m["ts"] for m in page["messages"]])
+        now = time.time()
+        last = max([now] + [min(m["ts"], now + cv.MAX_FUTURE_S) for m in page["messages"]])
         await self.ctx.storage.kv_put(f"gossip.read.{conv.id}", repr(last).encode())
         return last
 
