@@ -1189,6 +1189,15 @@ class Gossip(Actor):
         return await self._dial_any(peer, fresh)
 
     async def _dial_any(self, peer: str, addrs: list[str]) -> bool:
+        # All of them first: the transport then races the direct ones against the
+        # peer's relay circuits, where one address at a time would wait out each
+        # address a NAT drops (the seconds to the first message to a friend at home).
+        if addrs:
+            try:
+                await self.call("transport", "add_addrs",
+                                {"peer_id": peer, "addrs": addrs[:32]}, retries=0)
+            except errors.BusError as exc:
+                self.log.debug("gossip.add_addrs_failed", peer=peer, error=exc.message)
         for addr in addrs:
             try:
                 await self.call("transport", "dial", {"addr": addr}, timeout=12, retries=0)
