@@ -20,7 +20,8 @@ is DCUtR's initiator: two hole punches with the roles crossed, and neither works
 * `punch_initiator`: DCUtR's initiator (the spec's B) is the side that accepted the
   relayed connection that stays; with crossed circuits that is the larger peer ID,
   which is also who wins when both started a punch anyway (`initiator_wins`).
-
+  Crossings are mostly prevented before they form: nat.py's `crossing` refuses the
+  larger side's circuit while the smaller side's own circuit dial runs.
 * `ConnectionKeeper` applies `surplus` to the swarm: a connection to close is first
   set aside (new streams, ours and, by the same rule, the peer's, go to the one that
   stays), then closed once its streams ended or after a grace period.
