@@ -35,6 +35,9 @@ from p2pm.common.actor import Actor, every, rpc
 from p2pm.common.zmqtrio import AsyncSocket
 
 from .host import ConnectionWatcher, NodeHost, open_host, ping_rtt_ms
+from .dialing import dial_direct
+from .dialing import strip_p2p as _strip_p2p
+from .dialing import why as _why
 from .hub import StreamHub
 from .nat import NatManager, NatSettings
 from .peerconns import DialJoin
@@ -48,8 +51,6 @@ DIAL_TIMEOUT_S = 10.0
 # Head start of direct addresses over circuits, as go-libp2p's dial ranker gives them:
 # a direct address that answers wins, one a NAT drops costs only this much.
 RELAY_DELAY_S = 0.5
-DIAL_STAGGER_S = 0.25  # head start of each direct address over the next one
-MAX_DIRECT_ADDRS = 8
 ADDR_TTL_S = 3600
 MAX_CONNECTIONS = 256  # fallbacks for out-of-range settings (same as default.toml)
 MAX_STREAMS_PER_PEER = 64
@@ -395,39 +396,6 @@ class Transport(Actor):
                 nursery.start_soon(one, pid, addrs)
 
     # -- dialling ----------------------------------------------------------------------
-    async def _dial_direct(self, peer: ID, given: list[multiaddr.Multiaddr],
-                           known: list[multiaddr.Multiaddr]) -> None:
-        """Dial the peer's direct addresses, those the caller gave first, starting the
-        next one every DIAL_STAGGER_S (or as soon as one fails); the first connection
-        wins. py-libp2p's own dial_peer dials a single TCP address per peer, the first
-        in its peerstore, which is often a home-LAN address nobody outside can reach."""
-        order: list[multiaddr.Multiaddr] = []
-        for addr in [*given, *known]:
-            addr = _strip_p2p(addr)
-            if not is_circuit(addr) and all(str(addr) != str(a) for a in order):
-                order.append(addr)
-        network = self._require().host.get_network()
-        won: list[INetConn] = []
-        failures: list[str] = []
-
-        async def one(addr: multiaddr.Multiaddr, failed: trio.Event,
-                      scope: trio.CancelScope) -> None:
-            try:
-                won.append(await network.dial_addr(addr, peer))
-                scope.cancel()
-            except Exception as exc:
-                failures.append(f"{addr}: {_why(exc)}")
-                failed.set()
-
-        async with trio.open_nursery() as nursery:
-            for addr in order[:MAX_DIRECT_ADDRS]:
-                failed = trio.Event()
-                nursery.start_soon(one, addr, failed, nursery.cancel_scope)
-                with trio.move_on_after(DIAL_STAGGER_S):
-                    await failed.wait()
-        if not won and not network.get_connections(peer):
-            raise ValueError("; ".join(failures) or "no direct address")
-
     async def _connect(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
         """Connect to `peer` if not connected, within the connection limit. A dial
         while another to the same peer runs (gossip, the dht and a stream the user
@@ -472,11 +440,12 @@ class Transport(Actor):
         problems: list[str] = []
         direct_over = trio.Event()
 
-        async def dial_direct(done: trio.CancelScope) -> None:
+        async def direct_first(done: trio.CancelScope) -> None:
             try:
                 with trio.fail_after(DIAL_TIMEOUT_S):
-                    await self._dial_direct(peer, [a for a in bare if str(a) in
-                                                   {str(d) for d in direct}], direct)
+                    await dial_direct(host.get_network(), peer,
+                                      [a for a in bare if str(a) in {str(d) for d in direct}],
+                                      direct)
                 done.cancel()
             except trio.TooSlowError:
                 problems.insert(0, f"no answer in {DIAL_TIMEOUT_S:g}s")
@@ -489,7 +458,7 @@ class Transport(Actor):
                 if cache is not None and not host.get_network().get_connections(peer):
                     cache.evict(str(peer))
 
-        async def dial_relayed(done: trio.CancelScope) -> None:
+        async def circuits_after(done: trio.CancelScope) -> None:
             if direct:
                 with trio.move_on_after(RELAY_DELAY_S):
                     await direct_over.wait()
@@ -506,9 +475,9 @@ class Transport(Actor):
         with self.nat.dialling_circuits(peer) if self.nat and circuits else nullcontext():
             async with trio.open_nursery() as nursery:
                 if direct:
-                    nursery.start_soon(dial_direct, nursery.cancel_scope)
+                    nursery.start_soon(direct_first, nursery.cancel_scope)
                 if circuits:
-                    nursery.start_soon(dial_relayed, nursery.cancel_scope)
+                    nursery.start_soon(circuits_after, nursery.cancel_scope)
         if not host.get_network().get_connections(peer):
             raise errors.unavailable(f"cannot reach {peer}: "
                                      f"{'; '.join(problems) or 'no direct address'}")
@@ -672,13 +641,6 @@ def _parse_peer(text: str) -> ID:
     return peer
 
 
-def _strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
-    try:
-        return addr.decapsulate_code(multiaddr.protocols.P_P2P)
-    except Exception:
-        return addr
-
-
 def _conn_addr(conn: INetConn) -> str:
     try:
         addrs = conn.get_transport_addresses()
@@ -701,12 +663,3 @@ def _conn_addr(conn: INetConn) -> str:
                 return ""
             return f"/{'ip6' if ':' in host else 'ip4'}/{host}/tcp/{port}"
     return ""
-
-
-def _why(exc: BaseException) -> str:
-    """The innermost useful message of a py-libp2p error chain."""
-    seen = exc
-    while seen.__cause__ is not None and not str(seen).strip():
-        seen = seen.__cause__
-    text = str(seen).strip() or type(seen).__name__
-    return text.splitlines()[0][:200]
