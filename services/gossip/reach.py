@@ -156,6 +156,14 @@ class Reach:
         return await self._dial_any(peer, fresh)
 
     async def _dial_any(self, peer: str, addrs: list[str]) -> bool:
+        # All of them first: the transport then races the direct ones against the
+        # peer's relay circuits, where one address at a time would wait out each
+        # address a NAT drops (the seconds to the first message to a friend at home).
+        if addrs:
+            try:
+                await self.ctx.transport.with_options(retries=0).add_addrs(peer, addrs[:32])
+            except errors.BusError as exc:
+                self.ctx.log.debug("gossip.add_addrs_failed", peer=peer, error=exc.message)
         for addr in addrs:
             try:
                 await self.ctx.transport.with_options(timeout=12, retries=0).dial(addr)

@@ -21,6 +21,7 @@ import json
 import os
 import socket
 import time
+from contextlib import nullcontext
 from typing import Any
 
 import multiaddr
@@ -37,17 +38,21 @@ from p2pm.common.streams import streams_endpoint
 from p2pm.common.zmqtrio import AsyncSocket
 
 from .host import ConnectionWatcher, NodeHost, open_host, ping_rtt_ms
+from .dialing import dial_direct
+from .dialing import strip_p2p as _strip_p2p
+from .dialing import why as _why
 from .hub import StreamHub
 from .nat import NatManager, NatSettings
+from .peerconns import DialJoin
 from .relay import is_relayed, split_addrs
 from .reuseport import is_circuit
 
 PEERS_FILE = "transport-peers.json"
 LISTEN_PORTS_FILE = "transport-ports.json"
 DIAL_TIMEOUT_S = 10.0
-DIRECT_BEFORE_RELAY_S = 3.0
-DIAL_STAGGER_S = 0.25  # head start of each direct address over the next one
-MAX_DIRECT_ADDRS = 8
+# Head start of direct addresses over circuits, as go-libp2p's dial ranker gives them:
+# a direct address that answers wins, one a NAT drops costs only this much.
+RELAY_DELAY_S = 0.5
 ADDR_TTL_S = 3600
 
 
@@ -77,6 +82,7 @@ class Transport(Actor):
         self._problem: str | None = None
         self.nat_settings = NatSettings(cfg)
         self.nat: NatManager | None = None
+        self._dials = DialJoin()  # one dial per peer at a time: see _connect
 
     # -- lifecycle ---------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -337,88 +343,90 @@ class Transport(Actor):
                 nursery.start_soon(one, pid, addrs)
 
     # -- dialling ----------------------------------------------------------------------
-    async def _dial_direct(self, peer: ID, given: list[multiaddr.Multiaddr],
-                           known: list[multiaddr.Multiaddr]) -> None:
-        """Dial the peer's direct addresses, those the caller gave first, starting the
-        next one every DIAL_STAGGER_S (or as soon as one fails); the first connection
-        wins. py-libp2p's own dial_peer dials a single TCP address per peer, the first
-        in its peerstore, which is often a home-LAN address nobody outside can reach."""
-        order: list[multiaddr.Multiaddr] = []
-        for addr in [*given, *known]:
-            addr = _strip_p2p(addr)
-            if not is_circuit(addr) and all(str(addr) != str(a) for a in order):
-                order.append(addr)
-        network = self._require().host.get_network()
-        won: list[INetConn] = []
-        failures: list[str] = []
-
-        async def one(addr: multiaddr.Multiaddr, failed: trio.Event,
-                      scope: trio.CancelScope) -> None:
-            try:
-                won.append(await network.dial_addr(addr, peer))
-                scope.cancel()
-            except Exception as exc:
-                failures.append(f"{addr}: {_why(exc)}")
-                failed.set()
-
-        async with trio.open_nursery() as nursery:
-            for addr in order[:MAX_DIRECT_ADDRS]:
-                failed = trio.Event()
-                nursery.start_soon(one, addr, failed, nursery.cancel_scope)
-                with trio.move_on_after(DIAL_STAGGER_S):
-                    await failed.wait()
-        if not won and not network.get_connections(peer):
-            raise ValueError("; ".join(failures) or "no direct address")
-
     async def _connect(self, peer: ID, addrs: list[multiaddr.Multiaddr]) -> None:
-        """Connect to `peer` if not connected, within the connection limit."""
+        """Connect to `peer` if not connected, within the connection limit. A dial
+        while another to the same peer runs (gossip, the dht and a stream the user
+        asked for often dial at once) joins it: one connection, not one per caller."""
         node = self._require()
         host = node.host
         if peer == node.peer_id:
             raise errors.bad_params("that is this node's own peer id")
-        if host.get_network().get_connections(peer):
+        bare = [_strip_p2p(a) for a in addrs]
+        if bare:
+            host.get_peerstore().add_addrs(peer, bare, ADDR_TTL_S)
+
+        def connected() -> bool:
+            return bool(host.get_network().get_connections(peer))
+
+        if connected():
             return
         if len(host.get_connected_peers()) >= self.max_connections:
             raise errors.BusError(errors.LIMIT, f"connection limit reached "
                                   f"({self.max_connections} peers, transport.max_connections)")
-        bare = [_strip_p2p(a) for a in addrs]
-        if bare:
-            host.get_peerstore().add_addrs(peer, bare, ADDR_TTL_S)
         try:
-            known = list(host.get_peerstore().addrs(peer))
+            known = {str(a): a for a in host.get_peerstore().addrs(peer)}
         except Exception:
-            known = []
+            known = {}
         if not known:
             raise errors.not_found(f"no known addresses for {peer}")
-        direct, circuits = split_addrs(known)
-        problem = "no direct address"
-        if direct:
-            # With a relay to fall back on, a NAT that drops our SYNs must not cost the
-            # whole dial timeout.
-            limit = DIRECT_BEFORE_RELAY_S if circuits and self.nat else DIAL_TIMEOUT_S
+
+        async def dial(addrs: frozenset[str]) -> None:
+            await self._dial_peer(peer, bare, [known[a] for a in addrs])
+
+        await self._dials.dial(peer, frozenset(known), dial, connected)
+
+    async def _dial_peer(self, peer: ID, bare: list[multiaddr.Multiaddr],
+                         addrs: list[multiaddr.Multiaddr]) -> None:
+        """Direct addresses at once, circuits RELAY_DELAY_S later (or as soon as every
+        direct one failed); the first connection wins and the other dials stop.
+        `bare`: what the caller gave, dialled first."""
+        host = self._require().host
+        direct, circuits = split_addrs(addrs)
+        if self.nat is None:
+            circuits = []
+        problems: list[str] = []
+        direct_over = trio.Event()
+
+        async def direct_first(done: trio.CancelScope) -> None:
             try:
-                with trio.fail_after(limit):
-                    await self._dial_direct(peer, [a for a in bare if not is_circuit(a)],
-                                            direct)
-                return
+                with trio.fail_after(DIAL_TIMEOUT_S):
+                    await dial_direct(host.get_network(), peer,
+                                      [a for a in bare if str(a) in {str(d) for d in direct}],
+                                      direct)
+                done.cancel()
             except trio.TooSlowError:
-                problem = f"no answer in {limit:g}s"
-            except errors.BusError:
-                raise
+                problems.insert(0, f"no answer in {DIAL_TIMEOUT_S:g}s")
             except Exception as exc:
-                problem = _why(exc)
-            # The swarm remembers failures for a while; an explicit dial must retry.
-            host.forget_dial_failures(peer)
-        if circuits and self.nat is not None:
+                problems.insert(0, _why(exc))
+            finally:
+                direct_over.set()
+                # The swarm remembers failures for a while; an explicit dial must retry.
+                if not host.get_network().get_connections(peer):
+                    host.forget_dial_failures(peer)
+
+        async def circuits_after(done: trio.CancelScope) -> None:
+            if direct:
+                with trio.move_on_after(RELAY_DELAY_S):
+                    await direct_over.wait()
+            assert self.nat is not None
             try:
                 with trio.fail_after(DIAL_TIMEOUT_S):
                     await self.nat.dial_via_relays(peer, circuits)
-                return
+                done.cancel()
             except trio.TooSlowError:
-                problem += f"; through relays: no answer in {DIAL_TIMEOUT_S:g}s"
+                problems.append(f"through relays: no answer in {DIAL_TIMEOUT_S:g}s")
             except Exception as exc:
-                problem += f"; through relays: {_why(exc)}"
-        raise errors.unavailable(f"cannot reach {peer}: {problem}")
+                problems.append(f"through relays: {_why(exc)}")
+
+        with self.nat.dialling_circuits(peer) if self.nat and circuits else nullcontext():
+            async with trio.open_nursery() as nursery:
+                if direct:
+                    nursery.start_soon(direct_first, nursery.cancel_scope)
+                if circuits:
+                    nursery.start_soon(circuits_after, nursery.cancel_scope)
+        if not host.get_network().get_connections(peer):
+            raise errors.unavailable(f"cannot reach {peer}: "
+                                     f"{'; '.join(problems) or 'no direct address'}")
 
     # -- RPCs --------------------------------------------------------------------------
     @rpc
@@ -430,7 +438,8 @@ class Transport(Actor):
     @rpc
     async def peers(self) -> list[dict[str, Any]]:
         """{} -> [{"peer_id", "addrs", "protocols", "direction", "remote_addr",
-        "streams", "connected_since"}, ...] for every connected peer."""
+        "streams", "identified", "relayed", "connections": [{"relayed", "remote_addr",
+        "direction"}, ...], "connected_since"}, ...] for every connected peer."""
         node = self._require()
         return [self._peer_entry(p) for p in node.host.get_connected_peers()]
 
@@ -548,6 +557,9 @@ class Transport(Actor):
                 "streams": self.hub.streams_of(peer) if self.hub else 0,
                 "identified": host.is_identified(peer),
                 "relayed": bool(conns) and all(is_relayed(c) for c in conns),
+                "connections": [{"relayed": is_relayed(c), "remote_addr": _conn_addr(c),
+                                 "direction": str(getattr(c, "direction", "")).split(".")[-1]
+                                 .lower()} for c in conns],
                 "connected_since": self._connected_at.get(peer)}
 
 
@@ -572,13 +584,6 @@ def _parse_peer(text: str) -> ID:
         raise errors.bad_params(f"not a peer id: {text!r}") from None
 
 
-def _strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:
-    try:
-        return addr.decapsulate_code(multiaddr.protocols.P_P2P)
-    except Exception:
-        return addr
-
-
 def _conn_addr(conn: INetConn) -> str:
     try:
         addrs = conn.get_transport_addresses()
@@ -601,12 +606,3 @@ def _conn_addr(conn: INetConn) -> str:
                 return ""
             return f"/{'ip6' if ':' in host else 'ip4'}/{host}/tcp/{port}"
     return ""
-
-
-def _why(exc: BaseException) -> str:
-    """The innermost useful message of a py-libp2p error chain."""
-    seen = exc
-    while seen.__cause__ is not None and not str(seen).strip():
-        seen = seen.__cause__
-    text = str(seen).strip() or type(seen).__name__
-    return text.splitlines()[0][:200]

@@ -7,15 +7,27 @@ as soon as SYNC arrives, B dials A's when its timer expires. Both dial from thei
 listening port (reuseport.py), so the two SYNs leave through the NATs' existing
 mappings and cross: a TCP simultaneous open. On that one connection A is the Noise
 initiator and B the responder (`dial_addr_as_responder`). B makes up to 3 attempts
-per relayed connection.
+per run, a fresh CONNECT/SYNC (and round trip) each.
+
+Exactly one side is B. When both sides dialled through the relay at once, each
+accepted a circuit; peerconns.py keeps one circuit by a rule both compute alike, and
+B is the side that accepted the one kept (`initiator` says whether we are it, and is
+asked again before every attempt). Should both have started anyway (the second
+circuit landed after the first punch began), the CONNECT that meets a run of ours is
+settled by `peerconns.initiator_wins`: the larger peer ID goes on as B and refuses
+the other's stream; the smaller abandons its run (neither a success nor a failure)
+and answers as A.
 
 Retries: `HolePunchTracker` holds who is being punched and who failed. py-libp2p's
 DCUtR counts failures per peer and never forgets them while the peer stays connected
 (a peer that failed 3 times is given up for good). Here a failed run blocks new runs
-for `cooldown_s` only, and a success, or the peer disconnecting, clears the record.
+to that peer for `cooldown_s`, unless the addresses on either side changed (a moved
+laptop may well be punchable now); a success clears the record. A reconnect does not
+(a symmetric NAT would otherwise be punched again on every new circuit, every
+relay duration limit).
 
-After the direct connection forms, the relayed one is closed after a short grace, so
-new streams go direct and the relay's circuit budget is freed.
+When the direct connection stands, peerconns.py retires the relayed one (after a
+grace for its streams), so new streams go direct and the relay's budget is freed.
 """
 
 from __future__ import annotations
@@ -34,6 +46,7 @@ from p2pm.common.log import get_logger
 
 from .host import dial_addr_once
 from .pbio import close_quietly, read_message, reset_quietly, write_message
+from .peerconns import initiator_wins
 from .relay import is_relayed
 from .reuseport import is_circuit
 
@@ -44,38 +57,43 @@ MAX_ADDRS = 8
 ATTEMPTS = 3
 PUNCH_TIMEOUT_S = 6.0
 STREAM_TIMEOUT_S = 10.0
-RELAY_GRACE_S = 1.0
 RETRY_PAUSE_S = 1.0
+MAX_FAILED = 1024  # failure records kept; past that the oldest is forgotten
+
+OK, FAILED, YIELDED = "ok", "failed", "yielded"
 
 
 @dataclass
 class HolePunchTracker:
-    """Whether a hole-punch run may start for a peer. Time comes in as `now`."""
+    """Whether a hole-punch run may start for a peer. Time comes in as `now`;
+    `addrs` is what both sides had to offer (a change lifts a failure's cooldown)."""
 
     cooldown_s: float = 600.0
     running: set[str] = field(default_factory=set)
-    failed_at: dict[str, float] = field(default_factory=dict)
+    # peer -> (when the run failed, the addresses it tried); at most MAX_FAILED.
+    failed_at: dict[str, tuple[float, str]] = field(default_factory=dict)
 
-    def begin(self, peer: str, now: float) -> bool:
+    def begin(self, peer: str, now: float, addrs: str = "") -> bool:
         if peer in self.running:
             return False
         failed = self.failed_at.get(peer)
-        if failed is not None and now - failed < self.cooldown_s:
+        if failed is not None and now - failed[0] < self.cooldown_s and failed[1] == addrs:
             return False
         self.failed_at.pop(peer, None)
         self.running.add(peer)
         return True
 
-    def end(self, peer: str, ok: bool, now: float) -> None:
+    def end(self, peer: str, outcome: str, now: float, addrs: str = "") -> None:
         self.running.discard(peer)
-        if ok:
+        if outcome == FAILED:
             self.failed_at.pop(peer, None)
-        else:
-            self.failed_at[peer] = now
-
-    def forget(self, peer: str) -> None:
-        """The peer disconnected: a new relayed connection starts afresh."""
-        self.failed_at.pop(peer, None)
+            self.failed_at[peer] = (now, addrs)
+            self.failed_at = {p: f for p, f in self.failed_at.items()
+                              if now - f[0] < self.cooldown_s}
+            while len(self.failed_at) > MAX_FAILED:
+                del self.failed_at[next(iter(self.failed_at))]
+        elif outcome == OK:
+            self.failed_at.pop(peer, None)
 
 
 def punch_addrs(raw: list[bytes]) -> list[multiaddr.Multiaddr]:
@@ -99,14 +117,18 @@ def punch_addrs(raw: list[bytes]) -> list[multiaddr.Multiaddr]:
 class DCUtR:
     def __init__(self, host: Any, own_addrs: Callable[[], list[multiaddr.Multiaddr]],
                  source_for: Callable[[multiaddr.Multiaddr], tuple[str, int] | None],
-                 on_direct: Callable[[ID, INetConn], None], cooldown_s: float) -> None:
+                 on_direct: Callable[[ID, INetConn], None], cooldown_s: float,
+                 initiator: Callable[[ID], bool]) -> None:
         self.host = host
         self.own_addrs = own_addrs
         self.source_for = source_for
         self.on_direct = on_direct
+        self.initiator = initiator  # whether we are B for this peer, by peerconns' rule
         self.tracker = HolePunchTracker(cooldown_s)
+        self._runs: dict[str, trio.CancelScope] = {}  # one per running peer
+        self._serving: set[str] = set()  # peers whose punch we answer as A now
         self.counters = {"runs": 0, "attempts": 0, "upgraded": 0, "failed": 0,
-                         "served": 0}
+                         "yielded": 0, "refused": 0, "served": 0}
 
     def status(self) -> dict[str, Any]:
         return {**self.counters, "running": len(self.tracker.running),
@@ -118,39 +140,73 @@ class DCUtR:
                 return conn
         return None
 
+    def _relayed(self, peer: ID) -> bool:
+        return any(is_relayed(c) and not getattr(c, "is_closed", False)
+                   for c in self.host.get_network().get_connections(peer))
+
     def _mine(self) -> list[bytes]:
         return [a.to_bytes() for a in punch_addrs([a.to_bytes() for a in self.own_addrs()])]
 
+    def _addrs_key(self, peer: ID) -> str:
+        try:
+            theirs = [a.to_bytes() for a in self.host.get_peerstore().addrs(peer)]
+        except Exception:
+            theirs = []
+        return " ".join(sorted(str(multiaddr.Multiaddr(a)) for a in self._mine())) + " | " + \
+            " ".join(sorted(str(a) for a in punch_addrs(theirs)))
+
     # B: the peer that accepted the relayed connection --------------------------------
     async def upgrade(self, peer: ID) -> bool:
-        if not self.tracker.begin(str(peer), trio.current_time()):
+        # A punch we are serving as A (the peer started before it saw what we see)
+        # goes first: if it works there is nothing left to do.
+        while str(peer) in self._serving:
+            await trio.sleep(0.1)
+        if self.has_direct(peer) is not None:
+            return True
+        key = self._addrs_key(peer)
+        if not self.tracker.begin(str(peer), trio.current_time(), key):
             return False
         self.counters["runs"] += 1
-        ok = False
-        try:
-            for attempt in range(1, ATTEMPTS + 1):
-                if self.has_direct(peer) is not None:
-                    ok = True
-                    break
-                if not self.host.get_network().get_connections(peer):
-                    break  # the relayed connection is gone: nothing to upgrade
-                self.counters["attempts"] += 1
-                try:
-                    ok = await self._attempt(peer)
-                except Exception as exc:
-                    log.info("dcutr.attempt_error", peer_id=str(peer), attempt=attempt,
-                             error=str(exc) or type(exc).__name__)
-                log.info("dcutr.attempt", peer_id=str(peer), attempt=attempt, ok=ok)
-                if ok:
-                    break
-                # A dial of ours or theirs from the same ports (the dht's, say) can hold
-                # the 4-tuple for a moment: give it that moment before the next try.
-                if attempt < ATTEMPTS:
-                    await trio.sleep(RETRY_PAUSE_S * attempt)
-        finally:
-            self.tracker.end(str(peer), ok, trio.current_time())
-            self.counters["upgraded" if ok else "failed"] += 1
-        return ok
+        outcome = FAILED
+        with trio.CancelScope() as scope:
+            self._runs[str(peer)] = scope
+            try:
+                outcome = await self._run(peer)
+            finally:
+                del self._runs[str(peer)]
+        if scope.cancelled_caught:
+            outcome = YIELDED
+        self.tracker.end(str(peer), outcome, trio.current_time(), key)
+        self.counters[{OK: "upgraded", FAILED: "failed", YIELDED: "yielded"}[outcome]] += 1
+        if outcome == FAILED:
+            log.info("dcutr.gave_up", peer_id=str(peer), attempts=ATTEMPTS,
+                     cooldown_s=self.tracker.cooldown_s)
+        return outcome == OK
+
+    async def _run(self, peer: ID) -> str:
+        for attempt in range(1, ATTEMPTS + 1):
+            if self.has_direct(peer) is not None:
+                return OK
+            if not self._relayed(peer):
+                return YIELDED  # the relayed connection is gone: nothing to upgrade
+            if not self.initiator(peer):
+                log.info("dcutr.not_initiator", peer_id=str(peer), attempt=attempt)
+                return YIELDED
+            self.counters["attempts"] += 1
+            ok = False
+            try:
+                ok = await self._attempt(peer)
+            except Exception as exc:
+                log.info("dcutr.attempt_error", peer_id=str(peer), attempt=attempt,
+                         error=str(exc) or type(exc).__name__)
+            log.info("dcutr.attempt", peer_id=str(peer), attempt=attempt, ok=ok)
+            if ok:
+                return OK
+            # A dial of ours or theirs from the same ports can hold the 4-tuple for a
+            # moment: give it that moment before the next try.
+            if attempt < ATTEMPTS:
+                await trio.sleep(RETRY_PAUSE_S * attempt)
+        return FAILED
 
     async def _attempt(self, peer: ID) -> bool:
         mine = self._mine()
@@ -160,7 +216,8 @@ class DCUtR:
         try:
             with trio.fail_after(STREAM_TIMEOUT_S):
                 start = trio.current_time()
-                await write_message(stream, pb.HolePunch(type=pb.HolePunch.CONNECT, ObsAddrs=mine))
+                await write_message(stream, pb.HolePunch(type=pb.HolePunch.CONNECT,
+                                                         ObsAddrs=mine))
                 reply = await read_message(stream, pb.HolePunch)
                 rtt = trio.current_time() - start
                 if reply.type != pb.HolePunch.CONNECT:
@@ -169,14 +226,29 @@ class DCUtR:
                 if not theirs:
                     raise ValueError("the peer offered no address to punch to")
                 await write_message(stream, pb.HolePunch(type=pb.HolePunch.SYNC))
+                # The timer starts as SYNC leaves: A dials when it arrives, half a
+                # round trip from now. Closing the stream must not delay our dial.
+                dial_at = trio.current_time() + rtt / 2
         finally:
             await close_quietly(stream)
-        await trio.sleep(rtt / 2)
+        log.info("dcutr.sync", peer_id=str(peer), rtt_ms=round(rtt * 1000, 1),
+                 addrs=" ".join(str(a) for a in theirs))
+        await trio.sleep_until(dial_at)
         return await self._punch(peer, theirs, initiator=False)
 
     # A: the peer that dialled through the relay --------------------------------------
     async def handle(self, stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
+        running = self._runs.get(str(peer))
+        if running is not None:
+            # Both sides started as B (their circuits crossed): one rule, both sides.
+            if initiator_wins(str(self.host.get_id()), str(peer)):
+                self.counters["refused"] += 1
+                log.info("dcutr.conflict", peer_id=str(peer), kept="ours")
+                await reset_quietly(stream)
+                return
+            log.info("dcutr.conflict", peer_id=str(peer), kept="theirs")
+            running.cancel()
         try:
             if not is_relayed(stream.muxed_conn):
                 raise ValueError("DCUtR over a direct connection")
@@ -186,7 +258,7 @@ class DCUtR:
                     raise ValueError(f"expected CONNECT, got type {msg.type}")
                 theirs = punch_addrs(list(msg.ObsAddrs))
                 await write_message(stream, pb.HolePunch(type=pb.HolePunch.CONNECT,
-                                                  ObsAddrs=self._mine()))
+                                                         ObsAddrs=self._mine()))
                 sync = await read_message(stream, pb.HolePunch)
                 if sync.type != pb.HolePunch.SYNC:
                     raise ValueError(f"expected SYNC, got type {sync.type}")
@@ -195,8 +267,13 @@ class DCUtR:
             await reset_quietly(stream)
             return
         self.counters["served"] += 1
+        await close_quietly(stream)
         if theirs:
-            await self._punch(peer, theirs, initiator=True)
+            self._serving.add(str(peer))
+            try:
+                await self._punch(peer, theirs, initiator=True)
+            finally:
+                self._serving.discard(str(peer))
 
     # both --------------------------------------------------------------------------------
     async def _punch(self, peer: ID, addrs: list[multiaddr.Multiaddr], initiator: bool) -> bool:
@@ -224,22 +301,9 @@ class DCUtR:
                     nursery.start_soon(one, addr, nursery.cancel_scope)
         conn = won[0] if won else self.has_direct(peer)
         if conn is None:
-            log.info("dcutr.punch_failed", peer_id=str(peer), addrs=len(addrs))
+            log.info("dcutr.punch_failed", peer_id=str(peer), addrs=len(addrs),
+                     role="A" if initiator else "B")
             return False
         log.info("dcutr.direct", peer_id=str(peer), role="A" if initiator else "B")
         self.on_direct(peer, conn)
         return True
-
-    async def close_relayed_later(self, peer: ID) -> None:
-        """Once a direct connection is up, the relayed ones go after a grace period
-        (streams opened on them meanwhile get that long to finish)."""
-        await trio.sleep(RELAY_GRACE_S)
-        if self.has_direct(peer) is None:
-            return
-        for conn in list(self.host.get_network().get_connections(peer)):
-            if is_relayed(conn):
-                with trio.move_on_after(5):
-                    try:
-                        await conn.close()
-                    except Exception:
-                        pass

@@ -183,6 +183,13 @@ class P2pmHost(BasicHost):
             return []
         return list(manager.addrs(min_observers=1))
 
+    def wrap_connection_choice(self, wrap: Callable[[Any], Any]) -> None:
+        """Replace the swarm's choice of connection for a new stream by `wrap(choice)`
+        (peerconns.py passes over connections it is about to close). py-libp2p 0.8.1
+        makes that choice in Swarm._select_connection and offers no hook for it."""
+        network = self.get_network()
+        network._select_connection = wrap(network._select_connection)  # type: ignore
+
     def forget_dial_failures(self, peer_id: ID) -> None:
         """Drop the swarm's memory of failed dials to `peer_id`, so an explicit dial
         tries again at once. Swarm._negative_peer_cache has no public way in 0.8.1."""

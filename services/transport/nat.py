@@ -4,16 +4,20 @@ to one host, with their settings, loops and status.
 What follows from what: AutoNAT's verdict is published (`transport.reachability.changed`);
 a private node keeps reservations on its relays (configured ones, connected peers that
 offer the hop protocol, and relays found through the DHT: see relay_discovery.py) and
-advertises the circuit addresses; a public relay announces itself in the DHT; a relayed
-connection we accept starts DCUtR; a public node advertises the addresses a dial-back
-confirmed.
+advertises the circuit addresses; a public relay announces itself in the DHT; a public
+node advertises the addresses a dial-back confirmed. Each new connection to a peer is
+looked at once the peer's connections settle (SETTLE_S without a new one): surplus
+ones are closed (circuits that crossed, a relayed one made redundant by a direct one:
+peerconns.py), and DCUtR starts if we accepted the relayed connection that stays.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import multiaddr
@@ -26,6 +30,8 @@ from p2pm.common.log import get_logger
 from p2pm.common.settings import TransportSettings
 
 from . import autonat, dcutr, relay
+from .host import ConnectionWatcher
+from .peerconns import ConnectionKeeper
 from .relay_discovery import RELAY_PROVIDER_KEY_HEX, RelayAnnouncer, RelayFinder
 from .reuseport import ReuseportTCP, is_circuit
 
@@ -35,6 +41,9 @@ RESERVE_RETRY_MAX_S = 10.0
 DHT_OP_TIMEOUT_S = 20.0  # one provide or find_providers, as the dht runs it
 DHT_CALL_SLACK_S = 5.0  # on top, for the bus; a dht that is down costs this much
 DISCOVERED_ADDR_TTL_S = 3600  # as long as the transport keeps other learnt addresses
+SETTLE_S = 0.25  # quiet time after a new connection to a peer before acting on it
+SURPLUS_GRACE_S = 1.0  # a connection being closed gets this long for its streams
+CROSSING_WAIT_S = 8.0  # for the peer's own circuit, after it refused ours as a crossing
 
 
 class NatSettings:
@@ -79,11 +88,19 @@ class NatManager:
             candidate_addrs=self.own_addrs)
         self.relay_service = (relay.RelayService(self.host, settings.limits, self.public_addrs)
                               if settings.relay_service else None)
-        self.relay_client = relay.RelayClient(self.host, self._on_relayed_inbound)
+        self.relay_client = relay.RelayClient(self.host, self._on_relayed_inbound,
+                                              self.crossing)
+        # peer -> our dials to it that will try its circuits (bounded by dials in flight)
+        self._relay_dials: Counter[ID] = Counter()
         for addr in settings.relays:
             self.tcp.dial_from_listening_port(addr)
+        self.keeper = ConnectionKeeper(self.host, self.host.get_id(),
+                                       relay.is_relayed)
         self.dcutr = dcutr.DCUtR(self.host, self.own_addrs, self.tcp.source_for,
-                                 self._on_direct, settings.holepunch_cooldown_s)
+                                 self._on_direct, settings.holepunch_cooldown_s,
+                                 self.keeper.initiator)
+        # peer -> when to look at its connections; an entry lives until then.
+        self._settle_at: dict[ID, float] = {}
         self._nursery: trio.Nursery | None = None
         self._probe_now = trio.Event()
         self._reserve_now = trio.Event()
@@ -104,6 +121,7 @@ class NatManager:
                 "relay_client": self.relay_client.status(),
                 "relay_service": self.relay_service.status() if self.relay_service else None,
                 "dcutr": self.dcutr.status(),
+                "connections_closed_as_surplus": self.keeper.counters["closed_surplus"],
                 "relay_discovery": self._discovery_status()}
 
     def _discovery_status(self) -> dict[str, Any] | None:
@@ -127,8 +145,10 @@ class NatManager:
         seen: set[str] = set()
         out = []
         for a in [*self.observed(), *self.node.advertised]:
+            if is_circuit(a):  # a circuit's head is the relay's address, not ours
+                continue
             bare = multiaddr.Multiaddr(str(a).split("/p2p/")[0])
-            if str(bare) not in seen and not is_circuit(bare):
+            if str(bare) not in seen:
                 seen.add(str(bare))
                 out.append(bare)
         return out
@@ -156,6 +176,8 @@ class NatManager:
             host.set_stream_handler(relay.HOP_PROTOCOL, self.relay_service.handle_hop)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            host.get_network().register_notifee(
+                ConnectionWatcher(self._on_connected, lambda _conn: None))
             nursery.start_soon(self._autonat_loop)
             nursery.start_soon(self._reservation_loop)
             if self.finder is not None:
@@ -173,7 +195,6 @@ class NatManager:
     def on_disconnected(self, peer: ID) -> None:
         if self.host.get_network().get_connections(peer):
             return
-        self.dcutr.tracker.forget(str(peer))
         if peer in self.relay_client.reservations:
             self.relay_client.drop(peer)
             self._reserve_now.set()
@@ -347,17 +368,53 @@ class NatManager:
                         log.info("relay.announce_failed", error=self.announcer.last_error)
             await trio.sleep(1.0)
 
-    # DCUtR -------------------------------------------------------------------------------
+    # one connection per peer, and DCUtR ------------------------------------------------
     def _on_relayed_inbound(self, peer: ID, conn: INetConn) -> None:
         if self.first_relayed_at is None:
             self.first_relayed_at = time.time()
         self.publish("transport.peer.relayed", {"peer_id": str(peer), "direction": "inbound"})
-        if self.settings.holepunch and self._nursery is not None:
-            self._nursery.start_soon(self._upgrade, peer)
 
-    async def _upgrade(self, peer: ID) -> None:
-        await trio.sleep(0.2)  # let identify run on the new connection first
-        await self.dcutr.upgrade(peer)
+    def _on_connected(self, conn: INetConn) -> None:
+        self.keeper.opened(conn)
+        if self._nursery is None:
+            return
+        peer = conn.muxed_conn.peer_id
+        if peer not in self._settle_at:
+            self._nursery.start_soon(self._settle, peer)
+        self._settle_at[peer] = trio.current_time() + SETTLE_S
+
+    async def _settle(self, peer: ID) -> None:
+        """Once the peer's connections stopped changing: close the surplus ones, then
+        punch if we are DCUtR's initiator."""
+        while trio.current_time() < self._settle_at.get(peer, 0.0):
+            await trio.sleep_until(self._settle_at[peer])
+        self._settle_at.pop(peer, None)
+        assert self._nursery is not None
+        for conn in self.keeper.surplus(peer):
+            self._nursery.start_soon(self.keeper.retire, peer, conn, SURPLUS_GRACE_S)
+        if self.settings.holepunch and self.dcutr.has_direct(peer) is None \
+                and self.keeper.initiator(peer):
+            await self.dcutr.upgrade(peer)
+
+    @contextmanager
+    def dialling_circuits(self, peer: ID) -> Iterator[None]:
+        """Around a dial to `peer` that will try its relay circuits (after its direct
+        addresses, maybe): while it runs, `crossing` knows."""
+        self._relay_dials[peer] += 1
+        try:
+            yield
+        finally:
+            self._relay_dials[peer] -= 1
+            if self._relay_dials[peer] <= 0:
+                del self._relay_dials[peer]
+
+    def crossing(self, src: ID) -> bool:
+        """A circuit from `src` arrives while we dial it through a relay ourselves:
+        both friends dialled at once. Of the two circuits the one from the smaller peer
+        ID is kept (peerconns.surplus); when that is ours, theirs is refused before it
+        forms (no streams to reset, no second DCUtR initiator); the larger side waits
+        for ours instead (`dial_via_relays`)."""
+        return src in self._relay_dials and str(self.host.get_id()) < str(src)
 
     def _on_direct(self, peer: ID, conn: INetConn) -> None:
         addr = ""
@@ -366,13 +423,14 @@ class NatManager:
         except Exception:
             pass
         self.publish("transport.peer.upgraded", {"peer_id": str(peer), "addr": addr})
-        if self._nursery is not None:
-            self._nursery.start_soon(self.dcutr.close_relayed_later, peer)
 
     async def dial_via_relays(self, peer: ID, circuits: list[multiaddr.Multiaddr]) -> INetConn:
         """Try each circuit address in turn, connecting to the relay first."""
         last: Exception | None = None
         for addr in circuits:
+            joined = self.host.get_network().get_connections(peer)
+            if joined:
+                return joined[0]  # the peer's own circuit landed meanwhile
             parsed = relay.relay_of(addr)
             if parsed is None:
                 continue
@@ -386,11 +444,29 @@ class NatManager:
                 self.publish("transport.peer.relayed",
                              {"peer_id": str(peer), "direction": "outbound"})
                 return conn
+            except relay.RelayRefused as exc:
+                last = exc
+                log.info("relay.dial_failed", peer_id=str(peer), relay=str(relay_id),
+                         error=_why(exc))
+                if exc.status == relay.pb.CONNECTION_FAILED \
+                        and str(self.host.get_id()) > str(peer):
+                    # Perhaps refused as a crossing: the peer's own circuit is coming.
+                    theirs = await self._wait_connection(peer, CROSSING_WAIT_S)
+                    if theirs is not None:
+                        return theirs
             except Exception as exc:
                 last = exc
                 log.info("relay.dial_failed", peer_id=str(peer), relay=str(relay_id),
                          error=_why(exc))
         raise last or ValueError("no usable circuit address")
+
+
+    async def _wait_connection(self, peer: ID, timeout: float) -> INetConn | None:
+        with trio.move_on_after(timeout):
+            while not self.host.get_network().get_connections(peer):
+                await trio.sleep(0.05)
+            return self.host.get_network().get_connections(peer)[0]
+        return None
 
 
 def _why(exc: BaseException) -> str:

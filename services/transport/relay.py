@@ -334,12 +334,16 @@ class Reservation:
 class RelayClient:
     """Reserves slots, accepts circuits (STOP) and dials through relays."""
 
-    def __init__(self, host: Any, on_relayed_inbound: Callable[[ID, INetConn], None]) -> None:
+    def __init__(self, host: Any, on_relayed_inbound: Callable[[ID, INetConn], None],
+                 crossing: Callable[[ID], bool] = lambda _src: False) -> None:
         self.host = host
         self.reservations: dict[ID, Reservation] = {}
         self.on_relayed_inbound = on_relayed_inbound
+        # Whether a circuit from this peer would cross one we are dialling to it, and
+        # ours is the one to keep (see NatManager.crossing): refused, so it never forms.
+        self.crossing = crossing
         self.counters = {"reserve_ok": 0, "reserve_failed": 0, "circuits_in": 0,
-                         "circuits_out": 0, "stop_refused": 0}
+                         "circuits_out": 0, "stop_refused": 0, "crossing_refused": 0}
 
     def status(self) -> dict[str, Any]:
         now = time.time()
@@ -390,6 +394,10 @@ class RelayClient:
             if relay not in self.reservations or is_relayed(stream.muxed_conn):
                 raise RelayRefused(pb.PERMISSION_DENIED, "no reservation with this relay")
             src = ID(msg.peer.id)
+            if self.crossing(src):
+                self.counters["crossing_refused"] += 1
+                raise RelayRefused(pb.CONNECTION_FAILED, "our own circuit to this peer "
+                                                         "is under way")
             await _write(stream, pb.StopMessage(type=pb.StopMessage.STATUS, status=pb.OK))
         except Exception as exc:
             self.counters["stop_refused"] += 1
