@@ -2,8 +2,9 @@
 
 It runs the sans-IO GossipSub router (router/core.py) over the transport's stream API
 (`/meshsub/1.2.0`, `/meshsub/1.1.0`, `/meshsub/1.0.0`), conversation sealing and
-opening (conversations.py) and catch-up sync (`/p2pm/sync/1.0.0`, sync.py). Storage
-keeps everything; this actor keeps only caches and can be restarted at any time.
+opening (conversations.py) and catch-up sync (`/p2pm/sync/2.0.0`, sync.py and
+syncing.py). Storage keeps everything; this actor keeps only caches and can be
+restarted at any time.
 
 Shape of the shell
 ------------------
@@ -22,8 +23,10 @@ Shape of the shell
   receipt over gossip, or a sync HAVE that covers it. Pending work survives restarts
   of any actor: it lives in storage, and the maintenance loop dials members with
   deliveries due and syncs with them when they connect.
-* Members find each other through the inviter's addresses in an invite, the members'
-  addresses exchanged in every sync HELLO, identify, and the DHT (a provider record
+* A peer is a member once it proved it: an invite, a sync session's membership
+  proof, or a verified author signature (`_add_members` is the one gate). Members
+  find each other through the inviter's addresses in an invite, the members'
+  addresses exchanged in every sync HELLO (hints, never members), identify, and the DHT (a provider record
   under each conversation's provider key; `find_peer` for a member without known
   addresses). A node keeps TARGET_MEMBER_PEERS members of each conversation connected
   and lets the room's mesh carry the rest; a direct chat's peer is dialled while a
@@ -45,7 +48,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hmac
 import random
 import time
 from collections import Counter, deque
@@ -59,7 +61,7 @@ from p2pm.common import errors, identity, wire
 from p2pm.common.actor import Actor, every, on_event, rpc
 
 from . import conversations as cv
-from . import sync
+from . import sync, syncing
 from .outbox import Outbox
 from .router.core import (
     Backpressure, MessageReceived, PeerExchange, Published, Router, Validation,
@@ -74,7 +76,6 @@ LINK_RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between attempts to open our stre
 TARGET_MEMBER_PEERS = 3  # a conversation dials members until this many are connected
 DIAL_BACKOFF = (2.0, 30.0)  # seconds, first and cap
 SYNC_INTERVAL_S = 30.0  # anti-entropy with one member per conversation
-SYNC_MIN_GAP_S = 5.0  # between two syncs of one conversation with one peer
 # A recipient still owing a receipt this long after we first saw it owed (and
 # connected) is synced with: the receipt or the message was lost.
 OUTBOX_SYNC_AFTER_S = 10.0
@@ -155,8 +156,8 @@ class Gossip(Actor):
         self.loaded = trio.Event()
         self._opened: dict[bytes, cv.Opened] = {}
         self._receipts: dict[str, list[str]] = {}
-        self._syncing: set[tuple[str, str]] = set()
-        self._last_sync: dict[tuple[str, str], float] = {}
+        self.syncer = syncing.Syncer(_SyncPort(self))
+        self._last_sync: dict[tuple[str, str], float] = {}  # maintenance's timers
         self._dial_next: dict[str, tuple[float, float]] = {}  # peer -> (when, backoff)
         self._topic_peers_seen: dict[str, set[str]] = {}
         self._dht_ok = True
@@ -262,7 +263,7 @@ class Gossip(Actor):
         conv = self.convs.get(keys.id)
         if conv is None:
             conv = Conversation(keys, stored.get("name", ""), secret,
-                                set(stored.get("members", [])))
+                                self._valid_members(stored.get("members", [])))
             ranges = (await self._storage("author_ranges", conversation=keys.id))["authors"]
             for author, info in ranges.items():
                 contiguous = int(info["contiguous"])
@@ -279,8 +280,15 @@ class Gossip(Actor):
             self.router.subscribe(keys.topic, self._now())
             self._kick()
         else:
-            conv.members |= set(stored.get("members", []))
+            conv.members |= self._valid_members(stored.get("members", []))
         return conv
+
+    def _valid_members(self, members: list[str]) -> set[str]:
+        """Stored members minus any invalid id (one would make storage refuse every
+        later post in the conversation)."""
+        valid = {m for m in members if sync.valid_peer_id(m)}
+        self.counters["invalid_member_dropped"] += len(set(members) - valid)
+        return valid
 
     async def _kv_get(self, key: str) -> bytes | None:
         try:
@@ -597,7 +605,11 @@ class Gossip(Actor):
             await self._sync_with(source, conv, force=True)
 
     def _add_members(self, conv: Conversation, peers: set[str]) -> None:
-        new = peers - conv.members
+        """The one way into `conv.members` after loading: callers bring a proof (a
+        sync proof, a verified author signature, an invite); an id that is not a
+        valid peer id is dropped and counted, so it can never reach storage."""
+        new = {p for p in peers - conv.members if sync.valid_peer_id(p)}
+        self.counters["invalid_member_dropped"] += len(peers - conv.members - new)
         if not new:
             return
         alone = not conv.members - {self.me}
@@ -976,155 +988,12 @@ class Gossip(Actor):
         """{"topic"} -> [{"from", "data": b64, "seqno": b64}, ...] received so far."""
         return list(self.debug_topics.get(topic, ()))
 
-    # -- sync --------------------------------------------------------------------------
-    async def _ranges(self, conv: Conversation) -> sync.Ranges:
-        got = await self._storage("author_ranges", conversation=conv.id)
-        return sync.from_storage(got["authors"])
-
-    async def _share_addrs(self, conv: Conversation) -> dict[str, list[str]]:
-        """Ours and the members' addresses we know: how members find each other."""
-        shared = {p: self.addrs[p][:sync.MAX_ADDRS] for p in sorted(conv.members)
-                  if p in self.addrs and p != self.me}
-        mine = await self._my_addrs()
-        if mine:
-            shared[self.me] = mine[:sync.MAX_ADDRS]
-        return dict(list(shared.items())[:sync.MAX_PEERS_ADDRS])
-
+    # -- sync (syncing.py; the actor as its SyncHost is _SyncPort below) -------------
     async def _sync_with(self, peer: str, conv: Conversation, force: bool = False) -> None:
-        """Reconcile `conv` with `peer` (at most once per SYNC_MIN_GAP_S unless forced,
-        and never twice at once)."""
-        from p2pm.services.transport.streams import StreamError
-
-        key = (peer, conv.id)
-        now = self._now()
-        if key in self._syncing or (
-                not force and now - self._last_sync.get(key, -1e9) < SYNC_MIN_GAP_S):
-            return
-        self._syncing.add(key)
-        self._last_sync[key] = now
-        try:
-            with trio.fail_after(60):
-                stream = await self.streams.open_stream(sync.PROTOCOL, peer=peer,
-                                                        timeout=10)
-                async with stream:
-                    mine = await self._ranges(conv)
-                    await stream.send(sync.encode(sync.Hello(
-                        mine, await self._share_addrs(conv), conv.id,
-                        conv.keys.membership_proof(self.me, peer))))
-                    hello = sync.decode(await stream.receive())
-                    if not isinstance(hello, sync.Hello) or hello.conversation is not None:
-                        raise sync.SyncError("expected the responder's HELLO")
-                    await self._exchange(stream, conv, peer, mine, hello)
-            self.counters["syncs"] += 1
-        except (StreamError, sync.SyncError, trio.TooSlowError, trio.EndOfChannel,
-                trio.ClosedResourceError, errors.BusError) as exc:
-            self.counters["syncs_failed"] += 1
-            self.log.info("gossip.sync_failed", peer=peer, conversation=conv.id,
-                          error=str(exc))
-        finally:
-            self._syncing.discard(key)
+        await self.syncer.sync_with(peer, conv, force)
 
     async def _serve_sync(self, stream: Any) -> None:
-        from p2pm.services.transport.streams import StreamError
-
-        peer = stream.peer
-        try:
-            with trio.fail_after(60):
-                hello = sync.decode(await stream.receive())
-                if not isinstance(hello, sync.Hello) or hello.conversation is None:
-                    raise sync.SyncError("expected HELLO with a conversation")
-                conv = self.convs.get(hello.conversation)
-                if conv is None or not hmac.compare_digest(
-                        hello.proof or b"", conv.keys.membership_proof(peer, self.me)):
-                    self.counters["sync_refused"] += 1
-                    await stream.reset()
-                    return
-                if conv.kind == "direct" and peer not in conv.members:
-                    self.counters["sync_refused"] += 1
-                    await stream.reset()
-                    return
-                mine = await self._ranges(conv)
-                await stream.send(sync.encode(sync.Hello(mine, await self._share_addrs(conv))))
-                await self._exchange(stream, conv, peer, mine, hello)
-                await stream.close()
-            self.counters["syncs_served"] += 1
-        except (StreamError, sync.SyncError, trio.TooSlowError, trio.EndOfChannel,
-                trio.ClosedResourceError, errors.BusError) as exc:
-            self.counters["syncs_failed"] += 1
-            self.log.info("gossip.sync_failed", peer=peer, error=str(exc))
-            await stream.reset()
-
-    async def _exchange(self, stream: Any, conv: Conversation, peer: str,
-                        mine: sync.Ranges, hello: sync.Hello) -> None:
-        """Both sides after the HELLOs: send what they lack, take what we lack, then
-        tell what we hold now (a receipt for everything it covers)."""
-        # In a room, whoever a member vouches for (by sharing its addresses) is a
-        # member too; a direct chat's members are fixed.
-        joined = {peer} | (set(hello.addrs) if conv.kind == "room" else set())
-        for p, addrs in hello.addrs.items():
-            if p != self.me:
-                await self._learn_addrs(p, addrs, persist=p in conv.members | joined)
-        if joined - conv.members:
-            self._add_members(conv, joined)
-        await self._receipts_from_ranges(conv, peer, hello.ranges)
-        theirs_done = trio.Event()
-
-        async def send_missing() -> None:
-            for author, spans in sync.missing(mine, hello.ranges).items():
-                for lo, hi in spans:
-                    start = lo
-                    while start <= hi:
-                        page = await self._storage(
-                            "messages_by_author", conversation=conv.id, author=author,
-                            from_seq=start, to_seq=hi, limit=sync.ENVS_PER_FRAME)
-                        batch = page["messages"]
-                        if not batch:
-                            break
-                        await stream.send(sync.encode(sync.Envs(tuple(
-                            wire.b64d(m["body"], "body") for m in batch))))
-                        self.counters["sync_envelopes_sent"] += len(batch)
-                        for m in batch:
-                            if m["author"] == self.me and m["id"] in self.unsent:
-                                self.unsent.pop(m["id"], None)
-                                await self._set_state(m["id"], conv.id, "sent")
-                        start = batch[-1]["seq"] + 1
-            await stream.send(sync.encode(sync.Done()))
-            await theirs_done.wait()
-            await stream.send(sync.encode(sync.Have(await self._ranges(conv))))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_missing)
-            got_have = False
-            while not got_have:
-                frame = sync.decode(await stream.receive())
-                if isinstance(frame, sync.Envs):
-                    if theirs_done.is_set():
-                        raise sync.SyncError("ENVS after DONE")
-                    for env in frame.envelopes:
-                        try:
-                            opened = cv.open_envelope(conv.keys, env)
-                        except cv.EnvelopeError:
-                            self.counters["sync_rejected_envelope"] += 1
-                            continue
-                        if opened.kind != "m":
-                            self.counters["sync_rejected_envelope"] += 1
-                            continue
-                        if await self._accept(conv, opened, env, None):
-                            self.counters["sync_envelopes_received"] += 1
-                elif isinstance(frame, sync.Done):
-                    theirs_done.set()
-                elif isinstance(frame, sync.Have):
-                    if not theirs_done.is_set():
-                        raise sync.SyncError("HAVE before DONE")
-                    await self._receipts_from_ranges(conv, peer, frame.ranges)
-                    got_have = True
-                else:
-                    raise sync.SyncError("unexpected HELLO")
-
-    async def _receipts_from_ranges(self, conv: Conversation, peer: str,
-                                    ranges: sync.Ranges) -> None:
-        for mid in self.outbox.covered(conv.id, peer, self.me, ranges):
-            await self._delivered_to(mid, peer)
+        await self.syncer.serve(stream)
 
     # -- reaching members --------------------------------------------------------------
     async def _learn_addrs(self, peer: str, addrs: list[str], persist: bool = True) -> None:
@@ -1274,6 +1143,64 @@ class Gossip(Actor):
                     now - self._last_sync.get(("dht", conv.id), -1e9) > SYNC_INTERVAL_S:
                 self._last_sync[("dht", conv.id)] = now
                 self.spawn(self._discover, conv)
+
+
+class _SyncPort:
+    """The gossip actor as syncing.SyncHost: what a sync session may read and do."""
+
+    def __init__(self, gossip: Gossip) -> None:
+        self._g = gossip
+        self.counters = gossip.counters
+
+    @property
+    def me(self) -> str:
+        return self._g.me
+
+    @property
+    def log(self) -> Any:
+        return self._g.log
+
+    def conversation(self, conversation_id: str) -> Conversation | None:
+        return self._g.convs.get(conversation_id)
+
+    def conversations(self) -> list[Conversation]:
+        return list(self._g.convs.values())
+
+    def now(self) -> float:
+        return self._g._now()
+
+    async def storage(self, method: str, **params: Any) -> Any:
+        return await self._g._storage(method, **params)
+
+    async def open_sync_stream(self, peer: str) -> Any:
+        return await self._g.streams.open_stream(sync.PROTOCOL, peer=peer, timeout=10)
+
+    async def accept_envelope(self, conv: Conversation, opened: cv.Opened,
+                              envelope: bytes) -> bool:
+        return await self._g._accept(conv, opened, envelope, None)
+
+    def add_proven_member(self, conv: Conversation, peer: str) -> None:
+        if conv.kind == "room":  # a direct chat's two members are fixed
+            self._g._add_members(conv, {peer})
+
+    async def learn_addrs(self, peer: str, addrs: list[str], persist: bool) -> None:
+        await self._g._learn_addrs(peer, addrs, persist=persist)
+
+    def known_addrs(self, peer: str) -> list[str]:
+        return self._g.addrs.get(peer, [])
+
+    async def my_addrs(self) -> list[str]:
+        return await self._g._my_addrs()
+
+    async def receipts_from_ranges(self, conv: Conversation, peer: str,
+                                   ranges: sync.Ranges) -> None:
+        g = self._g
+        for mid in g.outbox.covered(conv.id, peer, g.me, ranges):
+            await g._delivered_to(mid, peer)
+
+    async def sent_by_sync(self, conv: Conversation, message_id: str) -> None:
+        if self._g.unsent.pop(message_id, None) is not None:
+            await self._g._set_state(message_id, conv.id, "sent")
 
 
 def _check_name(name: str) -> str:
