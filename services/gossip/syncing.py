@@ -7,8 +7,8 @@ a stream and a session, reads storage, and hands what arrives to the host. Order
 checks on an inbound stream, cheapest first:
 
 1. the peer id the transport authenticated is a valid peer id;
-2. the peer is within its session rate (`SessionLimiter`), else the stream is reset
-   unread;
+2. the peer is within its session rate (`SessionLimiter`; a session refused before
+   the proof costs REFUSED_SESSION_COST), else the stream is reset unread;
 3. OPEN and PROOF, each at most `sync.PRE_PROOF_FRAME` bytes (the length is checked
    before parsing), within PROOF_TIMEOUT_S; the proof is one keyed hash per
    conversation;
@@ -44,6 +44,9 @@ MAX_LAST_SYNC = 4096  # (peer, conversation) pairs remembered for SYNC_MIN_GAP_S
 # 30 s or so.
 SESSION_BURST = 32
 SESSION_RATE_PER_S = 1.0
+# A session refused before the proof (no proof, a wrong one, an oversized frame)
+# costs this many sessions: a member pays 1 a session, a stranger soon waits.
+REFUSED_SESSION_COST = 8.0
 MAX_LIMITED_PEERS = 1024
 
 
@@ -127,6 +130,13 @@ class SessionLimiter:
             return False
         b.tokens -= 1.0
         return True
+
+    def penalise(self, peer: str, now: float, cost: float = REFUSED_SESSION_COST) -> None:
+        """Charge `peer` for a refused session (down to one burst in debt at most, so
+        even a peer that kept failing is heard again after 2 * burst / rate)."""
+        b = self._buckets.get(peer) or self._buckets.get(self.OVERFLOW)
+        if b is not None:
+            b.tokens, b.at = max(-self.burst, self._level(b, now) - cost), now
 
 
 class Syncer:
@@ -218,6 +228,7 @@ class Syncer:
                         session.receive(await stream.receive())
                 except (sync.SyncError, trio.TooSlowError, trio.EndOfChannel) as exc:
                     host.counters["sync_refused"] += 1
+                    self.limiter.penalise(peer, host.now())
                     if isinstance(exc, sync.FrameTooLarge):
                         host.counters["sync_refused_too_large"] += 1
                     await stream.reset()

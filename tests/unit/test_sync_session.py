@@ -187,6 +187,20 @@ def test_the_limiter_allows_a_burst_then_its_rate() -> None:
     assert lim.allow(ALICE, 100.0) and lim.allow(ALICE, 100.0)
 
 
+def test_a_refused_session_costs_more_than_an_honest_one() -> None:
+    lim = SessionLimiter(rate_per_s=1.0, burst=32, max_peers=8)
+    refused = 0
+    while lim.allow(MALLORY, 0.0):
+        lim.penalise(MALLORY, 0.0, 8.0)
+        refused += 1
+    assert refused == 4  # 32 tokens, 1 + 8 each
+    for _ in range(100):
+        lim.penalise(MALLORY, 0.0, 8.0)
+    # At most a burst in debt: after 32 s back at zero, after 33 s heard again.
+    assert not lim.allow(MALLORY, 32.0) and lim.allow(MALLORY, 33.5)
+    assert [lim.allow(ALICE, 0.0) for _ in range(32)] == [True] * 32  # members pay 1
+
+
 def test_the_limiter_table_is_bounded_and_newcomers_share_an_overflow_bucket() -> None:
     lim = SessionLimiter(rate_per_s=0.1, burst=2, max_peers=4)
     busy = [f"peer{i}" for i in range(4)]
