@@ -94,6 +94,7 @@ class HostilePeer:
         self.topics: set[str] = set()
         self.poison: dict[str, list[str]] = {}  # addrs we "vouch" for in every HELLO
         self.inbound_syncs = 0
+        self.probes_refused = 0
         self.flood = {"streams": 0, "frames": 0, "refused": 0}
         self.flood_done = threading.Event()
         self.error: BaseException | None = None
@@ -255,8 +256,13 @@ class HostilePeer:
 
     async def probe_sync(self, peer: str) -> None:
         """A stranger starting a sync: a nonce and a made-up proof (v2), or a HELLO
-        naming a made-up conversation (v1); whatever comes back is recorded."""
-        stream = await self._open_sync(peer)
+        naming a made-up conversation (v1); whatever comes back is recorded. A
+        stream the node refuses to open (rate-limited) is counted in `probes_refused`."""
+        try:
+            stream = await self._open_sync(peer)
+        except Exception:
+            self.probes_refused += 1
+            return
         proto = str(stream.get_protocol())
         reader = FrameReader(stream)
         try:
@@ -289,10 +295,15 @@ class HostilePeer:
                            conversation: str = "r" + "0" * 32) -> None:
         """`streams` loops, each opening sync streams and writing maximum-size HELLOs
         as fast as the node takes them, for `seconds`."""
-        authors = {p: [[1, 2**62]] for p in forged_peer_ids(8)}
-        doc = {"t": "hello", "ranges": authors, "addrs": {}, "conv": conversation,
-               "proof": _b64(os.urandom(32)), "pad": ""}
-        doc["pad"] = "x" * (MAX_FRAME - len(orjson.dumps(doc)) - 16)
+        # The costliest HELLO to validate: as many authors and ranges as fit.
+        spans = [[2 * i + 1, 2 * i + 1] for i in range(1000)]
+        doc = {"t": "hello", "ranges": {}, "addrs": {}, "conv": conversation,
+               "proof": _b64(os.urandom(32))}
+        for author in forged_peer_ids(200):
+            doc["ranges"][author] = spans
+            if len(orjson.dumps(doc)) > MAX_FRAME - 16 * 1024:
+                del doc["ranges"][author]
+                break
         hello = framed(orjson.dumps(doc))
 
         async def one() -> None:
