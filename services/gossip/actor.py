@@ -174,6 +174,7 @@ class Gossip(Actor):
                                "streams_out": sum(ln.outbound for ln in self.links.values()),
                                "counters": dict(self.counters),
                                "undelivered": len(self.outbox)}
+        out["sync"] = self.syncer.statistics()
         if self.router is not None:
             out["router"] = self.router.statistics()
         if self.streams is not None:

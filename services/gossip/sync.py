@@ -99,12 +99,14 @@ class LocalProtocolError(RuntimeError):
     """We tried to send a frame the protocol does not allow now (a bug here)."""
 
 
-@functools.lru_cache(maxsize=4096)
 def valid_peer_id(value: Any) -> bool:
     """The one check for a peer id that came from the wire: a canonical base58 libp2p
-    Ed25519 peer id. Cached (bounded): the same few ids recur."""
-    if not isinstance(value, str) or not 0 < len(value) <= 128:
-        return False
+    Ed25519 peer id."""
+    return isinstance(value, str) and 0 < len(value) <= 128 and _valid_peer_id(value)
+
+
+@functools.lru_cache(maxsize=4096)  # bounded: the same few ids recur, strangers' do not
+def _valid_peer_id(value: str) -> bool:
     try:
         identity.public_key_from_peer_id(value)
     except identity.IdentityError:
@@ -114,11 +116,13 @@ def valid_peer_id(value: Any) -> bool:
 
 def proof(key: bytes, conversation: str, role: str, initiator: str, responder: str,
           initiator_nonce: bytes, responder_nonce: bytes) -> bytes:
-    """What `role` ("initiator" or "responder") shows to prove it holds `key`."""
+    """What `role` ("initiator" or "responder") shows to prove it holds `key` (the
+    content key; the hash is keyed with a key derived from it, not with it)."""
+    mac_key = hashlib.blake2b(b"p2pm sync/2 proof key", key=key, digest_size=32).digest()
     data = b"\n".join([b"p2pm sync/2 proof", role.encode(), conversation.encode(),
                        initiator.encode(), responder.encode(), initiator_nonce,
                        responder_nonce])
-    return hashlib.blake2b(data, key=key, digest_size=PROOF_BYTES).digest()
+    return hashlib.blake2b(data, key=mac_key, digest_size=PROOF_BYTES).digest()
 
 
 # -- frames ------------------------------------------------------------------------

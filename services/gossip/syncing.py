@@ -148,6 +148,10 @@ class Syncer:
         self._syncing: set[tuple[str, str]] = set()
         self._last: dict[tuple[str, str], float] = {}
 
+    def statistics(self) -> dict[str, int]:
+        return {"running": len(self._syncing), "limited_peers": len(self.limiter),
+                "limiter_overflowed": self.limiter.overflowed}
+
     def _too_soon(self, key: tuple[str, str], now: float, force: bool) -> bool:
         if key in self._syncing:
             return True
