@@ -2,7 +2,7 @@
 
 It runs the sans-IO GossipSub router (router/core.py) over the transport's stream API,
 conversation sealing and opening (conversations.py) and catch-up sync
-(`/p2pm/sync/1.0.0`, sync.py). Storage keeps everything; this actor keeps only caches
+(`/p2pm/sync/2.0.0`: sync.py, the protocol, and syncing.py, its driver). Storage keeps everything; this actor keeps only caches
 and can be restarted at any time.
 
 This module is the shell: it builds the parts, starts their loops, hands each inbound
@@ -16,7 +16,7 @@ job and its own module docstring:
     receive.py     the router's validation hook; storing what arrives; gaps
     delivery.py    the outbox: pending -> sent -> delivered; receipts both ways
     reach.py       addresses, the DHT, dialling with backoff
-    (the sync session's methods below)
+    syncing.py     catch-up sync sessions, membership proven both ways first
 
 Maintenance (`_maintain`, every second) retries what is still owed: it publishes
 unsent messages once a member is reachable, syncs with recipients who owe a receipt
@@ -38,19 +38,18 @@ Events: gossip.message.received {"id", "conversation", "author", "body", "ts"},
 
 from __future__ import annotations
 
-import hmac
 import random
 from typing import Any
 
 import trio
 
-from p2pm.common import errors, wire
+from p2pm.common import errors
 from p2pm.common.actor import Actor, every, on_event, rpc
 from p2pm.common.clients import DhtClient, KeystoreClient, StorageClient, TransportClient
 from p2pm.common.config import settings_of
 
 from . import conversations as cv
-from . import sync
+from . import sync, syncing
 from .context import Context, peer_bytes
 from .delivery import Delivery
 from .links import MESH_PROTOCOLS, Links
@@ -63,7 +62,6 @@ from .router.signing import verify_ed25519
 from .state import Conversation, Conversations, Registry
 
 SYNC_INTERVAL_S = 30.0  # anti-entropy with one member per conversation
-SYNC_MIN_GAP_S = 5.0  # between two syncs of one conversation with one peer
 STORAGE_TIMEOUT = 5.0
 
 
@@ -85,13 +83,13 @@ class Gossip(Actor):
                                self._sync_with)
         self.links = Links(self.ctx, self.registry, self.receive.on_router_events,
                            self._sync_with)
-        self.reach = Reach(self.ctx, self.links.connected, self.membership)
+        self.reach = Reach(self.ctx, self.links.connected, self.membership, self._prove)
         self.conversations = Conversations(self.ctx, self.registry, self.membership,
                                            self.reach)
         self.streams: Any = None
         self.loaded = trio.Event()
-        self._syncing: set[tuple[str, str]] = set()
-        self._last_sync: dict[tuple[str, str], float] = {}
+        self.syncer = syncing.Syncer(_SyncPort(self))
+        self._last_sync: dict[tuple[str, str], float] = {}  # maintenance's timers
 
     # what the sync session (and tests) read of the parts
     @property
@@ -123,6 +121,7 @@ class Gossip(Actor):
                                "equivocating_authors": dict(self.receive.equivocators)}
         if self.ctx.started:
             out["router"] = self.ctx.router.statistics()
+        out["sync"] = self.syncer.statistics()
         if self.streams is not None:
             out["streams"] = self.streams.statistics()
         return out
@@ -314,152 +313,18 @@ class Gossip(Actor):
         """{"topic"} -> [{"from", "data": b64, "seqno": b64}, ...] received so far."""
         return list(self.receive.debug_topics.get(topic, ()))
 
-    # -- sync --------------------------------------------------------------------------
-    async def _ranges(self, conv: Conversation) -> sync.Ranges:
-        return sync.from_storage(await self.storage.author_ranges(conv.id))
-
-    async def _share_addrs(self, conv: Conversation) -> dict[str, list[str]]:
-        """Ours and the members' addresses we know: how members find each other."""
-        shared = {p: self.reach.addrs[p][:sync.MAX_ADDRS] for p in sorted(conv.members)
-                  if p in self.reach.addrs and p != self.me}
-        mine = await self.reach.my_addrs()
-        if mine:
-            shared[self.me] = mine[:sync.MAX_ADDRS]
-        return dict(list(shared.items())[:sync.MAX_PEERS_ADDRS])
-
+    # -- sync (syncing.py; the parts as its SyncHost are _SyncPort below) ------------
     async def _sync_with(self, peer: str, conv: Conversation, force: bool = False) -> None:
-        """Reconcile `conv` with `peer` (at most once per SYNC_MIN_GAP_S unless forced,
-        and never twice at once)."""
-        from p2pm.common.streams import StreamError
-
-        key = (peer, conv.id)
-        now = self.ctx.now()
-        if key in self._syncing or (
-                not force and now - self._last_sync.get(key, -1e9) < SYNC_MIN_GAP_S):
-            return
-        self._syncing.add(key)
-        self._last_sync[key] = now
-        try:
-            with trio.fail_after(60):
-                stream = await self.streams.open_stream(sync.PROTOCOL, peer=peer,
-                                                        timeout=10)
-                async with stream:
-                    mine = await self._ranges(conv)
-                    await stream.send(sync.encode(sync.Hello(
-                        mine, await self._share_addrs(conv), conv.id,
-                        conv.keys.membership_proof(self.me, peer))))
-                    hello = sync.decode(await stream.receive())
-                    if not isinstance(hello, sync.Hello) or hello.conversation is not None:
-                        raise sync.SyncError("expected the responder's HELLO")
-                    await self._exchange(stream, conv, peer, mine, hello)
-            self.counters["syncs"] += 1
-        except (StreamError, sync.SyncError, trio.TooSlowError, trio.EndOfChannel,
-                trio.ClosedResourceError, errors.BusError) as exc:
-            self.counters["syncs_failed"] += 1
-            self.log.info("gossip.sync_failed", peer=peer, conversation=conv.id,
-                          error=str(exc))
-        finally:
-            self._syncing.discard(key)
+        await self.syncer.sync_with(peer, conv, force)
 
     async def _serve_sync(self, stream: Any) -> None:
-        from p2pm.common.streams import StreamError
+        await self.syncer.serve(stream)
 
-        peer = stream.peer
-        try:
-            with trio.fail_after(60):
-                hello = sync.decode(await stream.receive())
-                if not isinstance(hello, sync.Hello) or hello.conversation is None:
-                    raise sync.SyncError("expected HELLO with a conversation")
-                conv = self.convs.get(hello.conversation)
-                if conv is None or not hmac.compare_digest(
-                        hello.proof or b"", conv.keys.membership_proof(peer, self.me)):
-                    self.counters["sync_refused"] += 1
-                    await stream.reset()
-                    return
-                if conv.kind == "direct" and peer not in conv.members:
-                    self.counters["sync_refused"] += 1
-                    await stream.reset()
-                    return
-                mine = await self._ranges(conv)
-                await stream.send(sync.encode(sync.Hello(mine, await self._share_addrs(conv))))
-                await self._exchange(stream, conv, peer, mine, hello)
-                await stream.close()
-            self.counters["syncs_served"] += 1
-        except (StreamError, sync.SyncError, trio.TooSlowError, trio.EndOfChannel,
-                trio.ClosedResourceError, errors.BusError) as exc:
-            self.counters["syncs_failed"] += 1
-            self.log.info("gossip.sync_failed", peer=peer, error=str(exc))
-            await stream.reset()
-
-    async def _exchange(self, stream: Any, conv: Conversation, peer: str,
-                        mine: sync.Ranges, hello: sync.Hello) -> None:
-        """Both sides after the HELLOs: send what they lack, take what we lack, then
-        tell what we hold now (a receipt for everything it covers)."""
-        # In a room, whoever a member vouches for (by sharing its addresses) is a
-        # member too; a direct chat's members are fixed.
-        joined = {peer} | (set(hello.addrs) if conv.kind == "room" else set())
-        for p, addrs in hello.addrs.items():
-            if p != self.me:
-                await self.reach.learn_addrs(p, addrs, persist=p in conv.members | joined)
-        if joined - conv.members:
-            self.membership.add(conv, joined, Why.SYNC)
-        await self._receipts_from_ranges(conv, peer, hello.ranges)
-        theirs_done = trio.Event()
-
-        async def send_missing() -> None:
-            for author, spans in sync.missing(mine, hello.ranges).items():
-                for lo, hi in spans:
-                    start = lo
-                    while start <= hi:
-                        page = await self.storage.messages_by_author(
-                            conversation=conv.id, author=author,
-                            from_seq=start, to_seq=hi, limit=sync.ENVS_PER_FRAME)
-                        batch = page["messages"]
-                        if not batch:
-                            break
-                        await stream.send(sync.encode(sync.Envs(tuple(
-                            wire.b64d(m["body"], "body") for m in batch))))
-                        self.counters["sync_envelopes_sent"] += len(batch)
-                        for m in batch:
-                            if m["author"] == self.me:
-                                await self.delivery.sent_by_sync(m["id"], conv.id)
-                        start = batch[-1]["seq"] + 1
-            await stream.send(sync.encode(sync.Done()))
-            await theirs_done.wait()
-            await stream.send(sync.encode(sync.Have(await self._ranges(conv))))
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_missing)
-            got_have = False
-            while not got_have:
-                frame = sync.decode(await stream.receive())
-                if isinstance(frame, sync.Envs):
-                    if theirs_done.is_set():
-                        raise sync.SyncError("ENVS after DONE")
-                    for env in frame.envelopes:
-                        try:
-                            opened = cv.open_envelope(conv.keys, env)
-                        except cv.EnvelopeError:
-                            self.counters["sync_rejected_envelope"] += 1
-                            continue
-                        if opened.kind != "m":
-                            self.counters["sync_rejected_envelope"] += 1
-                            continue
-                        if await self.receive.accept(conv, opened, env, None):
-                            self.counters["sync_envelopes_received"] += 1
-                elif isinstance(frame, sync.Done):
-                    theirs_done.set()
-                elif isinstance(frame, sync.Have):
-                    if not theirs_done.is_set():
-                        raise sync.SyncError("HAVE before DONE")
-                    await self._receipts_from_ranges(conv, peer, frame.ranges)
-                    got_have = True
-                else:
-                    raise sync.SyncError("unexpected HELLO")
-
-    async def _receipts_from_ranges(self, conv: Conversation, peer: str,
-                                    ranges: sync.Ranges) -> None:
-        await self.delivery.ranges_held(conv, peer, ranges)
+    async def _prove(self, peer: str, conv: Conversation) -> None:
+        """A peer named by a hint (a DHT provider record): reach it and sync, which
+        makes it a member only if it proves it holds the conversation's key."""
+        if await self.reach.dial(peer):
+            await self._sync_with(peer, conv)
 
     # -- maintenance -------------------------------------------------------------------
     @every(1.0)
@@ -486,3 +351,62 @@ class Gossip(Actor):
                 self._last_sync[("*", conv.id)] = now
                 self.spawn(self._sync_with, random.choice(here), conv)
             self.reach.announce(conv, not here, now)
+
+
+class _SyncPort:
+    """The gossip parts as syncing.SyncHost: what a sync session may read and do."""
+
+    def __init__(self, gossip: Gossip) -> None:
+        self._g = gossip
+
+    @property
+    def me(self) -> str:
+        return self._g.ctx.me
+
+    @property
+    def counters(self) -> Any:
+        return self._g.ctx.counters
+
+    @property
+    def log(self) -> Any:
+        return self._g.log
+
+    @property
+    def storage(self) -> StorageClient:
+        return self._g.ctx.storage
+
+    def conversation(self, conversation_id: str) -> Conversation | None:
+        return self._g.registry.get(conversation_id)
+
+    def conversations(self) -> list[Conversation]:
+        return list(self._g.registry)
+
+    def now(self) -> float:
+        return self._g.ctx.now()
+
+    async def open_sync_stream(self, peer: str) -> Any:
+        return await self._g.streams.open_stream(sync.PROTOCOL, peer=peer, timeout=10)
+
+    async def accept_envelope(self, conv: Conversation, opened: cv.Opened,
+                              envelope: bytes) -> bool:
+        return await self._g.receive.accept(conv, opened, envelope, None)
+
+    def add_proven_member(self, conv: Conversation, peer: str) -> None:
+        if conv.kind == "room":  # a direct chat's two members are fixed
+            self._g.membership.add(conv, {peer}, Why.SYNC)
+
+    async def learn_addrs(self, peer: str, addrs: list[str], persist: bool) -> None:
+        await self._g.reach.learn_addrs(peer, addrs, persist=persist)
+
+    def known_addrs(self, peer: str) -> list[str]:
+        return list(self._g.reach.addrs.get(peer, []))
+
+    async def my_addrs(self) -> list[str]:
+        return await self._g.reach.my_addrs()
+
+    async def receipts_from_ranges(self, conv: Conversation, peer: str,
+                                   ranges: sync.Ranges) -> None:
+        await self._g.delivery.ranges_held(conv, peer, ranges)
+
+    async def sent_by_sync(self, conv: Conversation, message_id: str) -> None:
+        await self._g.delivery.sent_by_sync(message_id, conv.id)

@@ -99,12 +99,6 @@ class Keys:
             _derive(secret, b"p2pm dht provider key", 32)).digest()
         return cls(cid, kind, topic, dht_key, _derive(secret, b"p2pm content key", 32))
 
-    def membership_proof(self, initiator: str, responder: str) -> bytes:
-        """What a sync initiator shows to prove it holds the secret, bound to both
-        peers so it cannot be replayed to anyone else."""
-        data = f"p2pm sync {self.id} {initiator} {responder}".encode()
-        return hashlib.blake2b(data, key=self.content_key, digest_size=32).digest()
-
 
 def new_room_secret() -> bytes:
     return nacl.utils.random(SECRET_BYTES)

@@ -1,22 +1,24 @@
 """Who is a member of a conversation: the one place that adds members.
 
-A peer becomes a member of a conversation we hold in one of four ways, each a `Why`,
-and every one of them goes through `Membership.add`, so a stricter rule is written
-here once and holds everywhere:
+A peer becomes a member of a conversation we hold in one of three ways, each a `Why`,
+and every one of them goes through `Membership.add`, so the rule is written here once
+and holds everywhere. Each is a proof, never someone else's word:
 
 * STORED: the conversation's saved member list, as it was created (us), joined (us
   and the inviter, whose signature is on the invite) or opened (a direct chat's two
-  peers). The caller saved it first.
+  peers), and every member proven since. The caller saved it first.
 * AUTHOR: the author of a message in it whose envelope we opened with the
   conversation's key and whose signature we checked (in a direct chat the router's
   validation has already refused a non-member's).
-* SYNC: the peer of a sync session, which proved in its HELLO that it holds the
-  conversation's key; in a room also whoever that peer vouches for by sharing its
-  addresses (a direct chat's members are fixed, so the session names only the peer).
-* PROVIDER: a peer that announced itself in the DHT under the conversation's
-  provider key.
+* SYNC: the peer of a sync session that proved, bound to both peer IDs and fresh
+  nonces, that it holds the conversation's key (syncing.py). The addresses a session
+  shares are hints to reach peers, never members; DHT provider records are hints to
+  dial and ask for that proof (reach.py).
 
-Today each way admits whoever it names. A member learnt (anything but STORED) is saved
+An id that is not a valid peer ID is dropped and counted (`invalid_member_dropped`)
+whatever the reason, so it can never reach storage nor block posting. A member is
+admitted to the conversation's private GossipSub topic (router/core.py), so only
+members hear of it and get its traffic. A member learnt (anything but STORED) is saved
 to storage; the first members a conversation gets owe us receipts for what we wrote
 while alone in it, so they are handed to delivery (`owe_first_members`).
 """
@@ -29,7 +31,8 @@ from typing import TYPE_CHECKING
 
 from p2pm.common import errors
 
-from .context import Context
+from .context import Context, peer_bytes
+from .sync import valid_peer_id
 
 if TYPE_CHECKING:
     from .state import Conversation
@@ -39,7 +42,6 @@ class Why(enum.Enum):
     STORED = "stored"
     AUTHOR = "author"
     SYNC = "sync"
-    PROVIDER = "provider"
 
 
 class Membership:
@@ -51,9 +53,15 @@ class Membership:
     def add(self, conv: Conversation, peers: set[str], why: Why) -> set[str]:
         """Make `peers` members of `conv` for the reason `why`; returns those that were
         not members before."""
-        new = set(peers) - conv.members
+        new = {p for p in set(peers) - conv.members if valid_peer_id(p)}
+        dropped = len(set(peers) - conv.members - new)
+        if dropped:
+            self.ctx.counters["invalid_member_dropped"] += dropped
         if not new:
             return new
+        if self.ctx.started:
+            for peer in new:
+                self.ctx.router.admit(conv.keys.topic, peer_bytes(peer), self.ctx.now())
         if why is Why.STORED:
             conv.members |= new
             return new

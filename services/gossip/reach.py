@@ -16,6 +16,7 @@ and sync alone.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,7 +25,7 @@ from p2pm.common import errors
 
 from . import sync
 from .context import Context
-from .membership import Membership, Why
+from .membership import Membership
 
 if TYPE_CHECKING:
     from .state import Conversation
@@ -38,6 +39,8 @@ DISCOVER_EVERY_S = 30.0  # while no member of a conversation is connected
 # read again when it is next dialled; a forgotten backoff costs one early dial.
 MAX_PEERS = 4096
 
+
+Prove = Callable[[str, "Conversation"], Awaitable[None]]
 
 class DialBackoff:
     """When each peer may be dialled again: an attempt is allowed at once, the next
@@ -68,8 +71,11 @@ class DialBackoff:
 
 
 class Reach:
-    def __init__(self, ctx: Context, connected: set[str], membership: Membership) -> None:
+    def __init__(self, ctx: Context, connected: set[str], membership: Membership,
+                 prove: Prove | None = None) -> None:
         self.ctx = ctx
+        # Dial a peer the DHT named and ask it for a membership proof (a sync).
+        self.prove = prove
         self.connected = connected  # peers the transport has a connection to (links)
         self.membership = membership
         self.addrs: dict[str, list[str]] = {}  # bounded by MAX_PEERS
@@ -226,8 +232,13 @@ class Reach:
             peer = prov.get("peer_id") if isinstance(prov, dict) else None
             if isinstance(peer, str) and peer != self.ctx.me:
                 addrs: Any = prov.get("addrs")
-                await self.learn_addrs(peer, addrs if isinstance(addrs, list) else [])
-                self.membership.add(conv, {peer}, Why.PROVIDER)
+                # A hint, not a member: anyone can put a provider record there. The
+                # peer becomes a member only by proving it in a sync.
+                await self.learn_addrs(peer, addrs if isinstance(addrs, list) else [],
+                                       persist=False)
+                if peer not in conv.members and self.prove is not None:
+                    self.ctx.counters["provider_hints"] += 1
+                    self.ctx.spawn(self.prove, peer, conv)
 
     def _dht_failed(self, exc: errors.BusError) -> None:
         if exc.code == errors.UNKNOWN_METHOD:

@@ -176,6 +176,7 @@ class Conversations:
             conv.held = Held.from_ranges(ranges)
             if self.ctx.me in ranges:
                 conv.next_seq = int(ranges[self.ctx.me]["max_seq"]) + 1
+            self.ctx.router.make_private(keys.topic)  # before members are admitted
             self.membership.add(conv, set(stored.get("members", [])), Why.STORED)
             self.registry.add(conv)
             self.ctx.router.subscribe(keys.topic, self.ctx.now())

@@ -146,7 +146,9 @@ async def test_a_hostile_peer_is_rejected_counted_and_penalised() -> None:
         async with open_streams(mallory.endpoints, "evil-sync",
                                 {sync.PROTOCOL: ProtocolSpec(messages=True)}) as s2:
             probe = await s2.open_stream(sync.PROTOCOL, peer=bob.peer_id)
-            await probe.send(sync.encode(sync.Hello({}, {}, keys.id, os.urandom(32))))
+            await probe.send(sync.encode(sync.Open(os.urandom(sync.NONCE_BYTES))))
+            assert isinstance(sync.decode(await probe.receive()), sync.Open)
+            await probe.send(sync.encode(sync.Proof(os.urandom(sync.PROOF_BYTES))))
             with pytest.raises((StreamReset, trio.EndOfChannel)):
                 with trio.fail_after(10):
                     await probe.receive()

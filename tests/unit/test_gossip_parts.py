@@ -24,6 +24,9 @@ from p2pm.services.gossip.router.core import Validation
 from p2pm.services.gossip.router.messages import Message
 from p2pm.services.gossip.state import Conversation, Held, Registry
 
+ME, ALICE, BOB = (identity.peer_id_from_public_key(
+    bytes(nacl.signing.SigningKey(bytes([40 + i]) * 32).verify_key)) for i in range(3))
+
 # -- held sequence numbers -----------------------------------------------------------
 
 
@@ -170,7 +173,7 @@ def _membership(saved: list[list[str]] | None = None) -> tuple[Membership, Spawn
 
     clients = SimpleNamespace(storage=fake(StorageClient, conversation_put=conversation_put))
     ctx = Context(clients, spawn, lambda topic, data: None, get_logger("gossip"))  # type: ignore[arg-type]
-    ctx.me = "me"
+    ctx.me = ME
     return Membership(ctx, owe_first), spawned
 
 
@@ -182,37 +185,46 @@ def _room() -> Conversation:
 def test_stored_members_are_held_without_being_saved_again() -> None:
     membership, spawned = _membership()
     conv = _room()
-    assert membership.add(conv, {"me", "alice"}, Why.STORED) == {"me", "alice"}
-    assert conv.members == {"me", "alice"} and spawned == []
+    assert membership.add(conv, {ME, ALICE}, Why.STORED) == {ME, ALICE}
+    assert conv.members == {ME, ALICE} and spawned == []
 
 
 async def test_the_saved_member_list_is_the_whole_one() -> None:
     saved: list[list[str]] = []
     membership, spawned = _membership(saved)
     conv = _room()
-    membership.add(conv, {"me", "alice"}, Why.STORED)
-    membership.add(conv, {"bob"}, Why.AUTHOR)
+    membership.add(conv, {ME, ALICE}, Why.STORED)
+    membership.add(conv, {BOB}, Why.AUTHOR)
     _, save, args = spawned[0]
     await save(*args)
-    assert saved == [["alice", "bob", "me"]]
+    assert saved == [sorted([ALICE, BOB, ME])]
 
 
-@pytest.mark.parametrize("why", [Why.AUTHOR, Why.SYNC, Why.PROVIDER])
+@pytest.mark.parametrize("why", [Why.AUTHOR, Why.SYNC])
 def test_a_member_learnt_is_saved_and_the_first_owe_what_we_wrote_alone(why: Why) -> None:
     membership, spawned = _membership()
     conv = _room()
-    membership.add(conv, {"me"}, Why.STORED)
-    assert membership.add(conv, {"alice"}, why) == {"alice"}
+    membership.add(conv, {ME}, Why.STORED)
+    assert membership.add(conv, {ALICE}, why) == {ALICE}
     assert [name for name, _, _ in spawned] == ["_save", "owe_first"]
-    assert spawned[1][2] == (conv, {"alice"})
+    assert spawned[1][2] == (conv, {ALICE})
     # The next member is saved, but owes nothing: alice already has a queue.
     spawned.clear()
-    assert membership.add(conv, {"alice", "bob"}, why) == {"bob"}
+    assert membership.add(conv, {ALICE, BOB}, why) == {BOB}
     assert [name for name, _, _ in spawned] == ["_save"]
-    assert conv.members == {"me", "alice", "bob"}
+    assert conv.members == {ME, ALICE, BOB}
     # Nobody new: nothing to save.
     spawned.clear()
-    assert membership.add(conv, {"bob"}, why) == set() and spawned == []
+    assert membership.add(conv, {BOB}, why) == set() and spawned == []
+
+
+def test_an_invalid_peer_id_never_becomes_a_member_whatever_the_reason() -> None:
+    membership, spawned = _membership()
+    conv = _room()
+    for why in Why:
+        assert membership.add(conv, {"not a peer id", "12D3Koo spaced", ""}, why) == set()
+    assert conv.members == set() and spawned == []
+    assert membership.ctx.counters["invalid_member_dropped"] == 3 * len(Why)
 
 
 def test_the_registry_finds_a_conversation_by_id_and_topic_until_left() -> None:
