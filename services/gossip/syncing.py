@@ -32,6 +32,7 @@ import trio
 
 from p2pm.common import errors, wire
 from p2pm.common.clients import StorageClient
+from p2pm.common.streams import StreamError
 
 from . import conversations as cv
 from . import sync
@@ -170,8 +171,6 @@ class Syncer:
     async def sync_with(self, peer: str, conv: SyncConversation, force: bool = False) -> None:
         """Reconcile `conv` with `peer` (at most once per SYNC_MIN_GAP_S unless forced,
         and never twice at once)."""
-        from p2pm.services.transport.streams import StreamError
-
         host = self.host
         key = (peer, conv.id)
         now = host.now()
@@ -208,8 +207,6 @@ class Syncer:
 
     # -- responder ---------------------------------------------------------------------
     async def serve(self, stream: Any) -> None:
-        from p2pm.services.transport.streams import StreamError
-
         host = self.host
         peer = stream.peer
         if not sync.valid_peer_id(peer):

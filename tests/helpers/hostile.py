@@ -164,14 +164,18 @@ class HostilePeer:
         except Exception:
             return
 
-    async def subscribe_all(self, peer: str, wait_s: float = 20.0) -> set[str]:
-        """Wait for the node's announced topics, then subscribe to every one on a
-        meshsub stream of ours (kept open in the background)."""
+    async def subscribe_all(self, peer: str, known: Sequence[str] = (),
+                            wait_s: float = 20.0) -> set[str]:
+        """Wait for the node's announced topics (at most `wait_s`), then subscribe to
+        every one, and to the topics in `known` (the worst case: a stranger who learnt
+        them anyway), on a meshsub stream of ours kept open in the background. Returns
+        what the node announced."""
         with trio.move_on_after(wait_s):
             while not self.topics:
                 await trio.sleep(0.05)
+        announced = set(self.topics)
         stream = await self.host.new_stream(ID.from_base58(peer), [TProtocol(MESH)])
-        topics = set(self.topics)
+        topics = announced | set(known)
         await stream.write(framed(encode(RPC(subscriptions=tuple(
             SubOpts(subscribe=True, topicid=t) for t in sorted(topics))))))
 
@@ -183,7 +187,11 @@ class HostilePeer:
             except Exception:
                 return
         self.nursery.start_soon(keep)
-        return topics
+        return announced
+
+    def mesh_rpcs(self) -> list[RPC]:
+        """Every meshsub RPC a node sent us, decoded."""
+        return [decode_rpc(f, MAX_FRAME) for proto, f in list(self.received) if proto == MESH]
 
     # -- sync, as the node's peer ------------------------------------------------------
     def _hello_v1(self) -> bytes:

@@ -2,9 +2,11 @@
 py-libp2p host plus the project's codecs) against real nodes, one test each:
 
 * harvesting a room: a non-member, connected and subscribed to every topic the
-  nodes announce, with a peer id above both members (so they start syncs with it)
-  and another below (so it starts them), gets no sync frame but the two random-
-  looking handshake frames, no member and no address, through 30 s of posting;
+  nodes announce and to the conversations' real topics too, with a peer id above
+  both members (so they start syncs with it) and another below (so it starts them),
+  is told of no conversation topic and gets no conversation message or gossip, and
+  no sync frame but the two random-looking handshake frames, no member and no
+  address, through 30 s of posting in a room and a direct chat;
 * member poisoning: 40 forged peer ids and one malformed one, listed by a stranger
   answering a sync and by a lying member who proved itself, never reach storage on
   either member, and posting keeps working on both (also after a gossip restart);
@@ -60,11 +62,16 @@ def test_a_non_member_gets_no_sync_frame_member_or_address(node_factory: Any) ->
     members = [alice.peer_id, bob.peer_id]
     secrets = [room, direct, *members] + [a.split("/p2p/")[0] for n in (alice, bob)
                                            for a in addrs(n)]
+    # The conversations' topics, as the members know them: a stranger is never told,
+    # so it is handed them (the worst case, as if it had learnt them somehow).
+    topics = set(alice.call("gossip", "sys.status", timeout=5.0)["router"]["topics"])
+    assert len(topics) == 2
     with HostilePeer(above=members) as high, HostilePeer(below=members) as low:
         for peer in (high, low):
             for node in (alice, bob):
                 peer.call(peer.connect, loopback_addr(node))
-                assert peer.call(peer.subscribe_all, node.peer_id), "no topic announced"
+                announced = peer.call(peer.subscribe_all, node.peer_id, sorted(topics), 3.0)
+                assert not announced & topics, "a conversation's topic told to a stranger"
         deadline = time.monotonic() + POSTING_S
         i = 0
         while time.monotonic() < deadline:
@@ -87,6 +94,16 @@ def test_a_non_member_gets_no_sync_frame_member_or_address(node_factory: Any) ->
             for frame in frames:
                 doc = orjson.loads(frame)
                 assert set(doc) in ({"t", "nonce"}, {"t", "proof"}), doc
+            # Nor any of the conversations' GossipSub traffic: no message, no
+            # subscription, no gossip about them, although it subscribed to them.
+            rpcs = peer.mesh_rpcs()
+            told = {s.topicid for r in rpcs for s in r.subscriptions} & topics
+            published = [m for r in rpcs for m in r.publish if m.topic in topics]
+            gossip_ids = [i for r in rpcs if r.control for i in r.control.ihave
+                          if i.topic_id in topics]
+            print(f"{name}: {len(rpcs)} meshsub rpcs, {len(published)} conversation "
+                  f"messages, {len(gossip_ids)} IHAVEs about them")
+            assert not told and not published and not gossip_ids
             for blob in frames:
                 for secret in secrets:
                     assert secret.encode() not in blob, (secret, blob[:200])
