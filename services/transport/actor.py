@@ -37,6 +37,7 @@ from .host import ConnectionWatcher, NodeHost, open_host, ping_rtt_ms
 from .hub import StreamHub
 from .nat import NatManager, NatSettings
 from .relay import is_relayed, split_addrs
+from .mux_budget import BUDGET_RANGE_MIB, DEFAULT_BUDGET, MIB
 from .reuseport import is_circuit
 from .streams import streams_endpoint
 
@@ -65,6 +66,7 @@ class Transport(Actor):
         self.max_streams_per_peer = int(cfg.get("max_streams_per_peer", MAX_STREAMS_PER_PEER))
         self.keepalive_interval_s = cfg.get("keepalive_interval_s", KEEPALIVE_INTERVAL_S)
         self.keepalive_timeout_s = cfg.get("keepalive_timeout_s", KEEPALIVE_TIMEOUT_S)
+        self.mux_budget_mib = cfg.get("mux_budget_mib", DEFAULT_BUDGET // MIB)
         self.node: NodeHost | None = None
         self.hub: StreamHub | None = None
         self._started = trio.Event()
@@ -128,6 +130,12 @@ class Transport(Actor):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 problems.append(f"transport.{key} must be a positive number; using {default}")
                 setattr(self, key, default)
+        low, high = BUDGET_RANGE_MIB
+        if isinstance(self.mux_budget_mib, bool) or not isinstance(self.mux_budget_mib, int) \
+                or not low <= self.mux_budget_mib <= high:
+            problems.append(f"transport.mux_budget_mib must be an integer in {low}..{high}; "
+                            f"using {DEFAULT_BUDGET // MIB}")
+            self.mux_budget_mib = DEFAULT_BUDGET // MIB
         if not self.listen:
             problems.append("transport.listen has no usable address; listening on "
                             "/ip4/0.0.0.0/tcp/0")
@@ -148,8 +156,8 @@ class Transport(Actor):
     async def _serve_host(self, public_key: bytes, identity: dict[str, Any]) -> None:
         assert self.runtime is not None
         listen = self._sticky_listen()
-        async with open_host(public_key, self._sign, listen,
-                             self.max_connections) as node:
+        async with open_host(public_key, self._sign, listen, self.max_connections,
+                             self.mux_budget_mib * MIB) as node:
             if str(node.peer_id) != identity.get("peer_id", str(node.peer_id)):
                 raise RuntimeError("keystore peer_id does not match its public key")
             self.node = node
