@@ -180,13 +180,14 @@ def proc_nodes() -> Iterator[list[ProcNode]]:
 async def flood(target: str, addr: str, mode: str, until: float,
                 tally: dict[str, int]) -> None:
     """Write past the window at full speed until `until`, reconnecting whenever the
-    node drops us. `mode`: "finished" (an answered identify stream) or "fresh" (a
-    stream opened by the flood's own SYN)."""
+    node drops us, each time as a new peer (the node boxes a peer ID it cut off).
+    `mode`: "finished" (an answered identify stream) or "fresh" (a stream opened by
+    the flood's own SYN)."""
     node_id = ID.from_base58(target)
     fresh_ids = itertools.count(30_001, 2)
     payload = bytes(CHUNK)
-    async with hostile_host() as bad:
-        while trio.current_time() < until:
+    while trio.current_time() < until:
+        async with hostile_host() as bad:
             try:
                 with trio.fail_after(DEADLINE):
                     await bad.connect(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
@@ -203,7 +204,7 @@ async def flood(target: str, addr: str, mode: str, until: float,
                     flags = 0
             except Exception:
                 pass  # dropped, as it should be
-            # Go again on a new connection (py-libp2p may still list the dead one).
+            # Go again as a new peer (py-libp2p may still list the dead connection).
             with trio.move_on_after(5):
                 await bad.disconnect(node_id)
             await trio.sleep(0.05)
@@ -238,17 +239,20 @@ async def test_a_window_flood_for_10s_leaves_rss_bounded_and_pings_flowing(
             # Three pings a second: under the node's per-peer ping rate (limits.py).
             await trio.sleep(0.3)
     rss_after = rss_mib(pid)
-    muxer = (await a.call("sys.status"))["limits"]["muxer"]
+    limits = (await a.call("sys.status"))["limits"]
+    muxer = limits["muxer"]
     print(f"\ntransport RSS before {rss_before:.1f} MiB, max during {rss_max:.1f} MiB, "
           f"after {rss_after:.1f} MiB; flood {tally['bytes'] / 2**20:.0f} MiB over "
           f"{tally['connections']} connections in {FLOOD_S:g}s")
     print(f"ping p50 before {statistics.median(before):.2f} ms, during "
           f"{statistics.median(during) if during else float('nan'):.2f} ms "
           f"({len(during)} answered, {failed_pings} failed)")
-    print("muxer counters:", muxer)
+    print("muxer counters:", muxer, "penalty box:", limits["penalty"])
     assert tally["bytes"] > 32 * 2**20, "the flood never got going"
     assert rss_max - rss_before <= RSS_BOUND_MIB
     assert muxer["overrun_resets"] + muxer["disconnects"] >= 1
+    # Every peer ID it cut off is boxed (each reconnect came as a new one).
+    assert limits["penalty"]["offences"] == muxer["disconnects"]
     # The honest peer kept getting through.
     assert len(during) >= 10 and failed_pings <= len(during) // 10, failed_pings
     # ...and is still connected afterwards.
