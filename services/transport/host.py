@@ -3,15 +3,16 @@ fallback), identify, identify-push and ping, connection limits, per-peer stream 
 and the four places where py-libp2p 0.8.1 needs adjusting (key custody, dial latency,
 Noise writes that a cancellation cut short, Yamux buffering whatever a peer sends).
 
-Every use of a py-libp2p private attribute lives in this file, each with why.
+Every use of a py-libp2p private attribute lives in this file or in bounded_yamux.py
+(the Yamux receive loop, kept apart for its size), each with why.
 
-The muxer is py-libp2p's Yamux with its receive loop replaced (`BoundedYamux`, in
-bounded_yamux.py, the one sibling that also touches py-libp2p internals): the rules for
-what a peer's bytes may cost are in yamux_guard.py (per frame and connection, and why we
-patch the receive side rather than run a muxer of our own), mux_budget.py (node-wide)
-and penalty.py (offenders refused at connection setup for a while). Mplex stays as a fallback
-(peers that offer nothing else): py-libp2p's Mplex queues one message per stream and
-stops reading the connection while it is full, so it is bounded already.
+The muxer is py-libp2p's Yamux with its receive loop replaced (`BoundedYamux`): the
+rules for what a peer's bytes may cost are in yamux_guard.py (per frame and connection,
+and why we patch the receive side rather than run a muxer of our own), mux_budget.py
+(node-wide) and penalty.py (offenders refused at connection setup for a while). Mplex
+stays as a fallback (peers that offer nothing else): py-libp2p's Mplex queues one
+message per stream and stops reading the connection while it is full, so it is bounded
+already.
 
 Everything that signs with the identity goes through the keystore (see custody.py):
 `open_host` obtains the Noise signature before the host exists and re-signs the peer

@@ -409,3 +409,20 @@ async def test_many_connections_under_their_cap_stay_within_the_node_budget() ->
         assert len(rtts) >= 3  # every honest ping answered (a failure raised above)
     finally:
         node_proc.destroy()
+
+
+@pytest.mark.parametrize("bad", [2, 5000, "64", 1.5, True])
+async def test_a_node_budget_out_of_range_is_reported_and_the_default_used(bad: Any) -> None:
+    async with open_test_node("p2pm", transport_config={"mux_budget_mib": bad}) as node:
+        status = await node.call("sys.status")
+        assert "transport.mux_budget_mib must be an integer in 4..4096" in status["problem"]
+        assert status["limits"]["budget"]["cap"] == 64 * 2**20
+
+
+async def test_a_node_budget_in_range_is_used() -> None:
+    async with open_test_node("p2pm", transport_config={"mux_budget_mib": 16}) as node:
+        status = await node.call("sys.status")
+        assert status["problem"] is None
+        assert status["limits"]["budget"] == {
+            "cap": 16 * 2**20, "unread": 0, "peak": 0, "connections": 0, "short": 0,
+            "sheds": 0, "shed_bytes": 0, "self_resets": 0}
