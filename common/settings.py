@@ -172,6 +172,8 @@ class TransportSettings:
     bootstrap: tuple[str, ...] = _rule(addr_list(_HOST, peer=True, nonempty=False))
     max_connections: int = _rule(integer(1, 100_000))
     max_streams_per_peer: int = _rule(integer(1, 10_000))
+    # unread muxer data the whole node holds for its peers (services/transport/mux_budget.py)
+    mux_budget_mib: int = _rule(integer(4, 4096))
     keepalive_interval_s: float = _rule(seconds(0, DAY))
     keepalive_timeout_s: float = _rule(seconds(0, DAY))
     reachability: str = _rule(choice("auto", "public", "private"))

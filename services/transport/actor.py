@@ -45,6 +45,7 @@ from .hub import StreamHub
 from .nat import NatManager, NatSettings
 from .peerconns import DialJoin
 from .relay import is_relayed, split_addrs
+from .mux_budget import MIB
 from .reuseport import is_circuit
 
 PEERS_FILE = "transport-peers.json"
@@ -71,6 +72,7 @@ class Transport(Actor):
         self.max_streams_per_peer = cfg.max_streams_per_peer
         self.keepalive_interval_s = cfg.keepalive_interval_s
         self.keepalive_timeout_s = cfg.keepalive_timeout_s
+        self.mux_budget_mib = cfg.mux_budget_mib
         self.node: NodeHost | None = None
         self.hub: StreamHub | None = None
         self._started = trio.Event()
@@ -108,7 +110,7 @@ class Transport(Actor):
         assert self.runtime is not None
         listen = self._sticky_listen()
         async with open_host(me.public_key, self.keystore.sign, listen,
-                             self.max_connections) as node:
+                             self.max_connections, self.mux_budget_mib * MIB) as node:
             if str(node.peer_id) != me.peer_id:
                 raise RuntimeError("keystore peer_id does not match its public key")
             self.node = node

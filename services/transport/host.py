@@ -3,13 +3,16 @@ fallback), identify, identify-push and ping, connection limits, per-peer stream 
 and the four places where py-libp2p 0.8.1 needs adjusting (key custody, dial latency,
 Noise writes that a cancellation cut short, Yamux buffering whatever a peer sends).
 
-Every use of a py-libp2p private attribute lives in this file, each with why.
+Every use of a py-libp2p private attribute lives in this file or in bounded_yamux.py
+(the Yamux receive loop, kept apart for its size), each with why.
 
 The muxer is py-libp2p's Yamux with its receive loop replaced (`BoundedYamux`): the
-rules for what a peer's bytes may cost are in yamux_guard.py, which also says why we
-patch the receive side rather than run a muxer of our own. Mplex stays as a fallback
-(peers that offer nothing else): py-libp2p's Mplex queues one message per stream and
-stops reading the connection while it is full, so it is bounded already.
+rules for what a peer's bytes may cost are in yamux_guard.py (per frame and connection,
+and why we patch the receive side rather than run a muxer of our own), mux_budget.py
+(node-wide) and penalty.py (offenders refused at connection setup for a while). Mplex
+stays as a fallback (peers that offer nothing else): py-libp2p's Mplex queues one
+message per stream and stops reading the connection while it is full, so it is bounded
+already.
 
 Everything that signs with the identity goes through the keystore (see custody.py):
 `open_host` obtains the Noise signature before the host exists and re-signs the peer
@@ -44,9 +47,8 @@ from libp2p.identity.identify_push.identify_push import identify_push_handler_fo
 from libp2p.io.exceptions import IOException
 from libp2p.io.utils import read_exactly
 from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
-from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
-from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.envelope import make_unsigned, seal_record
@@ -63,6 +65,9 @@ from p2pm.common.streams.frames import decode_uvarint
 
 from .custody import NOISE_DOMAIN, PEER_RECORD_DOMAIN, CustodyError, KeystoreBackedKey
 from . import yamux_guard as yg
+from .bounded_yamux import BoundedMuxers, BoundedStream, BoundedYamux, MuxPolicy
+from .mux_budget import DEFAULT_BUDGET, NodeBudget
+from .penalty import PenaltyBox
 from .limits import PeerLimits
 from .reuseport import ReuseportTCP, listening_port, local_port
 
@@ -205,222 +210,6 @@ class P2pmHost(BasicHost):
         factory = self._addrs_factory
         return [a.encapsulate(me) for a in (factory([]) if factory else [])]
 
-    async def _identify_peer(self, peer_id: ID, *, reason: str) -> None:
-        await super()._identify_peer(peer_id, reason=reason)
-        if self.on_identified is not None and peer_id in self._identified_peers:
-            self.on_identified(peer_id)
-
-
-class BoundedStream(YamuxStream):
-    """A Yamux stream whose window stops growing at the guard's maximum, and whose
-    incoming data is dropped once nobody will read it.
-
-    py-libp2p auto-tunes a window up to 16 MiB while its reader keeps up; a stalled
-    reader then leaves that much buffered per stream. `_apply_autotune_epoch` (private)
-    is where it doubles the target, so the cap goes there."""
-
-    conn: "BoundedYamux"
-    abandoned = False
-
-    def _apply_autotune_epoch(self, buffered: int) -> int:
-        if self.target_recv_window * 2 > self.conn.guard.limits.max_stream_window:
-            self.epoch_start = trio.current_time()
-            return 0
-        return super()._apply_autotune_epoch(buffered)
-
-    def handler_done(self) -> None:
-        """The inbound handler returned. If it also closed its side, no code of ours
-        holds the stream any more: what the peer still sends (within its window) is
-        discarded instead of buffered until the connection ends, and what is buffered
-        is dropped. We send no reset: the peer may not have read our answer yet."""
-        if self.send_closed and not self.closed:
-            self.abandoned = True
-            buffer = self.conn.stream_buffers.get(self.stream_id)
-            if buffer is not None:
-                buffer.clear()
-
-
-class BoundedYamux(Yamux):
-    """py-libp2p's Yamux with its receive loop (`handle_incoming`) replaced by one that
-    asks a ReceiveGuard about every frame before reading its body (yamux_guard.py).
-
-    Sending, stream reads and window updates stay py-libp2p's. The loop keeps the
-    state py-libp2p's streams read: `streams`, `stream_buffers` and `stream_events`
-    (their read path waits on those), `recv_window` (their window updates add to it),
-    `_finalize_stream_locked` (drops a stream's bookkeeping once it is closed both ways
-    and drained), `_cleanup_on_error` (ends the connection and tells the swarm),
-    `_write_frame` (its write lock: our frames must not interleave with the streams'),
-    `_read_data_body` (a frame body with py-libp2p's read timeout), and
-    `_rtt`/`_ping_event`/`_ping_sent_time` (its RTT measurement, which auto-tuning reads).
-    py-libp2p's muxer negotiation builds `Yamux` itself whatever class the muxer
-    options name, so `BoundedMuxers` adopts each new one, before it starts, by
-    changing its class (`adopt`)."""
-
-    guard: yg.ReceiveGuard
-    _inbound: set[int]
-
-    @classmethod
-    def adopt(cls, conn: Yamux, limits: yg.GuardLimits, open_rate: Any,
-              stats: yg.MuxStats) -> "BoundedYamux":
-        conn.__class__ = cls
-        assert isinstance(conn, BoundedYamux)
-        conn.guard = yg.ReceiveGuard(conn.peer_id, limits, open_rate, stats)
-        conn._inbound = set()
-        return conn
-
-    async def open_stream(self) -> YamuxStream:
-        stream = await super().open_stream()
-        stream.__class__ = BoundedStream
-        return stream
-
-    async def handle_incoming(self) -> None:
-        reason = "closed"
-        try:
-            while not self.event_shutting_down.is_set():
-                header = yg.decode_header(await read_exactly(self.secured_conn,
-                                                             yg.HEADER_SIZE))
-                if header.type in (yg.TYPE_DATA, yg.TYPE_WINDOW_UPDATE):
-                    decision = await self._on_stream_frame(header)
-                    if decision.verdict is yg.Verdict.GO_AWAY:
-                        reason = decision.reason
-                        await self._go_away(decision.reason)
-                        return
-                elif header.type == yg.TYPE_PING:
-                    await self._on_ping(header)
-                else:
-                    reason = f"go-away {header.length} from the peer"
-                    return
-        except yg.YamuxProtocolError as exc:
-            reason = str(exc)
-            await self._go_away(self.guard.on_protocol_error(reason).reason)
-        except Exception as exc:  # the connection broke (EOF, a bad Noise frame...)
-            reason = f"{type(exc).__name__}: {exc}"
-        finally:
-            log.debug("transport.yamux_ended", peer=str(self.peer_id), reason=reason)
-            if not self.event_closed.is_set():
-                await self._cleanup_on_error()
-
-    async def _go_away(self, reason: str) -> None:
-        log.warning("transport.yamux_disconnect", peer=str(self.peer_id), reason=reason)
-        with trio.move_on_after(CLOSE_TIMEOUT_S):
-            await self._write_frame(yg.encode_header(yg.TYPE_GO_AWAY, 0, 0,
-                                                     yg.GO_AWAY_PROTOCOL_ERROR))
-
-    async def _on_ping(self, header: yg.Header) -> None:
-        if header.flags & yg.FLAG_SYN:
-            await self._write_frame(yg.encode_header(yg.TYPE_PING, yg.FLAG_ACK, 0,
-                                                     header.length))
-        elif header.flags & yg.FLAG_ACK:
-            rtt = trio.current_time() - self._ping_sent_time
-            self._rtt = rtt if self._rtt == 0.0 else (self._rtt + rtt) / 2
-            self._ping_event.set()
-
-    async def _on_stream_frame(self, h: yg.Header) -> yg.Decision:
-        sid, now = h.stream_id, trio.current_time()
-        stream = self.streams.get(sid)
-        is_new = bool(h.flags & yg.FLAG_SYN) and stream is None
-        if is_new:
-            self._inbound &= self.streams.keys()  # py-libp2p drops closed streams
-            decision = self.guard.on_open(now, len(self._inbound))
-            if decision.verdict is not yg.Verdict.ACCEPT:
-                await self._skip_body(h)
-                await self._send_reset(sid, decision.reason)
-                return decision
-            stream = BoundedStream(sid, self, False)
-            async with self.streams_lock:
-                self.streams[sid] = stream
-                self.stream_buffers[sid] = bytearray()
-                self.stream_events[sid] = trio.Event()
-            self._inbound.add(sid)
-        elif h.flags & yg.FLAG_SYN:
-            await self._skip_body(h)
-            return self.guard.on_protocol_error(f"a second SYN for stream {sid}")
-        if h.type == yg.TYPE_DATA:
-            live = stream is not None and not stream.closed and not stream.recv_closed
-            credit = stream.recv_window if live else None
-            buffered = sum(len(b) for b in self.stream_buffers.values())
-            decision = self.guard.on_data(h.length, credit, buffered, now)
-            if decision.verdict is yg.Verdict.ACCEPT:
-                data = await self._read_data_body(h.length) if h.length else b""
-                assert stream is not None
-                stream.recv_window -= len(data)
-                if stream.abandoned:
-                    self.guard.stats.bump("discarded_bytes", len(data))
-                else:
-                    self.stream_buffers[sid].extend(data)
-            else:
-                await self._skip_body(h)
-                if decision.verdict is yg.Verdict.GO_AWAY:
-                    return decision
-                if decision.verdict is yg.Verdict.RESET:
-                    assert stream is not None
-                    await self._reset_stream(stream, decision.reason)
-                    return decision
-                if stream is None or stream.closed:
-                    return decision
-        elif stream is not None and not stream.closed:
-            async with stream.window_lock:
-                stream.send_window += h.length
-        if stream is None:
-            return yg.DISCARD
-        if h.flags & yg.FLAG_FIN:
-            stream.recv_closed = True
-            stream.closed = stream.closed or stream.send_closed
-        if h.flags & yg.FLAG_RST:
-            stream.closed = stream.reset_received = True
-        event = self.stream_events.get(sid)
-        if event is not None:
-            event.set()
-        if stream.closed:
-            await self._forget(stream)
-        if is_new and not stream.closed:
-            await self._write_frame(yg.encode_header(yg.TYPE_WINDOW_UPDATE, yg.FLAG_ACK,
-                                                     sid, 0))
-            await self.new_stream_send_channel.send(stream)
-        return yg.ACCEPT
-
-    async def _skip_body(self, h: yg.Header) -> None:
-        """Read and drop a DATA frame's body in pieces, never holding it whole."""
-        left = h.length if h.type == yg.TYPE_DATA else 0
-        while left:
-            left -= len(await self._read_data_body(min(left, 64 * 1024)))
-
-    async def _send_reset(self, sid: int, reason: str) -> None:
-        log.debug("transport.yamux_reset", peer=str(self.peer_id), stream=sid,
-                  reason=reason)
-        await self._write_frame(yg.encode_header(yg.TYPE_WINDOW_UPDATE, yg.FLAG_RST,
-                                                 sid, 0))
-
-    async def _reset_stream(self, stream: YamuxStream, reason: str) -> None:
-        """Reset a stream we will take nothing more of: its buffer goes at once. Logged
-        at debug (counted in sys.status): a peer gets two before its disconnect, which
-        is the line worth a warning."""
-        log.debug("transport.yamux_overrun", peer=str(self.peer_id),
-                    stream=stream.stream_id, reason=reason)
-        stream.closed = stream.send_closed = stream.recv_closed = True
-        stream.reset_received = True
-        self.stream_buffers.get(stream.stream_id, bytearray()).clear()
-        event = self.stream_events.get(stream.stream_id)
-        if event is not None:
-            event.set()
-        await self._forget(stream)
-        await self._send_reset(stream.stream_id, reason)
-
-    async def _forget(self, stream: YamuxStream) -> None:
-        async with self.streams_lock:
-            self._finalize_stream_locked(stream, fully_closed=True)
-
-
-class BoundedMuxers(MuxerMultistream):
-    """The upgrader's muxer negotiation, handing out BoundedYamux connections."""
-
-    guard_args: tuple[yg.GuardLimits, Any, yg.MuxStats]
-
-    async def new_conn(self, conn: Any, peer_id: ID) -> Any:
-        muxed = await super().new_conn(conn, peer_id)
-        if type(muxed) is Yamux:
-            BoundedYamux.adopt(muxed, *self.guard_args)
-        return muxed
 
 
 class ConnectionWatcher(INotifee):
@@ -550,9 +339,9 @@ class NodeHost:
     """The running host and the custody glue around it."""
 
     def __init__(self, host: P2pmHost, key: KeystoreBackedKey, signer: Signer,
-                 mux_stats: yg.MuxStats | None = None) -> None:
+                 policy: MuxPolicy) -> None:
         self.host = host
-        self.mux_stats = mux_stats or yg.MuxStats()
+        self.policy = policy
         self.key = key
         self.signer = signer
         self.advertised: list[multiaddr.Multiaddr] = []
@@ -567,8 +356,9 @@ class NodeHost:
         return None
 
     def limits_status(self) -> dict[str, Any]:
-        """For sys.status: the muxer's counters and each per-peer table's."""
-        return {"muxer": dict(self.mux_stats.counters),
+        """For sys.status: the muxer's counters, the node-wide budget, the penalty box
+        and each per-peer table's counters."""
+        return {**self.policy.status(trio.current_time()),
                 "rates": self.host.limits.status()}
 
     @property
@@ -614,7 +404,7 @@ class NodeHost:
 
 
 def _build(key: KeystoreBackedKey, noise_private: Any, max_connections: int,
-           node: list[NodeHost], limits: PeerLimits, stats: yg.MuxStats) -> P2pmHost:
+           node: list[NodeHost], limits: PeerLimits, policy: MuxPolicy) -> P2pmHost:
     key_pair = KeyPair(key, key.get_public_key())
     swarm = new_swarm(
         key_pair=key_pair,
@@ -628,7 +418,7 @@ def _build(key: KeystoreBackedKey, noise_private: Any, max_connections: int,
     swarm.auto_connector.__class__ = ManualDialsOnly  # type: ignore[attr-defined]
     muxers = swarm.upgrader.muxer_multistream
     muxers.__class__ = BoundedMuxers
-    muxers.guard_args = (yg.GuardLimits(), limits.stream_open, stats)
+    muxers.policy = policy
     for transport in swarm.transport_manager.get_transports():
         if isinstance(transport, TCP):
             ReuseportTCP.adopt(transport)  # dial from the listening port (hole punching)
@@ -641,8 +431,10 @@ def _build(key: KeystoreBackedKey, noise_private: Any, max_connections: int,
 
 @asynccontextmanager
 async def open_host(public_key: bytes, signer: Signer, listen: Sequence[str],
-                    max_connections: int) -> AsyncIterator[NodeHost]:
-    """Build the host with a keystore-backed identity and listen on `listen`."""
+                    max_connections: int, mux_budget: int = DEFAULT_BUDGET
+                    ) -> AsyncIterator[NodeHost]:
+    """Build the host with a keystore-backed identity and listen on `listen`;
+    `mux_budget` bytes of unread muxer data at most over all connections."""
     key = KeystoreBackedKey(public_key)
     noise = new_x25519_key_pair()
     noise_public = noise.public_key.to_bytes()
@@ -670,13 +462,15 @@ async def open_host(public_key: bytes, signer: Signer, listen: Sequence[str],
     key.fallback = bridged_sign
     # Per-peer tables hold a few times the connections we allow (ratelimit.py).
     limits = PeerLimits(max_peers=4 * max_connections)
-    stats = yg.MuxStats()
+    policy = MuxPolicy(yg.GuardLimits(), limits.stream_open, yg.MuxStats(),
+                       NodeBudget(mux_budget), PenaltyBox())
     try:
         host = await trio.to_thread.run_sync(_build, key, noise.private_key,
-                                             max_connections, node, limits, stats)
+                                             max_connections, node, limits,
+                                             policy)
     finally:
         key.fallback = None
-    nh = NodeHost(host, key, signer, stats)
+    nh = NodeHost(host, key, signer, policy)
     node.append(nh)
     addrs = [multiaddr.Multiaddr(a) for a in listen]
     try:

@@ -4,7 +4,7 @@ Theory of operation. py-libp2p 0.8.1's Yamux buffers every DATA frame for a know
 whatever the window said (it logs a warning and clamps its count at zero), and keeps
 buffering for a stream whose local side has finished with it: a peer writing into a
 finished identify stream grew a node by ~100 MiB/s. The receive loop of our muxer
-(`BoundedYamux`, host.py) asks a `ReceiveGuard` about each frame *before* reading its
+(`BoundedYamux`, bounded_yamux.py) asks a `ReceiveGuard` about each frame *before* reading its
 body, and the guard answers with a `Verdict`:
 
 * ACCEPT   - buffer the body (it fits the stream's credit and the connection budget).
@@ -26,6 +26,9 @@ What is bounded, per connection: unread data <= `conn_buffer_cap` (each stream's
 is at most `max_stream_window`, which BoundedYamux also caps when it auto-tunes); open
 inbound streams <= `max_inbound_streams`; opens per peer by the shared `RateTable`
 (common/ratelimit.py, its overflow rule there). Nothing about a dead stream is kept.
+Over all connections, unread data is bounded by the node-wide budget (mux_budget.py,
+which says who pays when it runs out), and a peer cut off here is refused at connection
+setup for a while (penalty.py).
 
 Why this is a guard around py-libp2p's Yamux rather than a muxer of our own: the
 guard's rules are the whole fix, and they sit where a peer's bytes first land; the

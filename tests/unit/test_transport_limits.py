@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from p2pm.common.ratelimit import Rate, RateTable
-from p2pm.services.transport import limits
+from p2pm.services.transport import limits, mux_budget, penalty
 from p2pm.services.transport import yamux_guard as yg
 
 WINDOW = yg.DEFAULT_WINDOW
@@ -132,3 +132,85 @@ def test_every_protocol_a_stranger_can_open_has_its_own_limit() -> None:
     assert table.allow_protocol("q", "/libp2p/dcutr", 0.0)  # per peer
     status = table.status()
     assert status["dcutr"]["refused"] == 45 and status["kad"]["allowed"] == 1
+
+
+# -- the node-wide budget (mux_budget.py) ------------------------------------------------
+
+def test_a_frame_that_fits_the_node_budget_costs_nobody() -> None:
+    budget = mux_budget.NodeBudget(cap=10 * WINDOW)
+    budget.report("a", 4 * WINDOW)
+    budget.report("b", 5 * WINDOW)
+    assert budget.payer("b", WINDOW) is None
+    assert budget.status()["unread"] == 9 * WINDOW
+
+
+def test_the_connection_furthest_over_its_share_pays_never_one_within_it() -> None:
+    # Four connections share 8 windows: a share is 2. The hog holds 5; the slow but
+    # honest reader holds its full share and asks for nothing more than its share.
+    budget = mux_budget.NodeBudget(cap=8 * WINDOW)
+    budget.report("hog", 5 * WINDOW)
+    budget.report("slow", 2 * WINDOW)
+    budget.report("light", WINDOW // 2)
+    assert budget.share("honest") == 2 * WINDOW
+    assert budget.payer("honest", WINDOW) == "hog"
+    # The slow reader asking for more than its share is itself over it, yet the hog
+    # is further over: the hog still pays first.
+    assert budget.payer("slow", WINDOW) == "hog"
+    # With the hog brought down under its share (8/3 windows now that three hold
+    # data), a connection going furthest over its share pays for its own frame, and
+    # the old hog, asking while within its share, is protected.
+    budget.report("hog", 2 * WINDOW)
+    budget.report("slow", 3 * WINDOW)
+    budget.report("light", 5 * WINDOW // 2)
+    assert budget.payer("slow", WINDOW) == "slow"
+    assert budget.payer("hog", 6 * WINDOW // 10) == "slow"
+    assert budget.status()["connections"] == 3
+
+
+def test_a_dropped_connection_gives_its_bytes_back() -> None:
+    budget = mux_budget.NodeBudget(cap=4 * WINDOW)
+    budget.report("a", 4 * WINDOW)
+    assert not budget.fits(1)
+    budget.drop("a")
+    budget.drop("never-seen")
+    assert budget.fits(4 * WINDOW) and budget.status()["connections"] == 0
+    assert budget.status()["peak"] == 4 * WINDOW
+
+
+def test_shedding_resets_the_largest_streams_first_down_to_the_share() -> None:
+    assert mux_budget.shed_plan({1: 10, 3: 50, 5: 30, 7: 0}, keep=40) == [3]
+    assert mux_budget.shed_plan({1: 10, 3: 50, 5: 30}, keep=5) == [3, 5, 1]
+    assert mux_budget.shed_plan({1: 10}, keep=10) == []
+
+
+# -- the penalty box (penalty.py) --------------------------------------------------------
+
+def test_an_offender_is_refused_for_a_term_that_doubles_up_to_an_hour() -> None:
+    box = penalty.PenaltyBox()
+    assert box.refuses("p", 0.0) == 0.0
+    assert box.punish("p", 0.0) == 60.0
+    assert box.refuses("p", 59.0) == pytest.approx(1.0)
+    assert box.refuses("q", 59.0) == 0.0  # only the offender
+    assert box.refuses("p", 60.0) == 0.0  # term over
+    terms = [box.punish("p", t) for t in (100.0, 300.0, 600.0, 1200.0, 2400.0, 5000.0,
+                                          9000.0)]
+    assert terms == [120.0, 240.0, 480.0, 960.0, 1920.0, 3600.0, 3600.0]
+    status = box.status(9001.0)
+    assert status["boxed"] == 1 and status["offences"] == 8 and status["refused"] == 1
+
+
+def test_an_offender_that_behaves_for_an_hour_after_its_term_starts_over() -> None:
+    box = penalty.PenaltyBox()
+    box.punish("p", 0.0)
+    assert box.punish("p", 60.0 + 3600.0 + 1) == 60.0
+
+
+def test_a_full_box_drops_the_expired_then_the_term_ending_soonest() -> None:
+    box = penalty.PenaltyBox(max_keys=2)
+    box.punish("a", 0.0)
+    box.punish("b", 10.0)
+    box.punish("c", 20.0)  # nothing expired: a's term ends soonest
+    assert box.refuses("a", 21.0) == 0.0 and box.refuses("b", 21.0) > 0
+    assert box.counters["evicted"] == 1
+    box.punish("d", 10_000.0)  # b and c are long forgotten: no eviction needed
+    assert box.counters["evicted"] == 1 and box.status(10_000.0)["remembered"] == 1
