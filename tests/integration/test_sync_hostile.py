@@ -107,8 +107,10 @@ def test_a_non_member_gets_no_sync_frame_member_or_address(node_factory: Any) ->
             for blob in frames:
                 for secret in secrets:
                     assert secret.encode() not in blob, (secret, blob[:200])
-        # The attack was made: the members opened syncs to `high`, `low` opened its own.
-        assert high.inbound_syncs > 0
+        # The attack was made: `low` opened syncs of its own and was answered only
+        # with a nonce. (The members never see a stranger's subscription to a
+        # conversation's private topic, so they start no sync with `high` at all:
+        # its count is printed above.)
         assert len(low.sync_frames()) > 0
     refused = {n.peer_id[-6:]: (counters(n).get("sync_peer_not_member", 0),
                                 counters(n).get("sync_refused", 0)) for n in (alice, bob)}
