@@ -32,8 +32,10 @@ Shape of the shell
 RPC contract: as agreed, each method's docstring shows it. Details the contract left
 open: `history(before=...)` takes a message id (the page ends before it);
 `conversation_leave` answers {"left": true}, `mark_read` {"read_ts"}; message states
-are pending, sent, delivered (ours) and received (others'); `message_state` gives per
-member "pending", "sent", "delivered" or "failed". Debug RPCs `pubsub_subscribe`,
+are pending, sent, delivered (ours) and received (others'), and, for ours in a direct
+chat the peer has not opened, requested (held as a message request) or refused (the
+peer blocked us; strangers.py); `message_state` gives per member "pending", "sent",
+"requested", "refused", "delivered" or "failed". Debug RPCs `pubsub_subscribe`,
 `pubsub_publish` and `pubsub_messages` speak raw GossipSub on a test topic (interop
 with other implementations); a conversation's topic is refused there.
 
@@ -59,6 +61,7 @@ from p2pm.common import errors, identity, wire
 from p2pm.common.actor import Actor, every, on_event, rpc
 
 from . import conversations as cv
+from . import requests as rq
 from . import sync
 from .outbox import Outbox
 from .router.core import (
@@ -68,6 +71,7 @@ from .router.core import (
 from .router.messages import SIGNING_DOMAIN, Message, signing_data
 from .router.params import PROTOCOLS, GossipParams
 from .router.signing import verify_ed25519
+from .strangers import Strangers
 
 MESH_PROTOCOLS = PROTOCOLS  # preference order: 1.2, 1.1, 1.0
 LINK_RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds between attempts to open our stream
@@ -132,7 +136,7 @@ class _Link:
     inbound: int = 0  # its meshsub streams to us
 
 
-class Gossip(Actor):
+class Gossip(Strangers, Actor):
     name = "gossip"
 
     def __init__(self, home: Any = None, config: dict[str, Any] | None = None) -> None:
@@ -161,6 +165,7 @@ class Gossip(Actor):
         self._topic_peers_seen: dict[str, set[str]] = {}
         self._dht_ok = True
         self._provided: dict[str, float] = {}
+        self._strangers_init()  # message requests, blocks, profiles: strangers.py
 
     # -- lifecycle ---------------------------------------------------------------------
     def healthy(self) -> bool:
@@ -172,7 +177,8 @@ class Gossip(Actor):
                                "peers": len(self.links),
                                "streams_out": sum(ln.outbound for ln in self.links.values()),
                                "counters": dict(self.counters),
-                               "undelivered": len(self.outbox)}
+                               "undelivered": len(self.outbox),
+                               "strangers": self._strangers_status()}
         if self.router is not None:
             out["router"] = self.router.statistics()
         if self.streams is not None:
@@ -191,6 +197,7 @@ class Gossip(Actor):
         mesh = ProtocolSpec(messages=True, max_message=self.params.max_rpc_size)
         specs = {p: mesh for p in MESH_PROTOCOLS}
         specs[sync.PROTOCOL] = ProtocolSpec(messages=True, max_message=sync.MAX_FRAME)
+        specs[rq.PROTOCOL] = ProtocolSpec(messages=True, max_message=rq.MAX_FRAME)
         async with open_streams(self.runtime.endpoints, "gossip", specs, wait=None,
                                 ctx=self.runtime.ctx) as streams:
             self.streams = streams
@@ -253,6 +260,7 @@ class Gossip(Actor):
                     self.unsent[mid] = m["conversation"]
         for conv in list(self.convs.values()):
             await self._owe_first_members(conv, conv.members - {self.me})
+        await self._strangers_load()
         self.loaded.set()
 
     async def _register(self, stored: dict[str, Any]) -> Conversation:
@@ -455,6 +463,8 @@ class Gossip(Actor):
                 self.spawn(self._serve_sync, stream)
             elif stream.protocol in MESH_PROTOCOLS:
                 self.spawn(self._mesh_inbound, stream)
+            elif stream.protocol == rq.PROTOCOL:
+                self.spawn(self._serve_request, stream)
             else:
                 await stream.reset()
 
@@ -795,19 +805,9 @@ class Gossip(Actor):
         """{"peer_id", "addrs"?, "name"?} -> {"id", "name", "kind": "direct"}; the same
         conversation on both sides, derived from both identities."""
         await self._ready()
-        try:
-            public = identity.public_key_from_peer_id(peer_id)
-            x25519 = identity.x25519_public(public)
-        except identity.IdentityError as exc:
-            raise errors.bad_params(str(exc)) from None
-        if peer_id == self.me:
-            raise errors.bad_params("a direct chat needs another peer")
         if name is not None:
             _check_name(name)
-        shared = wire.b64d((await self.call("keystore", "dh", {"public": x25519}))["shared"],
-                           "shared")
-        secret = cv.direct_secret(shared, self.me, peer_id)
-        keys = cv.Keys.derive("direct", secret)
+        secret, keys = await self._direct_keys(peer_id)
         existing = self.convs.get(keys.id)
         label = name if name is not None else (existing.name if existing else peer_id)
         await self._storage("kv_delete", key=f"gossip.left.{keys.id}")
@@ -816,6 +816,7 @@ class Gossip(Actor):
         conv = await self._register({"kind": "direct", "secret": secret, "name": label,
                                      "members": [self.me, peer_id]})
         conv.name = label
+        await self._absorb_request(peer_id, conv)
         if addrs:
             await self._learn_addrs(peer_id, addrs)
         if peer_id not in self.connected:
@@ -920,7 +921,8 @@ class Gossip(Actor):
             except cv.EnvelopeError:
                 continue
             out.append({"id": m["id"], "author": m["author"], "body": opened.text,
-                        "ts": m["ts"], "state": m["state"], "seq": m["seq"]})
+                        "ts": m["ts"], "state": self.asking.shown(conv.id, m["id"], m["state"]),
+                        "seq": m["seq"]})
         return out
 
     @rpc
@@ -929,12 +931,14 @@ class Gossip(Actor):
         await self._ready()
         m = await self._storage("message_get", id=id)
         members: dict[str, str] = {}
+        state = self.asking.shown(m["conversation"], id, m["state"])
         if m["author"] == self.me:
             for e in (await self._storage("outbox_get", message_id=id))["entries"]:
                 members[e["recipient"]] = "delivered" if e["state"] == "done" else (
                     "failed" if e["state"] == "failed" else
+                    state if state in ("requested", "refused") else
                     ("sent" if m["state"] != "pending" else "pending"))
-        return {"id": id, "state": m["state"], "members": members}
+        return {"id": id, "state": state, "members": members}
 
     # -- RPCs: raw pubsub (interop and debugging) -------------------------------------
     @rpc
@@ -1175,6 +1179,8 @@ class Gossip(Actor):
     async def _dial(self, peer: str) -> bool:
         if peer in self.connected or peer == self.me:
             return True
+        if peer in self.box.blocked:
+            return False
         now = self._now()
         when, backoff = self._dial_next.get(peer, (0.0, DIAL_BACKOFF[0]))
         if now < when:

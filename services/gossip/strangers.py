@@ -1,0 +1,417 @@
+"""The gossip actor's dealings with peers who are not (yet) in a conversation with us:
+message requests (sent and received), blocked peers, and the signed profiles that give
+room members who are not contacts a name.
+
+A mixin of the `Gossip` actor (actor.py): the rules and their bounds live in the
+sans-IO requests.py; this is the I/O around them (the request protocol's streams,
+storage, events) and the RPCs. State in storage, as kv values:
+  gossip.request.<peer>      one pending request (requests.Pending.doc)
+  gossip.requests            the peers with a pending request
+  gossip.blocked             the blocked peers
+  gossip.requested.<conv>    our messages the peer answered for: id -> requested|refused
+  gossip.profiles            peer -> name, from verified signed profiles
+
+RPCs: request_list, request_accept, peer_block, peer_unblock, blocked_list, profiles.
+Events: gossip.request.received {"peer_id", "name", "conversation", "messages"},
+        gossip.request.accepted {"peer_id", "conversation"}.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any
+
+import orjson
+import trio
+
+from p2pm.common import errors, identity, wire
+from p2pm.common import invite as invites
+from p2pm.common.actor import every, rpc
+
+from . import conversations as cv
+from . import requests as rq
+
+NAME_KEY = "gateway.name"  # the name the user gave `p2pm invite --name`
+PROFILE_CACHE_S = 600.0
+ASK_TIMEOUT_S = 30.0
+
+
+class Strangers:
+    """Mixed into Gossip; every attribute not defined here is the actor's."""
+
+    def _strangers_init(self) -> None:
+        self.box = rq.RequestBox()
+        self.asking = rq.Asking()
+        self.profile_names: dict[str, str] = {}
+        self._profile_asked: dict[str, float] = {}
+        self._my_profile: tuple[float, str] = (-1e9, "")
+
+    def _strangers_status(self) -> dict[str, Any]:
+        return {"requests_pending": len(self.box.pending), "blocked": len(self.box.blocked),
+                "profiles": len(self.profile_names), **self.box.counters}
+
+    # -- state in storage --------------------------------------------------------------
+    async def _strangers_load(self) -> None:
+        for peer in self._json(await self._kv_get("gossip.requests"), []):
+            doc = self._json(await self._kv_get(f"gossip.request.{peer}"), None)
+            if isinstance(doc, dict):
+                try:
+                    self.box.pending[peer] = rq.Pending.from_doc(doc)
+                except (KeyError, TypeError, ValueError):
+                    self.log.warning("gossip.request_unreadable", peer=peer)
+        self.box.blocked = set(self._json(await self._kv_get("gossip.blocked"), []))
+        self.profile_names = dict(self._json(await self._kv_get("gossip.profiles"), {}))
+        for conv_id in list(self.convs):
+            marks = self._json(await self._kv_get(f"gossip.requested.{conv_id}"), {})
+            for status in ("requested", "refused"):
+                self.asking.mark(conv_id, [i for i, s in marks.items() if s == status],
+                                 status)
+
+    @staticmethod
+    def _json(raw: bytes | None, default: Any) -> Any:
+        if raw is None:
+            return default
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return default
+
+    async def _put_json(self, key: str, value: Any) -> None:
+        await self._storage("kv_put", key=key, value=orjson.dumps(value))
+
+    async def _save_request(self, peer: str) -> None:
+        entry = self.box.pending.get(peer)
+        if entry is None:
+            await self._storage("kv_delete", key=f"gossip.request.{peer}")
+        else:
+            await self._put_json(f"gossip.request.{peer}", entry.doc())
+        await self._put_json("gossip.requests", sorted(self.box.pending))
+
+    # -- shared helpers ----------------------------------------------------------------
+    async def _direct_keys(self, peer_id: str) -> tuple[bytes, cv.Keys]:
+        """The secret and keys of our direct chat with `peer_id` (one keystore DH)."""
+        try:
+            x25519 = identity.x25519_public(identity.public_key_from_peer_id(peer_id))
+        except identity.IdentityError as exc:
+            raise errors.bad_params(str(exc)) from None
+        if peer_id == self.me:
+            raise errors.bad_params("a direct chat needs another peer")
+        shared = wire.b64d((await self.call("keystore", "dh", {"public": x25519}))["shared"],
+                           "shared")
+        secret = cv.direct_secret(shared, self.me, peer_id)
+        return secret, cv.Keys.derive("direct", secret)
+
+    async def _profile(self) -> str:
+        """Our signed profile (a node invite: name and addresses), remade every
+        PROFILE_CACHE_S; "" while the user has given no name."""
+        made, text = self._my_profile
+        if self._now() - made < PROFILE_CACHE_S:
+            return text
+        raw = await self._kv_get(NAME_KEY)
+        name = raw.decode("utf-8", "replace") if raw else ""
+        try:
+            invites.check_name(name)
+        except invites.InviteError:
+            self._my_profile = (self._now(), "")
+            return ""
+        addrs = tuple((await self._my_addrs())[:invites.MAX_ADDRS])
+        inv = invites.NodeInvite(self.me, name, addrs, time.time())
+        text = invites.encode(inv, await self._sign(invites.DOMAIN, inv.payload()))
+        self._my_profile = (self._now(), text)
+        return text
+
+    def _verified_profile(self, peer: str, text: str) -> invites.NodeInvite | None:
+        if not text:
+            return None
+        try:
+            inv = invites.decode(text)
+        except invites.InviteError:
+            self.counters["profiles_invalid"] += 1
+            return None
+        if inv.peer_id != peer:
+            self.counters["profiles_invalid"] += 1
+            return None
+        return inv
+
+    async def _learn_profile(self, peer: str, name: str) -> None:
+        if self.profile_names.get(peer) == name:
+            return
+        self.profile_names.pop(peer, None)
+        self.profile_names[peer] = name
+        while len(self.profile_names) > rq.MAX_PROFILES:
+            del self.profile_names[next(iter(self.profile_names))]
+        try:
+            await self._put_json("gossip.profiles", self.profile_names)
+        except errors.BusError as exc:
+            self.log.warning("gossip.profiles_not_saved", error=exc.message)
+
+    def _shares_conversation(self, peer: str) -> bool:
+        return any(peer in c.members for c in self.convs.values())
+
+    # -- serving the request protocol --------------------------------------------------
+    async def _serve_request(self, stream: Any) -> None:
+        from p2pm.services.transport.streams import StreamError
+
+        peer = stream.peer
+        try:
+            with trio.fail_after(ASK_TIMEOUT_S):
+                frame = rq.decode(await stream.receive())
+                if isinstance(frame, rq.AskProfile):
+                    if not self._shares_conversation(peer) or \
+                            self.box.admit(peer, self._now()) is not None:
+                        self.counters["profiles_refused"] += 1
+                        await stream.reset()
+                        return
+                    await stream.send(rq.encode(rq.Profile(await self._profile())))
+                elif isinstance(frame, rq.Ask):
+                    answer = await self._answer_request(peer, frame)
+                    if answer is None:
+                        await stream.reset()
+                        return
+                    await stream.send(rq.encode(answer))
+                else:
+                    raise rq.RequestError("expected ASK or PROFILE?")
+                await stream.close()
+        except (StreamError, rq.RequestError, trio.TooSlowError, trio.EndOfChannel,
+                trio.ClosedResourceError, errors.BusError) as exc:
+            self.counters["requests_failed"] += 1
+            self.log.info("gossip.request_failed", peer=peer, error=str(exc))
+            await stream.reset()
+
+    async def _answer_request(self, peer: str, ask: rq.Ask) -> rq.Answer | None:
+        """The answer to a stranger's request; None (reset) for one that lies."""
+        refused = self.box.admit(peer, self._now())
+        if refused is not None:
+            return rq.Answer(refused)
+        _secret, keys = await self._direct_keys(peer)
+        if ask.conversation != keys.id or not hmac.compare_digest(
+                ask.proof, keys.membership_proof(peer, self.me)):
+            self.counters["requests_bad_proof"] += 1
+            return None
+        held: list[rq.Held] = []
+        for env in ask.envelopes:
+            try:
+                opened = cv.open_envelope(keys, env)
+            except cv.EnvelopeError:
+                opened = None
+            if opened is None or opened.kind != "m" or opened.author != peer:
+                self.counters["requests_bad_envelope"] += 1
+                return None
+            held.append(rq.Held(opened.id, opened.seq, opened.ts, opened.text, env))
+        profile = self._verified_profile(peer, ask.profile)
+        if profile is not None:
+            await self._learn_profile(peer, profile.name)
+        if keys.id in self.convs:
+            return rq.Answer("known")
+        try:
+            contact = await self._storage("contact_get", peer_id=peer)
+        except errors.BusError as exc:
+            if exc.code != errors.NOT_FOUND:
+                raise
+            contact = None
+        if contact is not None:  # a contact whose chat we never opened: no request
+            conv = await self._open_request_chat(peer, list(contact.get("addrs") or []),
+                                                 contact["name"], held)
+            self.log.info("gossip.request_from_contact", peer=peer, conversation=conv)
+            return rq.Answer("known")
+        name = profile.name if profile is not None else ""
+        addrs = profile.addrs if profile is not None else ()
+        status, ids, evicted = self.box.hold(peer, name, addrs, keys.id, held, time.time())
+        if status != "requested":
+            return rq.Answer(status)
+        if evicted is not None:
+            await self._save_request(evicted)
+        await self._save_request(peer)
+        entry = self.box.pending[peer]
+        self.log.info("gossip.request_received", peer=peer, messages=len(entry.messages))
+        self.publish("gossip.request.received", {
+            "peer_id": peer, "name": entry.name, "conversation": keys.id,
+            "messages": len(entry.messages)})
+        return rq.Answer("requested", tuple(ids))
+
+    async def _open_request_chat(self, peer: str, addrs: list[str], name: str,
+                                 held: list[rq.Held]) -> str:
+        """Open the direct chat with `peer` and keep the messages it asked with."""
+        opened_chat = await self.direct_open(peer, addrs, name)
+        await self._keep_held(self.convs[opened_chat["id"]], held)
+        return str(opened_chat["id"])
+
+    async def _keep_held(self, conv: Any, held: list[rq.Held]) -> None:
+        """Store held messages as received, which queues their receipts."""
+        for h in sorted(held, key=lambda h: h.seq):
+            try:
+                await self._accept(conv, cv.open_envelope(conv.keys, h.envelope),
+                                   h.envelope, None)
+            except cv.EnvelopeError:
+                self.counters["requests_bad_envelope"] += 1
+
+    async def _absorb_request(self, peer: str, conv: Any) -> None:
+        """Our direct chat with `peer` is open (we accepted, or added them and wrote
+        while their request was on its way): its request is settled."""
+        entry = self.box.pending.pop(peer, None)
+        if entry is None:
+            return
+        await self._keep_held(conv, list(entry.messages.values()))
+        await self._save_request(peer)
+        self.publish("gossip.request.accepted", {"peer_id": peer, "conversation": conv.id})
+
+    # -- asking (the sender's side) ----------------------------------------------------
+    @every(1.0)
+    async def _ask_strangers(self) -> None:
+        """Ask each connected direct-chat peer that owes us receipts but has not
+        subscribed to the chat; fetch the profiles of room members we have no name
+        for."""
+        if self.router is None or not self.loaded.is_set():
+            return
+        now = self._now()
+        for conv in list(self.convs.values()):
+            others = conv.members - {self.me}
+            if conv.kind == "room":
+                for peer in others & self.connected:
+                    if peer not in self.profile_names and \
+                            now - self._profile_asked.get(peer, -1e9) > rq.PROFILE_RETRY_S:
+                        self._profile_asked[peer] = now
+                        while len(self._profile_asked) > rq.MAX_TRACKED:
+                            del self._profile_asked[next(iter(self._profile_asked))]
+                        self.spawn(self._ask_profile, peer)
+                continue
+            if len(others) != 1:
+                continue
+            (peer,) = others
+            link = self.links.get(peer)
+            if peer in self.box.blocked or link is None or not link.outbound:
+                continue
+            if peer_key(peer) in self.router.topic_peers(conv.keys.topic):
+                self.asking.forget(peer)
+                continue
+            owed = self.outbox.owed_to(conv.id, peer)
+            if owed and self.asking.due(peer, conv.id, [mid for mid, _ in owed], now):
+                self.asking.asked(peer, now)
+                self.spawn(self._ask, peer, conv, owed)
+
+    async def _ask(self, peer: str, conv: Any, owed: list[tuple[str, int]]) -> None:
+        from p2pm.services.transport.streams import StreamError
+
+        mids = [mid for mid, _seq in sorted(owed, key=lambda o: o[1])][:rq.MAX_HELD_PER_SENDER]
+        envelopes = []
+        for mid in mids:
+            m = await self._storage("message_get", id=mid)
+            envelopes.append(wire.b64d(m["body"], "body"))
+        ask = rq.Ask(conv.id, conv.keys.membership_proof(self.me, peer),
+                     await self._profile(), tuple(envelopes))
+        try:
+            with trio.fail_after(ASK_TIMEOUT_S):
+                stream = await self.streams.open_stream(rq.PROTOCOL, peer=peer, timeout=10)
+                async with stream:
+                    await stream.send(rq.encode(ask))
+                    answer = rq.decode(await stream.receive())
+        except (StreamError, rq.RequestError, trio.TooSlowError, trio.EndOfChannel,
+                trio.ClosedResourceError) as exc:
+            self.counters["requests_unanswered"] += 1
+            self.log.info("gossip.request_unanswered", peer=peer, error=str(exc))
+            return
+        if not isinstance(answer, rq.Answer):
+            return
+        self.asking.answered(peer, answer.status, self._now())
+        self.counters[f"requests_answered_{answer.status}"] += 1
+        self.log.info("gossip.request_answered", peer=peer, status=answer.status)
+        ids = [i for i in answer.held if i in mids] if answer.status == "requested" \
+            else mids if answer.status == "refused" else []
+        changed = self.asking.mark(conv.id, ids, answer.status)
+        if changed:
+            await self._put_json(f"gossip.requested.{conv.id}",
+                                 self.asking.marked.get(conv.id, {}))
+            for mid in changed:
+                self.publish("gossip.message.state", {"id": mid, "conversation": conv.id,
+                                                      "state": answer.status})
+
+    async def _ask_profile(self, peer: str) -> None:
+        from p2pm.services.transport.streams import StreamError
+
+        try:
+            with trio.fail_after(ASK_TIMEOUT_S):
+                stream = await self.streams.open_stream(rq.PROTOCOL, peer=peer, timeout=10)
+                async with stream:
+                    await stream.send(rq.encode(rq.AskProfile()))
+                    got = rq.decode(await stream.receive())
+        except (StreamError, rq.RequestError, trio.TooSlowError, trio.EndOfChannel,
+                trio.ClosedResourceError) as exc:
+            self.log.debug("gossip.profile_unanswered", peer=peer, error=str(exc))
+            return
+        profile = self._verified_profile(peer, got.profile) \
+            if isinstance(got, rq.Profile) else None
+        if profile is not None:
+            await self._learn_profile(peer, profile.name)
+
+    # -- RPCs --------------------------------------------------------------------------
+    @rpc
+    async def request_list(self) -> list[dict[str, Any]]:
+        """{} -> [{"peer_id", "name", "conversation", "first_ts", "last_ts",
+        "messages": [{"id", "body", "ts", "seq"}, ...]}, ...] oldest request first;
+        "name" is from the sender's signed profile ("" without one)."""
+        await self._ready()
+        return [{"peer_id": p.peer, "name": p.name, "conversation": p.conversation,
+                 "first_ts": p.first_ts, "last_ts": p.last_ts,
+                 "messages": [{"id": h.id, "body": h.text, "ts": h.ts, "seq": h.seq}
+                              for h in sorted(p.messages.values(), key=lambda h: h.seq)]}
+                for p in sorted(self.box.pending.values(), key=lambda p: p.first_ts)]
+
+    @rpc
+    async def request_accept(self, peer_id: str, name: str) -> dict[str, Any]:
+        """{"peer_id", "name"} -> {"id", "name", "kind": "direct", "messages": n}: the
+        direct chat is opened (named `name`) and the held messages kept as received;
+        the sender is told by their receipts. NOT_FOUND without a request."""
+        await self._ready()
+        entry = self.box.pending.get(peer_id)
+        if entry is None:
+            raise errors.not_found(f"no message request from {peer_id}")
+        got = await self.direct_open(peer_id, list(entry.addrs), name)  # absorbs it
+        return {"id": got["id"], "name": name, "kind": "direct",
+                "messages": len(entry.messages)}
+
+    @rpc
+    async def peer_block(self, peer_id: str) -> dict[str, Any]:
+        """{"peer_id"} -> {"blocked": true, "new": bool}: their requests are refused
+        (and counted), a pending one is dropped, our direct chat with them is left
+        (its history stays) and they are not dialled."""
+        await self._ready()
+        _secret, keys = await self._direct_keys(peer_id)
+        try:
+            new = self.box.block(peer_id)
+        except ValueError as exc:
+            raise errors.BusError(errors.LIMIT, str(exc)) from None
+        await self._put_json("gossip.blocked", sorted(self.box.blocked))
+        await self._save_request(peer_id)
+        if keys.id in self.convs:
+            await self.conversation_leave(keys.id)
+        self.log.info("gossip.peer_blocked", peer=peer_id)
+        return {"blocked": True, "new": new}
+
+    @rpc
+    async def peer_unblock(self, peer_id: str) -> dict[str, Any]:
+        """{"peer_id"} -> {"blocked": false, "was": bool}"""
+        await self._ready()
+        was = peer_id in self.box.blocked
+        self.box.blocked.discard(peer_id)
+        await self._put_json("gossip.blocked", sorted(self.box.blocked))
+        return {"blocked": False, "was": was}
+
+    @rpc
+    async def blocked_list(self) -> list[str]:
+        """{} -> [peer_id, ...]"""
+        await self._ready()
+        return sorted(self.box.blocked)
+
+    @rpc
+    async def profiles(self) -> dict[str, str]:
+        """{} -> {peer_id: name}: names from the verified signed profiles of room
+        members and message requests (at most requests.MAX_PROFILES)."""
+        await self._ready()
+        return dict(self.profile_names)
+
+
+def peer_key(peer: str) -> bytes:
+    from .actor import peer_bytes
+
+    return peer_bytes(peer)
