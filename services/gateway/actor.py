@@ -16,6 +16,9 @@ Events (re-published from the actors behind it, for attached clients):
   gateway.message.received {"id", "conversation", "author", "body", "ts"}
   gateway.message.state    {"id", "conversation", "state"}
   gateway.peer.connected / gateway.peer.disconnected {"peer_id"}
+  gateway.request.received {"peer_id", "name", "conversation", "messages"}: a message
+      request from someone who is not a contact (see people.py)
+  gateway.request.accepted {"peer_id", "conversation"}
   gateway.resync {"source", "reason"}: an actor restarted or events were lost; clients
       re-read what they show.
 """
@@ -37,6 +40,8 @@ from p2pm.common import errors, identity, wire
 from p2pm.common import invite as invites
 from p2pm.common.actor import Actor, on_event, rpc
 from p2pm.common.zmqtrio import AsyncSocket
+
+from .people import People
 
 # Bodies are text typed by a person; a bus frame could carry far more, a chat should not.
 MAX_TEXT_BYTES = 16 * 1024
@@ -106,7 +111,7 @@ def _check_ref(ref: str, what: str) -> str:
     return ref
 
 
-class Gateway(Actor):
+class Gateway(People, Actor):
     name = "gateway"
     downstream_timeout = DOWNSTREAM_TIMEOUT
     downstream_retries = DOWNSTREAM_RETRIES
@@ -257,6 +262,9 @@ class Gateway(Actor):
         return await self._open_direct(contact)
 
     async def _open_direct(self, contact: dict[str, Any]) -> dict[str, Any]:
+        if contact["peer_id"] in await self._blocked():
+            raise errors.forbidden(f"{contact['name']} is blocked (p2pm contacts unblock "
+                                   f"{contact['name']})")
         return await self._call("gossip", "direct_open", {
             "peer_id": contact["peer_id"], "addrs": list(contact.get("addrs") or []),
             "name": contact["name"]}, timeout=DIAL_TIMEOUT)
@@ -347,12 +355,17 @@ class Gateway(Actor):
         got = await self._call("storage", "contact_add",
                                {"name": name, "peer_id": peer_id, "addrs": addrs})
         self.log.info("gateway.contact_added", name=name, peer_id=peer_id)
+        if any(r["peer_id"] == peer_id for r in await self._call("gossip", "request_list")):
+            await self._open_direct({"name": name, "peer_id": peer_id, "addrs": addrs})
         return Contact(name, peer_id, addrs, False, bool(got.get("created")))
 
     @rpc
     async def contact_list(self) -> list[dict[str, Any]]:
-        """{} -> [{"name", "peer_id", "addrs", "added_at", "verified"}, ...] by name."""
-        return list((await self._call("storage", "contact_list"))["contacts"])
+        """{} -> [{"name", "peer_id", "addrs", "added_at", "verified", "blocked"}, ...]
+        by name."""
+        blocked = await self._blocked()
+        return [{**c, "blocked": c["peer_id"] in blocked}
+                for c in (await self._call("storage", "contact_list"))["contacts"]]
 
     @rpc
     async def contact_verify(self, name: str, confirmed: bool = False) -> SafetyNumber:
@@ -442,6 +455,18 @@ class Gateway(Actor):
         return {"id": conv["id"], "left": True}
 
     @rpc
+    async def room_leave(self, room: str) -> dict[str, Any]:
+        """{"room"} -> {"id", "name", "left": true}: we stop receiving and posting in
+        it and it leaves every list; its history stays stored, and joining again from
+        an invite brings it back. The other members see only GossipSub's unsubscribe
+        (the protocol has no leave message yet), so they still count us as members."""
+        conv = await self.resolve(room)
+        if conv.get("kind") != "room":
+            raise errors.bad_params(f"{room!r} is a direct chat, not a room")
+        await self._call("gossip", "conversation_leave", {"conversation": conv["id"]})
+        return {"id": conv["id"], "name": conv.get("name", ""), "left": True}
+
+    @rpc
     async def history(self, conversation: str, limit: int = 50,
                       before: str | None = None) -> list[dict[str, Any]]:
         """{"conversation", "limit"?, "before"?} -> [{"id", "author", "author_name",
@@ -455,14 +480,17 @@ class Gateway(Actor):
         return await self._named(list(await self._call("gossip", "history", params)))
 
     async def _named(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Adds "author_name": "me", a contact's name, or "" for a stranger."""
-        names = {c["peer_id"]: c["name"] for c in await self.contact_list()}
+        """Adds "author_name": "me", a contact's name, "~" and the name from their
+        signed profile for someone else, or "" when they have shown none."""
+        names = await self._named_by()
         names[await self._peer_id()] = "me"
         return [{**m, "author_name": names.get(m.get("author"), "")} for m in messages]
 
     @rpc
     async def mark_read(self, conversation: str) -> dict[str, Any]:
-        """{"conversation"} -> {"id"}"""
+        """{"conversation"} -> {"id"}: everything in it so far counts as read, so
+        `inbox` no longer lists it. `history` does not mark read (scripts peek with
+        it); `p2pm read` and opening the conversation in `p2pm attach` do."""
         conv = await self.resolve(conversation)
         await self._call("gossip", "mark_read", {"conversation": conv["id"]})
         return {"id": conv["id"]}
@@ -470,7 +498,9 @@ class Gateway(Actor):
     @rpc
     async def inbox(self) -> list[dict[str, Any]]:
         """{} -> [{"id", "name", "kind", "unread", "messages": [...]}, ...]: every
-        conversation with unread messages, with the latest of them (at most 20)."""
+        conversation with unread messages, with the latest of them (at most 20), then
+        every message request as kind "request" ("id" the one `request_accept` takes,
+        "peer_id", "name" from the sender's profile)."""
         out = []
         for conv in await self._conversations():
             unread = int(conv.get("unread") or 0)
@@ -483,6 +513,10 @@ class Gateway(Actor):
             messages = await self._named(received[-min(unread, MAX_INBOX_MESSAGES):])
             out.append({"id": conv["id"], "name": conv.get("name", ""),
                         "kind": conv.get("kind"), "unread": unread, "messages": messages})
+        for req in await self.requests():
+            out.append({"id": req["id"], "peer_id": req["peer_id"], "name": req["name"],
+                        "kind": "request", "unread": len(req["messages"]),
+                        "messages": req["messages"][-MAX_INBOX_MESSAGES:]})
         return out
 
     @rpc
@@ -527,6 +561,12 @@ class Gateway(Actor):
         kind = topic.rsplit(".", 1)[-1]
         if kind in ("received", "state"):
             self.publish(f"gateway.message.{kind}", data)
+
+    @on_event("gossip.request")
+    async def _request_event(self, topic: str, data: Any) -> None:
+        kind = topic.rsplit(".", 1)[-1]
+        if kind in ("received", "accepted") and isinstance(data, dict):
+            self.publish(f"gateway.request.{kind}", data)
 
     @on_event("transport.peer")
     async def _peer_event(self, topic: str, data: Any) -> None:
