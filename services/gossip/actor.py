@@ -2,8 +2,10 @@
 
 It runs the sans-IO GossipSub router (router/core.py) over the transport's stream API
 (`/meshsub/1.2.0`, `/meshsub/1.1.0`, `/meshsub/1.0.0`), conversation sealing and
-opening (conversations.py) and catch-up sync (`/p2pm/sync/1.0.0`, sync.py). Storage
-keeps everything; this actor keeps only caches and can be restarted at any time.
+opening (conversations.py), catch-up sync (`/p2pm/sync/1.0.0`, sync.py) and message
+requests from peers outside our conversations (`/p2pm/request/1.0.0`, strangers.py
+over requests.py). Storage keeps everything; this actor keeps only caches and can be
+restarted at any time.
 
 Shape of the shell
 ------------------

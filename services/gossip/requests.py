@@ -20,8 +20,9 @@ orjson frames like sync's):
     known      the recipient has the chat (a contact: accepted at once); sync follows
     full, slow the recipient's request table is full, or we ask too often: asked again
     refused    the recipient blocked us; those messages show "refused"
-  It asks again every RETRY_S (RETRY_BUSY_S after full/slow, RETRY_REFUSED_S after a
-  refusal) while the peer stays unsubscribed, so later messages join the request.
+  It asks again every RETRY_S (RETRY_SLOW_S after slow, RETRY_FULL_S after full,
+  RETRY_REFUSED_S after a refusal) while the peer stays unsubscribed, and within
+  MIN_ASK_GAP_S when a new message can join a request already held.
 * Recipient. In this order, cheapest first: a blocked peer is refused (counted); the
   per-peer and global rate limits (token buckets) answer `slow`; only then does it pay
   for the X25519 (a keystore call) that tells whether `conv` is the direct chat of the
@@ -74,7 +75,8 @@ PEER_BURST, PEER_REFILL_S = 4, 5.0
 GLOBAL_BURST, GLOBAL_REFILL_S = 30, 0.5
 RETRY_S = 15.0
 MIN_ASK_GAP_S = 1.0  # a new message joins a pending request this soon
-RETRY_BUSY_S = 60.0
+RETRY_SLOW_S = 2 * PEER_REFILL_S  # the sender's bucket has refilled by then
+RETRY_FULL_S = 60.0
 RETRY_REFUSED_S = 3600.0
 PROFILE_RETRY_S = 600.0
 ANSWERS = ("requested", "known", "full", "slow", "refused")
@@ -334,7 +336,7 @@ class Asking:
         self.last[peer] = (now, "")
 
     def answered(self, peer: str, status: str, now: float) -> None:
-        delay = {"full": RETRY_BUSY_S, "slow": RETRY_BUSY_S,
+        delay = {"full": RETRY_FULL_S, "slow": RETRY_SLOW_S,
                  "refused": RETRY_REFUSED_S}.get(status, RETRY_S)
         self.next_at[peer] = now + delay
         self.last[peer] = (now, status)

@@ -101,7 +101,7 @@ def test_a_blocked_stranger_is_refused(node_factory: Any) -> None:
     assert ok_json(bob, "requests") == [] and ok_json(bob, "inbox") == []
     later = ok_json(eve, "send", "bob", "last chance!!")
     # Eve is told (refused), Bob never sees it, and Bob's node counts the refusals.
-    wait_for(lambda: state_of(eve, "bob", later["id"]) == "refused", 60,
+    wait_for(lambda: state_of(eve, "bob", later["id"]) == "refused", 90,
              "eve's message to show refused")
     assert ok_json(bob, "requests") == [] and ok_json(bob, "inbox") == []
     status = ok_json(bob, "call", "gossip", "sys.status")
@@ -191,3 +191,28 @@ def test_send_reads_a_multiline_emoji_text_from_stdin(node_factory: Any) -> None
     assert bodies(ann, room["id"]) == ["line one\nline two 🎉"]
     proc = ann.p2pm("send", "bob", "-", input="   \n")
     assert proc.returncode == 2 and "empty" in proc.stderr
+
+
+def test_a_long_request_is_held_in_part_and_delivered_whole(node_factory: Any) -> None:
+    from p2pm.services.gossip.requests import MAX_HELD_PER_SENDER
+
+    ann, bob = node_factory.many(2, listen=LOOPBACK)
+    invite(ann, "Ann")
+    ok_json(ann, "contacts", "add", "bob", invite(bob, "Bob"))
+    texts = [f"message {i} of a long story" for i in range(MAX_HELD_PER_SENDER + 4)]
+    sent = [ok_json(ann, "send", "bob", t)["id"] for t in texts]
+    # Bob's node keeps only the first ones of a stranger...
+    (req,) = wait_for(lambda: [r for r in ok_json(bob, "requests")
+                               if len(r["messages"]) == MAX_HELD_PER_SENDER], 60,
+                      "bob's request to fill up")
+    assert [m["body"] for m in req["messages"]] == texts[:MAX_HELD_PER_SENDER]
+    # ...and Ann's side says which wait for Bob and which are not with him yet.
+    states = wait_for(lambda: (lambda s: s if s.count("requested") == MAX_HELD_PER_SENDER
+                               else None)([state_of(ann, "bob", i) for i in sent]),
+                      60, "the held messages to show requested")
+    assert set(states[MAX_HELD_PER_SENDER:]) <= {"pending", "sent"}
+    # Accepted, every message arrives, in order, and each turns delivered.
+    ok_json(bob, "requests", "accept", ann.peer_id, "--name", "ann")
+    wait_for(lambda: bodies(bob, "ann") == texts, 60, "the whole story at bob")
+    wait_for(lambda: all(state_of(ann, "bob", i) == "delivered" for i in sent), 60,
+             "every message delivered")
