@@ -212,16 +212,22 @@ class Pending:
     messages: dict[str, Held] = field(default_factory=dict)
 
     def doc(self) -> dict[str, Any]:
+        """What storage keeps: the envelopes, never the text (a stolen disk shows no
+        message text; the loader opens them again)."""
         return {"peer": self.peer, "name": self.name, "conversation": self.conversation,
                 "addrs": list(self.addrs), "first_ts": self.first_ts,
                 "last_ts": self.last_ts,
-                "messages": [{"id": h.id, "seq": h.seq, "ts": h.ts, "text": h.text,
-                              "env": _b64(h.envelope)} for h in self.messages.values()]}
+                "messages": [{"id": h.id, "seq": h.seq, "ts": h.ts, "env": _b64(h.envelope)}
+                             for h in self.messages.values()]}
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> Pending:
-        held = {m["id"]: Held(m["id"], int(m["seq"]), float(m["ts"]), m["text"],
-                              base64.b64decode(m["env"])) for m in doc["messages"]}
+    def from_doc(cls, doc: dict[str, Any], text: Any = None) -> Pending:
+        """`text(envelope)` gives each message's text back (from its envelope)."""
+        held = {}
+        for m in doc["messages"]:
+            env = base64.b64decode(m["env"])
+            held[m["id"]] = Held(m["id"], int(m["seq"]), float(m["ts"]),
+                                 text(env) if text else "", env)
         return cls(doc["peer"], doc["name"], doc["conversation"], tuple(doc["addrs"]),
                    float(doc["first_ts"]), float(doc["last_ts"]), held)
 

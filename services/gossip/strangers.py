@@ -55,11 +55,14 @@ class Strangers:
     async def _strangers_load(self) -> None:
         for peer in self._json(await self._kv_get("gossip.requests"), []):
             doc = self._json(await self._kv_get(f"gossip.request.{peer}"), None)
-            if isinstance(doc, dict):
-                try:
-                    self.box.pending[peer] = rq.Pending.from_doc(doc)
-                except (KeyError, TypeError, ValueError):
-                    self.log.warning("gossip.request_unreadable", peer=peer)
+            if not isinstance(doc, dict):
+                continue
+            try:
+                _secret, keys = await self._direct_keys(peer)
+                self.box.pending[peer] = rq.Pending.from_doc(
+                    doc, lambda env, keys=keys: cv.open_envelope(keys, env).text)
+            except (KeyError, TypeError, ValueError, cv.EnvelopeError, errors.BusError):
+                self.log.warning("gossip.request_unreadable", peer=peer)
         self.box.blocked = set(self._json(await self._kv_get("gossip.blocked"), []))
         self.profile_names = dict(self._json(await self._kv_get("gossip.profiles"), {}))
         for conv_id in list(self.convs):

@@ -10,6 +10,8 @@ and read each show in the next listing; a text piped on stdin arrives intact."""
 
 from __future__ import annotations
 
+import os
+import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -211,6 +213,14 @@ def test_a_long_request_is_held_in_part_and_delivered_whole(node_factory: Any) -
                                else None)([state_of(ann, "bob", i) for i in sent]),
                       60, "the held messages to show requested")
     assert set(states[MAX_HELD_PER_SENDER:]) <= {"pending", "sent"}
+    # A request survives a crash of the actor that holds it.
+    os.kill(bob.pids()["gossip"], signal.SIGKILL)
+    def held_after_restart() -> bool:
+        proc = bob.p2pm("--json", "requests")  # fails while gossip is starting again
+        return proc.returncode == 0 and [m["body"] for r in orjson.loads(proc.stdout)
+                                         for m in r["messages"]] == texts[:MAX_HELD_PER_SENDER]
+
+    wait_for(held_after_restart, 60, "the request after a restart")
     # Accepted, every message arrives, in order, and each turns delivered.
     ok_json(bob, "requests", "accept", ann.peer_id, "--name", "ann")
     wait_for(lambda: bodies(bob, "ann") == texts, 60, "the whole story at bob")

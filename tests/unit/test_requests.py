@@ -151,3 +151,13 @@ def test_malformed_frames_are_refused(raw: bytes, words: str | None) -> None:
         return
     with pytest.raises(rq.RequestError, match=words):
         rq.decode(raw)
+
+
+def test_storage_keeps_envelopes_not_text() -> None:
+    box = rq.RequestBox()
+    box.hold("peerA", "Ann", ("/ip4/1.2.3.4/tcp/1",), "d1",
+             [rq.Held("m1", 1, 5.0, "secret plans", b"sealed-1")], now=0.0)
+    doc = box.pending["peerA"].doc()
+    assert b"secret plans" not in __import__("orjson").dumps(doc)
+    back = rq.Pending.from_doc(doc, lambda env: {b"sealed-1": "secret plans"}[env])
+    assert back == box.pending["peerA"]
