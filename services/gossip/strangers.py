@@ -53,6 +53,10 @@ class Strangers:
 
     # -- state in storage --------------------------------------------------------------
     async def _strangers_load(self) -> None:
+        """Before gossip answers anyone: the blocked peers and pending requests (a
+        request must not slip past a block, nor a new one overwrite the index). The
+        rest only changes what is shown, and loads meanwhile."""
+        self.box.blocked = set(self._json(await self._kv_get("gossip.blocked"), []))
         for peer in self._json(await self._kv_get("gossip.requests"), []):
             doc = self._json(await self._kv_get(f"gossip.request.{peer}"), None)
             if not isinstance(doc, dict):
@@ -63,13 +67,19 @@ class Strangers:
                     doc, lambda env, keys=keys: cv.open_envelope(keys, env).text)
             except (KeyError, TypeError, ValueError, cv.EnvelopeError, errors.BusError):
                 self.log.warning("gossip.request_unreadable", peer=peer)
-        self.box.blocked = set(self._json(await self._kv_get("gossip.blocked"), []))
-        self.profile_names = dict(self._json(await self._kv_get("gossip.profiles"), {}))
+        self.spawn(self._strangers_load_shown)
+
+    async def _strangers_load_shown(self) -> None:
+        """Profile names and the answers our messages got; what was learnt since the
+        start wins over what was stored."""
+        stored = self._json(await self._kv_get("gossip.profiles"), {})
+        self.profile_names = {**stored, **self.profile_names}
         for conv_id in list(self.convs):
             marks = self._json(await self._kv_get(f"gossip.requested.{conv_id}"), {})
+            now = self.asking.marked.get(conv_id, {})
             for status in ("requested", "refused"):
-                self.asking.mark(conv_id, [i for i, s in marks.items() if s == status],
-                                 status)
+                self.asking.mark(conv_id, [i for i, s in marks.items()
+                                           if s == status and i not in now], status)
 
     @staticmethod
     def _json(raw: bytes | None, default: Any) -> Any:
