@@ -31,7 +31,7 @@ import secrets
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 import zmq
@@ -57,6 +57,7 @@ DOWNSTREAM_TIMEOUT = 2.0
 DOWNSTREAM_RETRIES = 3
 # The transport gives a dial 10 s; a first direct message may need one.
 DIAL_TIMEOUT = 12.0
+STARTING_WAIT_S = 5.0  # how long a command waits for gossip to finish loading
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,18 +199,29 @@ class Gateway(People, Actor):
     # -- calling the actors behind -----------------------------------------------------
     async def _call(self, actor: str, method: str, params: dict[str, Any] | None = None,
                     timeout: float | None = None) -> Any:
-        try:
-            return await self.call(actor, method, params,
-                                   timeout=timeout or self.downstream_timeout,
-                                   retries=self.downstream_retries)
-        except errors.BusError as exc:
-            if exc.code == errors.TIMEOUT:
-                raise errors.unavailable(
-                    f"the {actor} actor is not answering (down or restarting)") from None
-            if exc.code == errors.UNKNOWN_METHOD:
-                raise errors.unavailable(
-                    f"the {actor} actor does not offer {method} (not built yet?)") from None
-            raise
+        deadline = trio.current_time() + STARTING_WAIT_S
+        while True:
+            try:
+                return await self.call(actor, method, params,
+                                       timeout=timeout or self.downstream_timeout,
+                                       retries=self.downstream_retries)
+            except errors.BusError as exc:
+                # Gossip answers UNAVAILABLE only while it loads its state after a
+                # (re)start; a command waits that out, as for an actor restarting.
+                if exc.code != errors.UNAVAILABLE or actor != "gossip" or \
+                        trio.current_time() > deadline:
+                    self._downstream_failed(actor, method, exc)
+                await trio.sleep(0.2)
+
+    @staticmethod
+    def _downstream_failed(actor: str, method: str, exc: errors.BusError) -> NoReturn:
+        if exc.code == errors.TIMEOUT:
+            raise errors.unavailable(
+                f"the {actor} actor is not answering (down or restarting)") from None
+        if exc.code == errors.UNKNOWN_METHOD:
+            raise errors.unavailable(
+                f"the {actor} actor does not offer {method} (not built yet?)") from None
+        raise exc
 
     async def _peer_id(self) -> str:
         return str((await self._call("keystore", "identity"))["peer_id"])

@@ -8,13 +8,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 import pytest
 from click.testing import CliRunner
 
 from p2pm.common.cli import main
 from p2pm.services.gateway.testing import FakeNetwork, FakeNode
 from tests.helpers import wait_for
+from tests.integration.test_chat_cli import ok_json as _ok_json
 
 
 def p2pm(node: FakeNode, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
@@ -24,9 +24,7 @@ def p2pm(node: FakeNode, *args: str, stdin: bytes | None = None) -> tuple[int, s
 
 
 def ok_json(node: FakeNode, *args: str) -> Any:
-    code, out, err = p2pm(node, *args, "--json")
-    assert code == 0, f"p2pm {' '.join(args)} exited {code}: {err}"
-    return orjson.loads(out)
+    return _ok_json(node.home, *args)
 
 
 @pytest.fixture(scope="module")
