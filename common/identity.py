@@ -46,7 +46,7 @@ import nacl.secret
 import nacl.signing
 import nacl.utils
 
-from .protobuf import encode_uvarint
+from .protobuf import DecodeError, decode_uvarint, encode_uvarint
 
 # The hex unlock key (`derive_unlock_key(...).hex()`) that `p2pm up` puts into the
 # keystore's environment under supervisord, so a restarted keystore comes back unlocked
@@ -94,6 +94,11 @@ class IdentityError(Exception):
     or an identity value (peer ID, key) is malformed. The message says which."""
 
 
+class PeerIdError(IdentityError, ValueError):
+    """Text or bytes that are not a peer ID (a ValueError too, for parsers of peer
+    input that catch that)."""
+
+
 class WrongPassphrase(IdentityError):
     """The passphrase (or unlock key) does not open this identity."""
 
@@ -130,6 +135,46 @@ def _b58decode(text: str) -> bytes:
     return b"\0" * zeros + body
 
 
+def is_multihash(raw: bytes) -> bool:
+    """Whether `raw` is <code varint><length varint><digest of that length>: the shape of
+    peer IDs (and of DHT provider keys)."""
+    try:
+        _, pos = decode_uvarint(raw, 0)
+        length, pos = decode_uvarint(raw, pos)
+    except DecodeError:
+        return False
+    return 0 < length == len(raw) - pos
+
+
+# Peer IDs as text are base58 multihashes: 46 characters for sha2-256 ("Qm..."), 52
+# for an inlined Ed25519 key ("12D3KooW..."); anything outside this is not one.
+PEER_ID_MIN_CHARS = 32
+PEER_ID_MAX_CHARS = 128
+
+
+def peer_id_bytes(peer_id: str) -> bytes:
+    """The binary peer ID (its multihash) of a base58 peer ID, any key type. The one
+    rule for a peer ID from outside: base58 that decodes to a well-formed multihash;
+    PeerIdError if not."""
+    if not isinstance(peer_id, str) or \
+            not PEER_ID_MIN_CHARS <= len(peer_id) <= PEER_ID_MAX_CHARS:
+        raise PeerIdError(f"not a peer ID: {peer_id!r}")
+    try:
+        raw = _b58decode(peer_id)
+    except ValueError as exc:
+        raise PeerIdError(f"not a peer ID ({exc}): {peer_id!r}") from None
+    if not is_multihash(raw):
+        raise PeerIdError(f"not a peer ID (not a multihash): {peer_id!r}")
+    return raw
+
+
+def peer_id_text(raw: bytes) -> str:
+    """The base58 text of a binary peer ID; PeerIdError if `raw` is not a multihash."""
+    if not is_multihash(bytes(raw)):
+        raise PeerIdError(f"not a binary peer ID: {bytes(raw)[:8].hex()}...")
+    return _b58encode(bytes(raw))
+
+
 def public_key_proto(public_key: bytes) -> bytes:
     """The libp2p protobuf encoding of an Ed25519 public key (36 bytes)."""
     if len(public_key) != PUBLIC_KEY_BYTES:
@@ -147,13 +192,8 @@ def peer_id_from_public_key(public_key: bytes) -> str:
 
 def public_key_from_peer_id(peer_id: str) -> bytes:
     """The raw Ed25519 public key inside a peer ID; IdentityError if it has none."""
-    if not isinstance(peer_id, str) or not peer_id or len(peer_id) > 128:
-        raise IdentityError(f"not a peer ID: {peer_id!r}")
-    try:
-        raw = _b58decode(peer_id)
-    except ValueError as exc:
-        raise IdentityError(f"not a peer ID ({exc}): {peer_id!r}") from None
-    if len(raw) < 2 or raw[0] != _IDENTITY_MULTIHASH:
+    raw = peer_id_bytes(peer_id)
+    if raw[0] != _IDENTITY_MULTIHASH:
         raise IdentityError(
             f"peer ID {peer_id!r} does not embed its public key (only Ed25519 peer IDs, "
             f"12D3KooW..., are supported)")

@@ -27,13 +27,13 @@ from dataclasses import dataclass
 
 import orjson
 
-from . import identity
+from . import identity, validate
 
 PREFIX = "p2pm-node:"
 DOMAIN = "p2pm-invite:"
 VERSION = 1
 MAX_INVITE_CHARS = 4096
-MAX_NAME_CHARS = 64
+MAX_NAME_CHARS = validate.MAX_NAME_CHARS
 MAX_ADDRS = 16
 MAX_ADDR_CHARS = 256
 SAFETY_DOMAIN = b"p2pm-safety-number-v1"
@@ -58,11 +58,11 @@ class NodeInvite:
 
 
 def check_name(name: str) -> str:
-    """A display name: 1-64 printable characters, not only spaces."""
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS \
-            or not name.isprintable():
-        raise InviteError(f"a name must be 1-{MAX_NAME_CHARS} printable characters")
-    return name
+    """A display name, by the one name rule of common/validate."""
+    try:
+        return validate.check_name(name)
+    except validate.Invalid as exc:
+        raise InviteError(str(exc)) from None
 
 
 def _b64e(data: bytes) -> str:

@@ -56,6 +56,10 @@ class DecodeError(ValueError):
     """The bytes are not a valid encoding of the expected message."""
 
 
+class TruncatedVarint(DecodeError):
+    """The bytes end inside a varint (a stream reader waits for more)."""
+
+
 class EncodeError(ValueError):
     """The object cannot be encoded: a value does not fit its declared kind."""
 
@@ -90,7 +94,7 @@ def decode_uvarint(data: bytes | memoryview, pos: int = 0,
         if pos - start >= max_bytes:
             raise DecodeError(f"varint longer than {max_bytes} bytes")
         if pos >= end:
-            raise DecodeError("truncated varint")
+            raise TruncatedVarint("truncated varint")
         byte = data[pos]
         pos += 1
         result |= (byte & 0x7F) << shift

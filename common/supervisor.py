@@ -148,8 +148,10 @@ class Supervisor:
     def start_process(self, name: str, wait: bool = True) -> bool:
         return bool(self._call("startProcess", name, wait))
 
-    def signal_all(self, signame: str) -> None:
-        self._call("signalAllProcesses", signame)
+    def stop_all_nowait(self) -> None:
+        """Send every running (or starting, or backing-off) program its stop signal at
+        once; supervisord then restarts none of them, however they exit."""
+        self._call("stopAllProcesses", False)
 
     def shutdown(self) -> None:
         """Ask supervisord to stop every program and exit (returns at once)."""
@@ -221,6 +223,36 @@ def actor_pids(home: Home) -> dict[str, int]:
     return found
 
 
+def actor_lock_held(home: Home, name: str) -> bool | None:
+    """Whether a process holds `name`'s lock in this home; None when the lock file
+    does not exist (the actor never ran here as its own process: no verdict)."""
+    try:
+        f = open(home.run / f"{name}.lock")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+# supervisord states in which a program that is not up now will be soon.
+COMING_BACK = frozenset({"STARTING", "BACKOFF", "RUNNING"})
+
+
+def program_state(home: Home, name: str, timeout: float = 1.0) -> str | None:
+    """supervisord's state of one program; None without a supervisord to ask."""
+    try:
+        return Supervisor(home, timeout=timeout).process(name).state
+    except (SupervisorError, xmlrpc.client.Fault, OSError):
+        return None
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -268,9 +300,11 @@ def stop(home: Home, timeout: float = STOP_TIMEOUT) -> list[int]:
             sup_pid = sup.pid()
             # supervisord's own shutdown stops programs one priority at a time, about
             # a second each; the actors need no order, so they all get SIGTERM at once
-            # (exit 0: supervisord leaves them down) and supervisord exits after.
+            # and supervisord exits after. Stopped through supervisord (not signalled
+            # behind its back), an actor killed by SIGTERM before its handler was in
+            # place (a node stopped while starting) is not restarted.
             running = [p.pid for p in sup.processes().values() if p.pid]
-            sup.signal_all("TERM")
+            sup.stop_all_nowait()
             wait_gone(running, timeout)
             sup.shutdown()
         except (SupervisorError, xmlrpc.client.Fault):

@@ -20,6 +20,8 @@ thousand messages when another task sends on the same socket.
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 import zmq
 
@@ -116,12 +118,14 @@ class AsyncSocket:
         self._poke()
         return True
 
-    async def recv_multipart(self) -> list[bytes]:
+    async def recv_multipart(self, *, copy: bool = True) -> list[Any]:
+        """The next message; with copy=False as zmq.Frames (which carry message
+        properties such as "Peer-Address")."""
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             self._check_open()
             try:
-                frames = self.sock.recv_multipart(NOBLOCK)
+                frames = self.sock.recv_multipart(NOBLOCK, copy=copy)
             except zmq.Again:
                 await self._wait(POLLIN)
                 continue

@@ -1,10 +1,12 @@
-"""`p2pm attach`: the interactive terminal client of a node (prompt_toolkit).
+"""`p2pm attach`: the interactive terminal client of a node.
 
     +- status: peer, peers, reachability, connected / reconnecting ---------------+
-    | conversations   | messages of the open conversation, with delivery marks    |
-    |  > bob (1)      | [12:00:01] me: hi  (delivered)                            |
-    |    friends      | [12:00:03] bob: hello                                     |
+    | conversations   | bob (direct)                      scrolled up: End = newest |
+    |  > bob (1)      | [12:00:01] me: hi  ✓✓                                      |
+    |    friends      | [12:00:03] bob: a longer message wraps at word boundaries, |
+    |                 |            under its first line                           |
     +-----------------+-----------------------------------------------------------+
+    | what the last action did, or why it was refused                             |
     | > text to send, or /help                                                    |
 
 It talks only to the gateway: calls go through `chat.gateway` in a worker thread (the
@@ -12,27 +14,40 @@ same retrying call the commands make), and live events arrive on a SUB socket re
 another thread. The gateway's heartbeat tells whether the node is there: when it stops
 the status line says "reconnecting"; when it comes back (a new epoch), or the gateway
 reports a resync because an actor behind it restarted, everything shown is re-read.
-The model (`AttachModel`) holds no terminal code, so it is what tests drive.
+
+The model (`AttachModel`) holds no terminal code: it turns the conversation into rows
+of a given width (`pane.wrap`, every peer-supplied string through `safe.inert`) and
+keeps the scroll state (`pane.Scroll`), so unit tests drive it directly. The screen
+(`run_attach`) only asks it for rows of the size prompt_toolkit gives each pane.
+
+Why prompt_toolkit and not Textual: what the old screen lacked was layout (wrapping,
+scrolling, following the newest row, a help view), not widgets, and that layout is
+now ours, sans-IO and tested without a terminal; prompt_toolkit stays a thin shell
+that draws rows, reads keys and the mouse wheel, and already lives with the asyncio
+loop, the event thread and the reconnect logic here. Textual would mean rewriting
+that shell for a framework (and its rich dependency) whose own wrapping and
+scrolling we would then have to trust; its pilot drives a headless driver, while the
+tests here drive the real program in a pseudo-terminal read through a terminal
+emulator (pyte), which checks what a user's terminal would show.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shlex
-import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
 import click
-import zmq
 
-from .. import errors, wire
+from .. import errors
 from ..home import Home
+from . import pane
 from .base import Ctx, main
-from .chat import format_message, gateway
+from .chat import gateway, message_head
+from .safe import inert
 
 HEARTBEAT_GRACE_S = 3.5  # the gateway beats every second
 STATUS_EVERY_S = 2.0
@@ -42,21 +57,48 @@ MARKS = {"pending": "…", "sent": "✓", "delivered": "✓✓", "received": ""}
 # Our messages' states only move forward.
 RANK = {"pending": 0, "sent": 1, "delivered": 2}
 KEEP_STATES = 1000  # state events remembered for messages not on the screen yet
+# Wrapped rows kept per (message, width, text); beyond it the cache is cleared (a
+# re-wrap of 200 messages costs a few milliseconds).
+KEEP_WRAPPED = 2000
+HANGING = 11  # continuation rows start under the text after "[hh:mm:ss] "
+WHEEL_ROWS = 3
+CONVERSATIONS_WIDTH = 26
+QUIT, DONE, REFUSED = "quit", "done", "refused"
 
 
 def _moves_forward(old: Any, new: str) -> bool:
     return old not in RANK or new not in RANK or RANK[new] >= RANK[old]
 
 
-HELP = """commands:
-  text                      post to the open conversation
-  /open NAME                open a conversation (id, room name or contact name)
-  /send CONTACT TEXT        direct message       /post ROOM TEXT   post in a room
-  /invite                   show your invite     /add NAME INVITE  add a contact
-  /contacts                 list contacts        /verify NAME      safety number
-  /create ROOM              create a room        /join INVITE      join a room
-  /roominvite ROOM          a room's invite      /inbox            unread messages
-  /quit                     leave (also Ctrl-D); Ctrl-N / Ctrl-P: next / previous"""
+# Every command on a line of its own, none wider than 78 columns: the help view takes
+# the whole width of the screen, so at 80 columns nothing wraps.
+HELP = """text                  post it in the open conversation
+/open NAME            open a conversation (an id, a room or a contact name)
+/send CONTACT TEXT    send a direct message to CONTACT and open that chat
+/post ROOM TEXT       post TEXT in ROOM and open it
+/invite               show your invite, to give to someone who adds you
+/add NAME INVITE      add a contact from their invite
+/contacts             list your contacts
+/verify NAME          the safety number to compare with NAME
+/create ROOM          create a room and show its invite
+/join INVITE          join a room from its invite
+/roominvite ROOM      show a room's invite again
+/inbox                unread messages across your conversations
+/help                 this view
+/quit                 leave (also Ctrl-D or Ctrl-C)
+
+keys
+Ctrl-N / Ctrl-P       next / previous conversation
+PageUp / PageDown     scroll the messages (or this view) a page
+Up / Down, wheel      scroll by rows
+End                   back to the newest message (and the end of the input)
+Ctrl-Home             the oldest message shown
+Esc                   close this view
+A refused message stays in the input line; fix it and press Enter again."""
+COMMANDS = [line.split()[0] for line in HELP.splitlines() if line.startswith("/")]
+
+
+Row = tuple[Hashable, str, str]  # (key, style, text)
 
 
 @dataclass
@@ -76,6 +118,13 @@ class AttachModel:
     # the event finds no message to update and the history may predate it, so the
     # mark is applied when the history arrives.
     states: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    # The chat pane, and the view over it (help, a list, an invite) while one is open.
+    chat: pane.Scroll = field(default_factory=pane.Scroll)
+    view_title: str | None = None  # None: no view open
+    view_text: str = ""
+    view: pane.Scroll = field(default_factory=pane.Scroll)
+    width: int = 80  # the front pane's width when last drawn
+    _wrapped: dict[tuple[Any, ...], list[str]] = field(default_factory=dict)
 
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
         return await asyncio.to_thread(gateway, self.home, method, params,
@@ -166,79 +215,97 @@ class AttachModel:
             return
         i = ids.index(self.current) if self.current in ids else 0
         self.current = ids[(i + step) % len(ids)]
+        self.chat.end()  # another conversation opens at its newest message
 
-    async def submit(self, line: str) -> bool:
-        """Handle one input line; False when the user asked to quit."""
+    def show(self, title: str, text: str) -> None:
+        """Open the view (over the chat pane) on `text`, from its first row."""
+        self.view_title, self.view_text = title, text
+        self.view = pane.Scroll(follow=False)
+
+    def close_view(self) -> None:
+        self.view_title, self.view_text = None, ""
+
+    async def submit(self, line: str) -> str:
+        """Handle one input line: QUIT when the user asked to leave, REFUSED when it
+        was not done (the notice says why; the screen keeps the line), else DONE."""
         line = line.strip()
         if not line:
-            return True
+            return DONE
         try:
             if line.startswith("/"):
                 return await self._command(line)
             if self.current is None:
                 self.notice = "no open conversation: /open NAME, /send CONTACT TEXT or /help"
-            else:
-                got = await self.call("post", {"conversation": self.current, "text": line})
-                self.notice = f"sent ({got['state']})"
-                await self.load_current()
+                return REFUSED
+            got = await self.call("post", {"conversation": self.current, "text": line})
+            self.notice = f"sent ({got['state']})"
+            self.close_view()
+            self.chat.end()  # what you just wrote is what you want to see
+            await self.load_current()
+            return DONE
         except errors.BusError as exc:
-            self.notice = f"error: {exc.message}"
+            self.notice = f"not done: {exc.message}"
         except ValueError as exc:
-            self.notice = f"error: {exc}"
-        self.on_change()
-        return True
+            self.notice = f"not done: {exc}"
+        finally:
+            self.on_change()
+        return REFUSED
 
-    async def _command(self, line: str) -> bool:
+    async def _command(self, line: str) -> str:
         word, _, rest = line[1:].partition(" ")
         rest = rest.strip()
         if word in ("quit", "q", "exit"):
-            return False
+            return QUIT
         if word == "help":
-            self.notice = HELP
+            self.show("help", HELP)
         elif word == "open":
             conv = await self.call("open", {"conversation": rest})
             self.current = conv["id"]
+            self.chat.end()
             await self.refresh()
-            self.notice = f"opened {conv.get('name') or conv['id']}"
+            self.notice = f"opened {inert(conv.get('name') or conv['id'])}"
         elif word in ("send", "post"):
             target, _, text = rest.partition(" ")
             method, key = ("send", "contact") if word == "send" else ("post", "conversation")
             got = await self.call(method, {key: target, "text": text})
             self.notice = f"sent to {target} ({got['state']})"
             self.current = got["conversation"]
+            self.chat.end()
             await self.refresh()
         elif word == "invite":
-            self.notice = (await self.call("invite"))["invite"]
+            self.show("your invite", (await self.call("invite"))["invite"])
         elif word == "add":
             name, invite_text = _two(rest, "/add NAME INVITE")
             got = await self.call("contact_add", {"name": name, "invite": invite_text})
-            self.notice = f"added {got['name']} ({got['peer_id']})"
+            self.notice = f"added {inert(got['name'])} ({got['peer_id']})"
         elif word == "contacts":
             found = await self.call("contact_list")
-            self.notice = "\n".join(f"{c['name']}  {c['peer_id']}" for c in found) \
-                or "no contacts yet"
+            self.show("contacts", "\n".join(f"{inert(c['name'])}  {c['peer_id']}"
+                                            for c in found) or "no contacts yet")
         elif word == "verify":
             got = await self.call("contact_verify", {"name": rest})
-            self.notice = f"safety number with {got['name']}: {got['safety_number']}"
+            self.notice = f"safety number with {inert(got['name'])}: {got['safety_number']}"
         elif word == "create":
             got = await self.call("room_create", {"name": rest})
             self.current = got["id"]
             await self.refresh()
-            self.notice = f"room {got['name']} created; invite:\n{got['invite']}"
+            self.show(f"room {inert(got['name'])} created; its invite", got["invite"])
         elif word == "join":
             got = await self.call("room_join", {"invite": rest})
             self.current = got["id"]
             await self.refresh()
-            self.notice = f"joined {got['name']}"
+            self.notice = f"joined {inert(got['name'])}"
         elif word == "roominvite":
-            self.notice = (await self.call("room_invite", {"conversation": rest}))["invite"]
+            got = await self.call("room_invite", {"conversation": rest})
+            self.show(f"invite of {inert(rest)}", got["invite"])
         elif word == "inbox":
             found = await self.call("inbox")
-            self.notice = "\n".join(f"{c['name'] or c['id']}: {c['unread']} unread"
-                                    for c in found) or "no unread messages"
+            self.show("inbox", "\n".join(f"{inert(c['name'] or c['id'])}: {c['unread']} unread"
+                                         for c in found) or "no unread messages")
         else:
-            self.notice = f"unknown command /{word}; /help lists them"
-        return True
+            self.notice = f"unknown command /{inert(word)}; /help lists them"
+            return REFUSED
+        return DONE
 
     # -- rendering (plain text; the app adds no logic) ---------------------------------
     def status_line(self) -> str:
@@ -251,21 +318,104 @@ class AttachModel:
         return (f" p2pm  {peer[-10:]}  peers: {st.get('peers', '?')}  "
                 f"reachability: {st.get('reachability', '?')}  [{state}]")
 
-    def conversation_lines(self) -> list[tuple[bool, str]]:
+    def conversation_lines(self, width: int = 24) -> list[tuple[bool, str]]:
         out = []
         for c in self.conversations:
             unread = int(c.get("unread") or 0)
-            label = (c.get("name") or c["id"])[:20] + (f" ({unread})" if unread else "")
+            tail = f" ({unread})" if unread else ""
+            label = pane.cut(inert(c.get("name") or c["id"]), width - len(tail)) + tail
             out.append((c["id"] == self.current, label))
         return out
 
+    def title(self) -> str:
+        """The open conversation's name and kind, for the line above its messages."""
+        if self.view_title is not None:
+            return f"{self.view_title}  (Esc closes; PageUp/PageDown scroll)"
+        conv = next((c for c in self.conversations if c["id"] == self.current), None)
+        if conv is None:
+            return "no conversation open: /open NAME, /send CONTACT TEXT or /help"
+        members = len(conv.get("members") or [])
+        kind = "room" if conv.get("kind") == "room" else "direct chat"
+        extra = f", {members} members" if conv.get("kind") == "room" and members else ""
+        return f"{inert(conv.get('name') or conv['id'])}  ({kind}{extra})"
+
+    def scroll_hint(self) -> str:
+        """Said while the chat does not follow the newest message: how many messages
+        are below the pane (as last drawn), all of them out of view."""
+        if self.view_title is not None or self.chat.follow:
+            return ""
+        rows = self.message_rows(self.width)
+        _, end = self.chat.window([k for k, _, _ in rows], self.chat.height)
+        in_view = {k[0] for k, _, _ in rows[:end]}
+        below = len({k[0] for k, _, _ in rows[end:]} - in_view)
+        return f"[{below} newer below: End]" if below else "[scrolled up: End = newest]"
+
     def message_lines(self) -> list[str]:
+        """One string per message: time, author and body, all made inert."""
         out = []
         for m in self.messages:
-            mark = MARKS.get(str(m.get("state")), str(m.get("state")))
-            out.append(format_message({**m, "state": "received"}) +
+            mark = MARKS.get(str(m.get("state")), inert(m.get("state")))
+            out.append(message_head(m) + inert(m.get("body", ""), indent="") +
                        (f"  {mark}" if mark else ""))
-        return out or ["(no messages)"]
+        return out
+
+    def _rows_of(self, key: Any, text: str, width: int, indent: int,
+                 hang_paragraphs: bool) -> list[str]:
+        """`text` (paragraphs split at newlines) wrapped to `width`; cached."""
+        ck = (key, width, indent, hang_paragraphs, text)
+        rows = self._wrapped.get(ck)
+        if rows is None:
+            if len(self._wrapped) >= KEEP_WRAPPED:
+                self._wrapped.clear()
+            first, *more = text.split("\n")
+            rows = pane.wrap(first, width, indent)
+            # later paragraphs hang as well: no row of a body starts where an author
+            # name would, so a newline cannot fake a message from someone else
+            hang = " " * min(indent, width * 3 // 4) if hang_paragraphs else ""
+            for para in more:
+                rows += pane.wrap(hang + para, width, indent)
+            self._wrapped[ck] = rows
+        return rows
+
+    def message_rows(self, width: int) -> list[Row]:
+        if not self.messages:
+            return [("empty", "class:faint", "(no messages yet)")]
+        rows: list[Row] = []
+        for n, (m, text) in enumerate(zip(self.messages, self.message_lines(), strict=True)):
+            mid = m.get("id") or ("#", n)
+            for i, row in enumerate(self._rows_of(mid, text, width, HANGING, True)):
+                rows.append(((mid, i), "", row))
+        return rows
+
+    def view_rows(self, width: int) -> list[Row]:
+        return [((0, i), "", row)
+                for i, row in enumerate(self._rows_of("view", self.view_text, width, 4, False))]
+
+    def rows(self, width: int) -> tuple[pane.Scroll, list[Row]]:
+        """The pane in front (the view, else the chat) and its rows at `width`."""
+        self.width = width
+        if self.view_title is not None:
+            return self.view, self.view_rows(width)
+        return self.chat, self.message_rows(width)
+
+    def scroll(self, rows: int = 0, pages: int = 0) -> None:
+        """Scroll the pane in front, as last drawn, by rows or pages (negative: up)."""
+        scroll, shown = self.rows(self.width)
+        keys = [k for k, _, _ in shown]
+        if pages:
+            scroll.page(keys, pages)
+        else:
+            scroll.scroll(keys, rows)
+        self.on_change()
+
+    def to_newest(self) -> None:
+        self.rows(self.width)[0].end()
+        self.on_change()
+
+    def to_oldest(self) -> None:
+        scroll, shown = self.rows(self.width)
+        scroll.home([k for k, _, _ in shown])
+        self.on_change()
 
 
 def _two(text: str, usage: str) -> tuple[str, str]:
@@ -278,156 +428,6 @@ def _two(text: str, usage: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-class EventReader:
-    """Reads the gateway's events in a thread and hands them to the asyncio loop;
-    watches its heartbeat to tell connected from reconnecting."""
-
-    def __init__(self, home: Home, loop: asyncio.AbstractEventLoop,
-                 queue: asyncio.Queue[tuple[str, Any]]) -> None:
-        self.endpoint = home.endpoints().events("gateway")
-        self.loop = loop
-        self.queue = queue
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="attach-events", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-
-    def _put(self, item: tuple[str, Any]) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
-        except RuntimeError:
-            self._stop.set()  # the loop is gone: attach is ending
-
-    def _run(self) -> None:
-        sub = zmq.Context.instance().socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        sub.setsockopt(zmq.SUBSCRIBE, b"gateway.")
-        sub.connect(self.endpoint)
-        epoch, heard, up = None, 0.0, None
-        try:
-            while not self._stop.is_set():
-                if sub.poll(200):
-                    frames = sub.recv_multipart()
-                    try:
-                        topic, ev = frames[0].decode(), wire.loads(frames[-1])
-                        new_epoch = ev["epoch"]
-                    except Exception:
-                        continue
-                    heard = time.monotonic()
-                    if new_epoch != epoch or not up:
-                        self._put(("attach.connected", {"restarted": new_epoch != epoch}))
-                        epoch, up = new_epoch, True
-                    if not topic.endswith(".sys.heartbeat"):
-                        self._put((topic, ev.get("data")))
-                elif up is not False and time.monotonic() - heard > HEARTBEAT_GRACE_S:
-                    up = False
-                    self._put(("attach.disconnected", {}))
-        finally:
-            sub.close()
-
-
-async def run_attach(model: AttachModel) -> None:
-    """The full-screen app around `model`; returns when the user quits."""
-    from prompt_toolkit.application import Application
-    from prompt_toolkit.buffer import Buffer
-    from prompt_toolkit.key_binding import KeyBindings
-    from prompt_toolkit.layout import HSplit, Layout, VSplit, Window
-    from prompt_toolkit.layout.controls import BufferControl, FormattedTextControl
-
-    def conversations_text() -> list[tuple[str, str]]:
-        rows = [("bold", " conversations\n")]
-        for selected, label in model.conversation_lines():
-            rows.append(("reverse" if selected else "", f" {label}\n"))
-        return rows
-
-    def messages_text() -> str:
-        return "\n".join(model.message_lines()[-500:])
-
-    app: Application[None]
-    tasks: set[asyncio.Task[None]] = set()
-
-    def spawn(coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-
-    async def submitted(text: str) -> None:
-        if not await model.submit(text):
-            app.exit()
-
-    def accept(buf: Buffer) -> bool:
-        spawn(submitted(buf.text))
-        return False  # clears the line
-
-    keys = KeyBindings()
-
-    @keys.add("c-d")
-    @keys.add("c-c")
-    def _quit(event: Any) -> None:
-        event.app.exit()
-
-    @keys.add("c-n")
-    def _next(event: Any) -> None:
-        model.switch(1)
-        spawn(model.load_current())
-
-    @keys.add("c-p")
-    def _prev(event: Any) -> None:
-        model.switch(-1)
-        spawn(model.load_current())
-
-    entry = Buffer(multiline=False, accept_handler=accept)
-    layout = Layout(HSplit([
-        Window(FormattedTextControl(lambda: [("reverse", model.status_line())]), height=1),
-        VSplit([
-            Window(FormattedTextControl(conversations_text), width=26),
-            Window(width=1, char="│"),
-            Window(FormattedTextControl(messages_text), wrap_lines=True),
-        ]),
-        Window(FormattedTextControl(lambda: model.notice), height=4, wrap_lines=True,
-               style="italic"),
-        Window(BufferControl(entry), height=1,
-               get_line_prefix=lambda *_: [("bold", "> ")]),
-    ]), focused_element=entry)
-    app = Application(layout=layout, key_bindings=keys, full_screen=True)
-    model.on_change = app.invalidate
-
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    reader = EventReader(model.home, loop, queue)
-
-    async def pump() -> None:
-        while True:
-            topic, data = await queue.get()
-            if topic == "attach.connected":
-                await model.set_connected(True, bool(data.get("restarted")))
-            elif topic == "attach.disconnected":
-                await model.set_connected(False, False)
-            else:
-                await model.on_event(topic, data)
-
-    async def status_loop() -> None:
-        while True:
-            await model.refresh_status()
-            await asyncio.sleep(STATUS_EVERY_S)
-
-    reader.start()
-    spawn(pump())
-    spawn(status_loop())
-    spawn(model.refresh())
-    try:
-        await app.run_async()
-    finally:
-        for task in list(tasks):
-            task.cancel()
-        reader.stop()
-
-
 @main.command()
 @click.pass_obj
 def attach(obj: Ctx) -> None:
@@ -437,4 +437,6 @@ def attach(obj: Ctx) -> None:
 
     if not node_may_run(obj.home):
         fail(f"the node in {obj.home.root} is not running (p2pm up starts it)", EXIT_TIMEOUT)
+    from .screen import run_attach
+
     asyncio.run(run_attach(AttachModel(obj.home)))

@@ -14,6 +14,7 @@ import trio
 import zmq
 
 from .. import errors
+from .. import supervisor as supmod
 from ..client import open_client
 from ..home import ACTORS, Home
 
@@ -23,6 +24,12 @@ CALL_TIMEOUT = 2.0
 CALL_RETRIES = 2
 # `status` asks once: an actor that cannot answer within this is reported, not waited for.
 STATUS_TIMEOUT = 1.5
+# A call gives up early when its actor is down, rather than waiting out its timeout
+# (a DHT lookup's is 35 s): down is no process holding the actor's lock while
+# supervisord says it will not start it again, or, without a supervisord, for this
+# long (a restart by hand takes about a second).
+DOWN_GRACE = 3.0
+DOWN_POLL = 0.25
 
 
 def call(home: Home, actor: str, method: str, params: dict[str, Any] | None = None,
@@ -59,11 +66,25 @@ def call_many(home: Home, calls: Iterable[tuple[str, str, dict[str, Any] | None]
     endpoints = home.endpoints()
 
     async def one(i: int, actor: str, method: str, params: dict[str, Any] | None) -> None:
-        async with open_client(zmq.Context.instance(), endpoints.rpc(actor), actor) as c:
-            try:
-                results[i] = await c.call(method, params, timeout=timeout, retries=retries)
-            except errors.BusError as exc:
-                results[i] = exc
+        async with open_client(zmq.Context.instance(), endpoints.rpc(actor), actor) as c, \
+                trio.open_nursery() as nursery:
+            async def ask() -> None:
+                try:
+                    results[i] = await c.call(method, params, timeout=timeout,
+                                              retries=retries)
+                except errors.BusError as exc:
+                    results[i] = exc
+                nursery.cancel_scope.cancel()
+
+            async def watch() -> None:
+                await wait_down(home, actor)
+                results[i] = errors.BusError(
+                    errors.TIMEOUT, f"{actor} is not running in {home.root} "
+                    "(p2pm status shows the node's actors)")
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(ask)
+            nursery.start_soon(watch)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -72,6 +93,25 @@ def call_many(home: Home, calls: Iterable[tuple[str, str, dict[str, Any] | None]
 
     trio.run(main)
     return results
+
+
+async def wait_down(home: Home, actor: str) -> None:
+    """Return once `actor` is known to be down in `home` (see DOWN_GRACE); never for
+    an actor that never ran there as its own process (no lock file to tell)."""
+    free_since: float | None = None
+    while True:
+        held = supmod.actor_lock_held(home, actor)
+        if held is False:
+            now = time.monotonic()
+            free_since = now if free_since is None else free_since
+            state = await trio.to_thread.run_sync(supmod.program_state, home, actor)
+            if state is not None and state not in supmod.COMING_BACK:
+                return
+            if state is None and now - free_since >= DOWN_GRACE:
+                return
+        else:
+            free_since = None
+        await trio.sleep(DOWN_POLL)
 
 
 def statuses(home: Home, actors: Iterable[str] = ACTORS,

@@ -22,6 +22,7 @@ from .. import supervisor as supmod
 from ..home import Home
 from . import bus
 from .base import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, Ctx, fail, main
+from .safe import inert
 
 # An actor that supervisord restarts is back within about a second; a command keeps
 # trying for several before it gives up. Attempts carry the same request id, so a
@@ -78,11 +79,19 @@ def _call(obj: Ctx, method: str, params: dict[str, Any] | None = None,
         fail(str(exc), EXIT_USAGE)
 
 
-def format_message(m: dict[str, Any]) -> str:
+def message_head(m: dict[str, Any]) -> str:
+    """`[hh:mm:ss] author: ` with the author's name made inert."""
     when = time.strftime("%H:%M:%S", time.localtime(float(m.get("ts") or 0)))
     who = m.get("author_name") or str(m.get("author", "?"))[-8:]
-    mark = STATE_MARKS.get(str(m.get("state")), f"({m.get('state')})")
-    return f"[{when}] {who}: {m.get('body', '')}" + (f"  {mark}" if mark else "")
+    return f"[{when}] {inert(who)}: "
+
+
+def format_message(m: dict[str, Any], prefix: str = "") -> str:
+    """One message for the terminal, after `prefix`; a body's own lines continue
+    indented under its first, so none can pass for another message."""
+    mark = STATE_MARKS.get(str(m.get("state")), f"({inert(m.get('state'))})")
+    body = inert(m.get("body", ""), indent=prefix + " " * len("[hh:mm:ss] "))
+    return prefix + message_head(m) + body + (f"  {mark}" if mark else "")
 
 
 # -- invites and contacts ------------------------------------------------------------
@@ -119,9 +128,10 @@ def contacts() -> None:
 def contacts_add(obj: Ctx, name: str, invite_text: str) -> None:
     """Add NAME from their INVITE (or from a bare peer ID, looked up in the DHT)."""
     got = _call(obj, "contact_add", {"name": name, "invite": invite_text}, SLOW_RETRIES)
-    obj.out(got, f"{'added' if got['created'] else 'updated'} {got['name']} "
+    name = inert(got["name"])
+    obj.out(got, f"{'added' if got['created'] else 'updated'} {name} "
                  f"({got['peer_id']}); compare safety numbers with "
-                 f"p2pm contacts verify {got['name']}")
+                 f"p2pm contacts verify {name}")
 
 
 @contacts.command(name="list")
@@ -130,7 +140,7 @@ def contacts_list(obj: Ctx) -> None:
     """Every contact with its peer ID."""
     found = _call(obj, "contact_list")
     lines = [f"{len(found)} contact{'s' if len(found) != 1 else ''}"]
-    lines += [f"  {c['name']:<20} {c['peer_id']}{'  verified' if c['verified'] else ''}"
+    lines += [f"  {inert(c['name']):<20} {c['peer_id']}{'  verified' if c['verified'] else ''}"
               f"{'  blocked' if c.get('blocked') else ''}" for c in found]
     obj.out(found, "\n".join(lines))
 
@@ -142,7 +152,7 @@ def contacts_remove(obj: Ctx, name: str) -> None:
     """Forget NAME and close your chat with them (its history stays); what they
     send next arrives as a message request."""
     got = _call(obj, "contact_remove", {"name": name})
-    obj.out(got, f"removed {got['name']} ({got['peer_id']})")
+    obj.out(got, f"removed {inert(got['name'])} ({got['peer_id']})")
 
 
 @contacts.command(name="rename")
@@ -152,7 +162,7 @@ def contacts_remove(obj: Ctx, name: str) -> None:
 def contacts_rename(obj: Ctx, name: str, new_name: str) -> None:
     """Call contact NAME by NEW_NAME from now on."""
     got = _call(obj, "contact_rename", {"name": name, "new_name": new_name})
-    obj.out(got, f"renamed {got['old_name']} to {got['name']}")
+    obj.out(got, f"renamed {inert(got['old_name'])} to {inert(got['name'])}")
 
 
 @contacts.command(name="block")
@@ -161,8 +171,8 @@ def contacts_rename(obj: Ctx, name: str, new_name: str) -> None:
 def contacts_block(obj: Ctx, name: str) -> None:
     """Refuse NAME's messages and requests, and stop dialling them."""
     got = _call(obj, "contact_block", {"name": name})
-    obj.out(got, f"blocked {got['name']}: their messages are refused "
-                 f"(p2pm contacts unblock {got['name']} undoes it)")
+    obj.out(got, f"blocked {inert(got['name'])}: their messages are refused "
+                 f"(p2pm contacts unblock {inert(got['name'])} undoes it)")
 
 
 @contacts.command(name="unblock")
@@ -171,7 +181,7 @@ def contacts_block(obj: Ctx, name: str) -> None:
 def contacts_unblock(obj: Ctx, name: str) -> None:
     """Take NAME off your block list."""
     got = _call(obj, "contact_unblock", {"name": name})
-    obj.out(got, f"unblocked {got['name']}")
+    obj.out(got, f"unblocked {inert(got['name'])}")
 
 
 @contacts.command(name="verify")
@@ -182,10 +192,11 @@ def contacts_unblock(obj: Ctx, name: str) -> None:
 def contacts_verify(obj: Ctx, name: str, confirmed: bool) -> None:
     """The safety number of NAME: read it to each other; it must match."""
     got = _call(obj, "contact_verify", {"name": name, "confirmed": confirmed})
-    tail = f"{got['name']} is marked verified" if got["verified"] else \
+    name = inert(got["name"])
+    tail = f"{name} is marked verified" if got["verified"] else \
         "it must read the same on their side (p2pm contacts verify <you>); if it does, " \
-        f"run p2pm contacts verify {got['name']} --confirmed"
-    obj.out(got, f"safety number with {got['name']}:\n  {got['safety_number']}\n{tail}")
+        f"run p2pm contacts verify {name} --confirmed"
+    obj.out(got, f"safety number with {name}:\n  {got['safety_number']}\n{tail}")
 
 
 # -- messages ------------------------------------------------------------------------
@@ -241,7 +252,7 @@ def rooms_create(obj: Ctx, name: str) -> None:
     """Create room NAME and print its invite."""
     got = _call(obj, "room_create", {"name": name})
     obj.out({"id": got["id"], "name": got["name"], "invite": got["invite"]},
-            f"room {got['name']} created ({got['id']}); its invite:\n{got['invite']}")
+            f"room {inert(got['name'])} created ({got['id']}); its invite:\n{got['invite']}")
 
 
 @rooms.command(name="join")
@@ -250,7 +261,7 @@ def rooms_create(obj: Ctx, name: str) -> None:
 def rooms_join(obj: Ctx, invite_text: str) -> None:
     """Join the room of INVITE."""
     got = _call(obj, "room_join", {"invite": invite_text}, SLOW_RETRIES)
-    obj.out(got, f"joined room {got['name']} ({got['id']})")
+    obj.out(got, f"joined room {inert(got['name'])} ({got['id']})")
 
 
 @rooms.command(name="invite")
@@ -269,7 +280,7 @@ def rooms_leave(obj: Ctx, room: str) -> None:
     """Leave ROOM: stop receiving and posting there (its history stays; its invite
     lets you join again)."""
     got = _call(obj, "room_leave", {"room": room})
-    obj.out(got, f"left room {got['name']} ({got['id']})")
+    obj.out(got, f"left room {inert(got['name'])} ({got['id']})")
 
 
 @rooms.command(name="list")
@@ -280,7 +291,7 @@ def rooms_list(obj: Ctx) -> None:
     lines = [f"{len(found)} room{'s' if len(found) != 1 else ''}"]
     for c in found:
         members = len(c.get("members") or [])
-        lines.append(f"  {c['name']:<20} {c['id']}  {members} member"
+        lines.append(f"  {inert(c['name']):<20} {c['id']}  {members} member"
                      f"{'s' if members != 1 else ''}, {c.get('unread', 0)} unread")
     obj.out(found, "\n".join(lines))
 
@@ -320,14 +331,14 @@ def requests(ctx: click.Context) -> None:
     for r in found:
         lines.append(f"  {r['id']}  {_who(r)}  {len(r['messages'])} message"
                      f"{'s' if len(r['messages']) != 1 else ''}")
-        lines += ["    " + format_message(m) for m in r["messages"]]
+        lines += [format_message(m, "    ") for m in r["messages"]]
     if found:
         lines.append("accept with p2pm requests accept ID, or p2pm requests block ID")
     obj.out(found, "\n".join(lines))
 
 
 def _who(r: dict[str, Any]) -> str:
-    name = f"~{r['name']} " if r.get("name") else ""
+    name = f"~{inert(r['name'])} " if r.get("name") else ""
     return f"{name}({r['peer_id']})"
 
 
@@ -341,9 +352,10 @@ def requests_accept(obj: Ctx, request: str, name: str | None) -> None:
     their messages appear in your chat with them."""
     params = {"request": request, **({"name": name} if name is not None else {})}
     got = _call(obj, "request_accept", params, SLOW_RETRIES)
-    obj.out(got, f"accepted: {got['name']} ({got['peer_id']}) is now a contact; "
+    name = inert(got["name"])
+    obj.out(got, f"accepted: {name} ({got['peer_id']}) is now a contact; "
                  f"{got['messages']} message{'s' if got['messages'] != 1 else ''} "
-                 f"in p2pm history {got['name']}")
+                 f"in p2pm history {name}")
 
 
 @requests.command(name="block")
@@ -370,7 +382,7 @@ def inbox(obj: Ctx) -> None:
             lines.append(f"message request {conv['id']} from {_who(conv)}: "
                          f"{conv['unread']} unread (p2pm requests accept {conv['id']})")
         else:
-            lines.append(f"{conv['name'] or conv['id']} ({conv['kind']}): "
+            lines.append(f"{inert(conv['name'] or conv['id'])} ({conv['kind']}): "
                          f"{conv['unread']} unread")
-        lines += ["  " + format_message(m) for m in conv["messages"]]
+        lines += [format_message(m, "  ") for m in conv["messages"]]
     obj.out(found, "\n".join(lines))

@@ -282,6 +282,11 @@ def demo(obj: Ctx, keep: bool, parent: Path) -> None:
     run.say(f"p2pm demo in {root}")
     failed: Step | None = None
     interrupted = False
+    # Ctrl-C stops the demo cleanly, unless this process was started with SIGINT
+    # ignored (a background job of a non-interactive shell, nohup): that is the
+    # starter saying keyboard interrupts are not for it, and the demo keeps to it.
+    # SIGTERM always stops it as Ctrl-C does.
+    previous_int = signal.getsignal(signal.SIGINT)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         play(run)
@@ -295,7 +300,7 @@ def demo(obj: Ctx, keep: bool, parent: Path) -> None:
         if not keep or interrupted:
             _stop_all([Home(p) for p in root.iterdir() if p.is_dir()])
             shutil.rmtree(root, ignore_errors=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, previous_int)
         signal.signal(signal.SIGTERM, previous)
     total = round(time.monotonic() - run.started, 3)
     ok = failed is None and not interrupted

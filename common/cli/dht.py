@@ -13,6 +13,7 @@ import click
 
 from . import bus
 from .base import Ctx, main
+from .safe import inert
 
 # A lookup gives up after 30 s inside the dht; the call waits a little longer.
 LOOKUP_TIMEOUT = 30.0
@@ -76,7 +77,7 @@ def get(obj: Ctx, key: str) -> None:
     got = _dht(obj, "get", {"key": key, "timeout": LOOKUP_TIMEOUT})
     value = base64.b64decode(got["value"])
     try:
-        text = value.decode("utf-8")
+        text = inert(value.decode("utf-8"), indent="")
     except UnicodeDecodeError:
         text = f"({len(value)} bytes) {value.hex()}"
     obj.out(got, text)

@@ -16,7 +16,8 @@ import zmq
 from .. import errors, wire
 from ..home import ACTORS
 from . import bus
-from .base import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, Ctx, fail, main
+from .base import EXIT_ERROR, EXIT_TIMEOUT, EXIT_USAGE, SECONDS, Ctx, fail, main
+from .safe import inert, inert_json
 
 
 def _bus_call(obj: Ctx, actor: str, method: str, params: dict[str, Any] | None = None,
@@ -35,7 +36,7 @@ def _bus_call(obj: Ctx, actor: str, method: str, params: dict[str, Any] | None =
 @click.argument("actor", type=click.Choice(ACTORS))
 @click.argument("method")
 @click.argument("params_json", required=False, default="{}")
-@click.option("--timeout", type=float, default=bus.CALL_TIMEOUT, show_default=True,
+@click.option("--timeout", type=SECONDS, default=bus.CALL_TIMEOUT, show_default=True,
               help="Seconds per attempt (a few attempts are made).")
 @click.pass_obj
 def call(obj: Ctx, actor: str, method: str, params_json: str, timeout: float) -> None:
@@ -50,7 +51,7 @@ def call(obj: Ctx, actor: str, method: str, params_json: str, timeout: float) ->
     text = wire.dumps(result)  # bytes in the result become base64, as on the bus
     if not obj.json:
         text = orjson.dumps(orjson.loads(text), option=orjson.OPT_INDENT_2)
-    click.echo(text.decode())
+    click.echo(inert_json(text.decode()))
 
 
 @main.command(name="id")
@@ -79,9 +80,9 @@ def _wants_heartbeats(prefix: str) -> bool:
 
 def _format_event(topic: str, event: dict[str, Any], as_json: bool) -> str:
     if as_json:
-        return wire.dumps({"topic": topic, **event}).decode()
-    return f"{topic}  {event.get('epoch')}:{event.get('seq')}  " \
-           f"{wire.dumps(event.get('data')).decode()}"
+        return inert_json(wire.dumps({"topic": topic, **event}).decode())
+    return inert(f"{topic}  {event.get('epoch')}:{event.get('seq')}  "
+                 f"{wire.dumps(event.get('data')).decode()}")
 
 
 @main.command()

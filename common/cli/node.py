@@ -16,11 +16,13 @@ from typing import Any
 import click
 
 from .. import config as configmod
+from ..settings import ConfigError, check_setting
 from .. import errors
 from .. import supervisor as supmod
 from ..home import ACTORS, Home
 from . import bus
-from .base import EXIT_USAGE, Ctx, fail, main
+from . import startup
+from .base import EXIT_ERROR, EXIT_USAGE, SECONDS, Ctx, fail, main
 
 PASSPHRASE_ENV = "P2PM_PASSPHRASE"
 UP_TIMEOUT = 60.0
@@ -61,19 +63,13 @@ def _passphrase(path: Path | None, confirm: bool) -> str:
 # -- init ----------------------------------------------------------------------------
 
 
-def _check_multiaddrs(option: str, values: tuple[str, ...], need_peer_id: bool) -> list[str]:
-    import multiaddr
-
-    out = []
-    for text in values:
-        try:
-            ma = multiaddr.Multiaddr(text)
-        except Exception as exc:  # the package raises several unrelated types
-            fail(f"{option} {text!r} is not a valid multiaddr: {exc}", EXIT_USAGE)
-        if need_peer_id and "/p2p/" not in str(ma):
-            fail(f"{option} {text!r} must end in /p2p/<peer id>", EXIT_USAGE)
-        out.append(str(ma))
-    return out
+def _check_multiaddrs(option: str, values: tuple[str, ...], key: str) -> list[str]:
+    """The addresses of a repeatable option, by the rule of the setting it fills
+    (settings.py), so init refuses exactly what the node would."""
+    try:
+        return list(check_setting("transport", key, list(values)))
+    except ConfigError as exc:
+        fail(f"{option}: {exc.reason}; nothing written", EXIT_USAGE)
 
 
 @main.command()
@@ -100,9 +96,9 @@ def init(obj: Ctx, no_passphrase: bool, passphrase_file: Path | None,
     overrides: dict[str, Any] = {}
     transport: dict[str, Any] = {}
     if listen:
-        transport["listen"] = _check_multiaddrs("--listen", listen, need_peer_id=False)
+        transport["listen"] = _check_multiaddrs("--listen", listen, "listen")
     if bootstrap:
-        transport["bootstrap"] = _check_multiaddrs("--bootstrap", bootstrap, need_peer_id=True)
+        transport["bootstrap"] = _check_multiaddrs("--bootstrap", bootstrap, "bootstrap")
     if transport:
         overrides["transport"] = transport
     try:
@@ -112,7 +108,10 @@ def init(obj: Ctx, no_passphrase: bool, passphrase_file: Path | None,
         fail(str(exc), EXIT_USAGE)
     passphrase = None if no_passphrase else _passphrase(passphrase_file, confirm=True)
 
-    home.ensure()
+    try:
+        home.ensure()
+    except OSError as exc:
+        fail(f"cannot make the home folder {home.root}: {exc.strerror}", EXIT_USAGE)
     try:
         peer_id = identity.create_identity(home.identity_file, passphrase)
     except identity.IdentityError as exc:
@@ -135,24 +134,31 @@ def init(obj: Ctx, no_passphrase: bool, passphrase_file: Path | None,
 def _actor_rows(home: Home, sup: supmod.Supervisor | None,
                answers: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Each actor: supervisord's view combined with its own sys.status (asked now,
-    unless the answers are given)."""
+    unless the answers are given). Without a supervisord (actors started by honcho
+    or by hand), the state is RUNNING for an actor whose process holds its lock."""
     procs = sup.processes() if sup is not None else {}
+    unsupervised = supmod.actor_pids(home) if sup is None else {}
     if answers is None:
         answers = bus.statuses(home)
     rows: dict[str, dict[str, Any]] = {}
     for name in ACTORS:
         info = procs.get(name)
+        if info is not None:
+            state, pid = info.state, info.pid
+        else:
+            state = "RUNNING" if name in unsupervised else "STOPPED"
+            pid = unsupervised.get(name, 0)
         answer = answers[name]
-        row: dict[str, Any] = {"state": info.state if info else "UNKNOWN",
-                               "pid": info.pid if info else 0}
+        row: dict[str, Any] = {"state": state, "pid": pid}
         if isinstance(answer, dict):
             # The answering process may be one run by hand (`p2pm service`) while
             # supervisord's copy is stopped: its pid is the one that matters.
             row.update({k: v for k, v in answer.items() if k != "actor"})
-            row["state"] = info.state if info else "UNKNOWN"
+            row["state"] = state
             row["supervised"] = bool(info and info.pid == answer.get("pid"))
         else:
             row["healthy"] = False
+            row["supervised"] = bool(info and info.pid)
             row["error"] = answer.message
         rows[name] = row
     return rows
@@ -190,18 +196,26 @@ def _unlock_key(home: Home, passphrase_file: Path | None) -> str | None:
 @main.command()
 @click.option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False),
               help="Read the passphrase from the first line of this file.")
-@click.option("--timeout", type=float, default=UP_TIMEOUT, show_default=True,
-              help="Seconds to wait for every actor to be healthy.")
+@click.option("--timeout", type=SECONDS, default=UP_TIMEOUT,
+              show_default=True, help="Seconds to wait for every actor to be healthy.")
 @click.pass_obj
 def up(obj: Ctx, passphrase_file: Path | None, timeout: float) -> None:
-    """Start the node under supervisord and wait until every actor is healthy."""
+    """Start the node under supervisord and wait until every actor is healthy.
+
+    Either every actor ends up healthy, or nothing is left running: a bad setting
+    starts nothing, and an actor that exits while starting (or one not healthy by
+    the deadline) stops the whole node, with that actor's last error line."""
     home = obj.home
     if not home.identity_file.exists():
         fail(f"no node in {home.root}: run p2pm init first")
     sup = supmod.Supervisor(home)
     if sup.is_running():
-        obj.out({"peer_id": _peer_id(home), "already_running": True,
-                 "actors": _actor_rows(home, sup)},
+        rows = _actor_rows(home, sup)
+        sick = [f"{n} {r['state']}" for n, r in rows.items() if not r.get("healthy")]
+        if sick:
+            fail(f"node in {home.root} is already running, but not every actor is healthy "
+                 f"({', '.join(sick)}); p2pm status shows why, p2pm down stops it")
+        obj.out({"peer_id": _peer_id(home), "already_running": True, "actors": rows},
                 f"node in {home.root} is already running")
         return
     strays = supmod.actor_pids(home)
@@ -216,28 +230,39 @@ def up(obj: Ctx, passphrase_file: Path | None, timeout: float) -> None:
     key = _unlock_key(home, passphrase_file)
 
     started = time.monotonic()
+    logs = startup.LogTails(home)
     try:
         sup = supmod.start(home, key)
     except supmod.SupervisorError as exc:
-        fail(str(exc))
-    healthy, answers = bus.wait_healthy(home, timeout)
+        _stop_quietly(home)
+        fail(f"{exc}; nothing left running")
+    outcome = startup.wait_started(home, sup, timeout)
     elapsed = round(time.monotonic() - started, 3)
-    rows = _actor_rows(home, sup, answers)
-    if not healthy:
-        sick = [n for n, r in rows.items() if not r.get("healthy")]
-        fail(f"not healthy after {timeout:g}s: {', '.join(sick)}; see {home.logs}/ "
-             "(the node is left running for inspection; p2pm down stops it)")
+    if outcome.failed is not None:
+        why = logs.last_error(outcome.failed) or outcome.detail
+        _stop_quietly(home)
+        fail(f"{outcome.failed} {outcome.how}: {why} (see {home.logs}/{outcome.failed}.log); "
+             "the node was stopped")
+    rows = _actor_rows(home, sup, outcome.answers)
     peer_id = _peer_id(home)
     obj.out({"peer_id": peer_id, "healthy_after_s": elapsed, "actors": rows},
             f"node {peer_id} up in {home.root}\nall {len(rows)} actors healthy after "
             f"{elapsed:.2f}s")
 
 
+def _stop_quietly(home: Home) -> None:
+    """Stop whatever a failed start left; a failure to stop is reported too."""
+    try:
+        supmod.stop(home, timeout=15)
+    except supmod.SupervisorError as exc:
+        click.echo(f"p2pm: {exc}", err=True)
+
+
 # -- down ----------------------------------------------------------------------------
 
 
 @main.command()
-@click.option("--timeout", type=float, default=supmod.STOP_TIMEOUT, show_default=True,
+@click.option("--timeout", type=SECONDS, default=supmod.STOP_TIMEOUT, show_default=True,
               help="Seconds to wait for a clean stop before killing what is left.")
 @click.pass_obj
 def down(obj: Ctx, timeout: float) -> None:
@@ -261,25 +286,38 @@ def down(obj: Ctx, timeout: float) -> None:
 @main.command()
 @click.pass_obj
 def status(obj: Ctx) -> None:
-    """Each actor's state under supervisord and its own health."""
+    """Each actor's state under supervisord and its own health. Exits 0 only when
+    every actor runs and is healthy; 1 otherwise (the table is shown all the same)."""
     home = obj.home
-    sup = supmod.Supervisor(home, timeout=2.0)
+    sup: supmod.Supervisor | None = supmod.Supervisor(home, timeout=2.0)
+    assert sup is not None
     if not sup.is_running():
-        fail(f"node in {home.root} is not running (p2pm up starts it)")
+        sup = None
+        if not supmod.actor_pids(home):
+            fail(f"node in {home.root} is not running (p2pm up starts it)")
     try:
         rows = _actor_rows(home, sup)
     except supmod.SupervisorError as exc:
         fail(str(exc))
     peer_id = _peer_id(home)
-    lines = [f"node {peer_id}  home {home.root}",
-             f"{'actor':<10} {'state':<16} {'pid':>7}  {'healthy':<7}  uptime"]
+    lines = [f"node {peer_id}  home {home.root}"]
+    if sup is None:
+        lines.append("supervisord is not running in this home: these actors run without it "
+                     "(honcho, p2pm service), and nothing restarts one that stops")
+    lines.append(f"{'actor':<10} {'state':<16} {'pid':>7}  {'healthy':<7}  uptime")
     for name, row in rows.items():
         uptime = f"{row['uptime_s']:.1f}s" if "uptime_s" in row else "-"
         lines.append(f"{name:<10} {row['state']:<16} {row['pid'] or '-':>7}  "
                      f"{'yes' if row.get('healthy') else 'no':<7}  {uptime}")
+    for name, row in rows.items():
+        if row.get("problem"):
+            lines.append(f"{name}: {row['problem']}")
     if "reachability" in rows.get("transport", {}):
         lines.append(f"reachability {rows['transport']['reachability']} (AutoNAT)")
-    obj.out({"peer_id": peer_id, "home": str(home.root), "actors": rows}, "\n".join(lines))
+    obj.out({"peer_id": peer_id, "home": str(home.root), "supervisord": sup is not None,
+             "actors": rows}, "\n".join(lines))
+    if not all(row.get("healthy") for row in rows.values()):
+        sys.exit(EXIT_ERROR)
 
 
 # -- service -------------------------------------------------------------------------

@@ -30,10 +30,12 @@ from typing import Any
 
 import trio
 
-from p2pm.common import errors, identity, wire
+from p2pm.common import errors, identity
 from p2pm.common import protobuf as pb
 from p2pm.common.actor import Actor, every, on_event, rpc
-from p2pm.services.transport.streams import open_streams
+from p2pm.common.clients import KeystoreClient, StorageClient, TransportClient
+from p2pm.common.config import settings_of
+from p2pm.common.streams import open_streams
 
 from .convert import (decode_snapshot, encode_snapshot, make_peer, peer_id_bytes,
                       peer_id_text, peer_json, provider_key, record_key, record_key_text)
@@ -49,43 +51,27 @@ DEFAULT_RECORD_TTL_S = 24 * 3600.0
 BOOTSTRAP_AGAIN_S = 10.0  # at most one self-lookup this often as new peers appear
 BOOTSTRAP_RETRY_S = 0.5  # next self-lookup after one that found new peers
 BOOTSTRAP_RETRY_MAX_S = 60.0
-MODES = ("auto", "server", "client")
 
 
 class Dht(Actor):
     name = "dht"
+    keystore = KeystoreClient.dependency()
+    storage = StorageClient.dependency()
+    transport = TransportClient.dependency()
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
-        cfg = self.config.get("dht", {})
-        # A bad setting is reported (log, status) and replaced by its default: the
-        # node keeps a working DHT rather than a crash loop under supervisord.
-        self.config_errors: list[str] = []
-        self.mode = str(cfg.get("mode", "auto"))
-        if self.mode not in MODES:
-            self._bad_setting(f"dht.mode must be one of {', '.join(MODES)}, not "
-                              f"{self.mode!r}; using auto")
-            self.mode = "auto"
-        k, alpha = cfg.get("bucket_size", 20), cfg.get("alpha", 3)
-        if not isinstance(k, int) or not 1 <= k <= 256:
-            self._bad_setting(f"dht.bucket_size must be 1..256, not {k!r}; using 20")
-            k = 20
-        if not isinstance(alpha, int) or not 1 <= alpha <= k:
-            self._bad_setting(f"dht.alpha must be 1..bucket_size, not {alpha!r}; using 3")
-            alpha = min(3, k)
-        self.core_config = Config(k=k, alpha=alpha)
-        self.bootstrap_addrs: list[str] = list(self.config.get("transport", {})
-                                               .get("bootstrap", []))
+        # Checked once, in settings.py: a bad value never gets this far.
+        settings = settings_of(self.config)
+        self.mode = settings.dht.mode
+        self.core_config = Config(k=settings.dht.bucket_size, alpha=settings.dht.alpha)
+        self.bootstrap_addrs: list[str] = list(settings.transport.bootstrap)
         self.driver: KadDriver | None = None
         self.peer_id: str | None = None
         self._saved: frozenset[bytes] | None = None
         self._last_bootstrap = float("-inf")
         self._ready = trio.Event()
         self.remembered = 0  # peers reloaded from the stored snapshot at start
-
-    def _bad_setting(self, message: str) -> None:
-        self.config_errors.append(message)
-        self.log.error("dht.bad_config", problem=message)
 
     @property
     def server_mode(self) -> bool:
@@ -100,8 +86,7 @@ class Dht(Actor):
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": self.mode, "server": self.server_mode,
-                               "remembered": self.remembered,
-                               "config_errors": list(self.config_errors)}
+                               "remembered": self.remembered}
         if self.driver is not None:
             out.update(peer_id=self.peer_id, **self.driver.statistics(),
                        transport=self.driver.streams.statistics())
@@ -109,16 +94,16 @@ class Dht(Actor):
 
     async def run(self) -> None:
         assert self.runtime is not None
-        me = await self.call_until_answered("keystore", "identity")
-        self.peer_id = me["peer_id"]
+        me = await self.keystore.until_answered().identity()
+        self.peer_id = me.peer_id
         validators = Validators(PublicKeyValidator(), SignedRecordValidator(identity.verify))
-        core = KadCore(Peer(peer_id_bytes(me["peer_id"]), ()), validators, self.core_config,
+        core = KadCore(Peer(peer_id_bytes(me.peer_id), ()), validators, self.core_config,
                        server_mode=self.server_mode)
         remembered = await self._load_snapshot()
         self.remembered = len(remembered)
         now = time.time()
         for peer in remembered:
-            core.routing.add(peer, now)
+            core.add_peer(peer, now)
         protocols = {KAD_PROTOCOL: KAD_SPEC} if self.server_mode else {}
         async with open_streams(self.runtime.endpoints, self.name, protocols,
                                 ctx=self.runtime.ctx, wait=None) as streams:
@@ -148,7 +133,7 @@ class Dht(Actor):
         await self._sync_connected()
         if self.mode == "auto":
             try:
-                status = await self.call("transport", "sys.status", timeout=2.0, retries=1)
+                status = await self.transport.with_options(timeout=2.0, retries=1).status()
                 await self._follow_reachability(status.get("reachability"))
             except errors.BusError:
                 pass  # the event will tell
@@ -208,11 +193,11 @@ class Dht(Actor):
         if driver is None:
             return
         try:
-            peers = await self.call("transport", "peers", timeout=2.0, retries=5)
+            peers = await self.transport.with_options(timeout=2.0, retries=5).peers()
         except errors.BusError as exc:
             self.log.warning("dht.transport_unavailable", error=exc.message)
             return
-        driver.core.connected.clear()
+        driver.core.connections_reset()
         for info in peers:
             self._note_peer(info.get("peer_id", ""), info.get("addrs") or [],
                             info.get("protocols") or [])
@@ -225,12 +210,10 @@ class Dht(Actor):
             peer = make_peer(peer_id, [a for a in addrs if isinstance(a, str)])
         except ValueError:
             return
-        driver.addrs[peer.id] = peer.addrs
-        driver.core.connected[peer.id] = peer
-        if KAD_PROTOCOL in protocols:
-            driver.servers.add(peer.id)
-            was_empty = len(driver.core.routing) == 0
-            driver.core.routing.add(peer, time.time())
+        is_server = KAD_PROTOCOL in protocols
+        was_empty = len(driver.core.routing) == 0
+        driver.peer_identified(peer, is_server, time.time())
+        if is_server:
             if was_empty or time.time() - self._last_bootstrap > BOOTSTRAP_AGAIN_S:
                 self._bootstrap([])
 
@@ -240,12 +223,12 @@ class Dht(Actor):
         if driver is None:
             return
         try:
-            mine = await self.call("transport", "addrs", timeout=2.0, retries=5)
+            mine = await self.transport.with_options(timeout=2.0, retries=5).addrs()
         except errors.BusError:
             return
-        local = make_peer(mine["peer_id"], mine["addrs"])
+        local = make_peer(mine.peer_id, list(mine.addrs))
         if local.id == driver.core.local.id:
-            driver.core.local = local
+            driver.core.set_local_addrs(local)
 
     @on_event("transport.peer")
     async def _on_peer_event(self, topic: str, data: dict[str, Any]) -> None:
@@ -265,11 +248,7 @@ class Dht(Actor):
                 raw = peer_id_bytes(peer_id)
             except ValueError:
                 return
-            # What identify said is only kept for connected peers (bounded by the
-            # transport's connection limit); the table keeps its own addresses.
-            driver.core.connected.pop(raw, None)
-            driver.addrs.pop(raw, None)
-            driver.servers.discard(raw)
+            driver.peer_gone(raw)
 
     @on_event("transport.reachability")
     async def _on_reachability(self, topic: str, data: dict[str, Any]) -> None:
@@ -281,9 +260,8 @@ class Dht(Actor):
         if self.mode != "auto" or driver is None or not isinstance(reachability, str):
             return
         server = reachability != "private"
-        if driver.core.server_mode == server:
+        if not driver.core.set_server_mode(server):
             return
-        driver.core.server_mode = server
         await driver.streams.set_protocols({KAD_PROTOCOL: KAD_SPEC} if server else {})
         self.log.info("dht.mode_changed", server=server, reachability=reachability)
 
@@ -303,12 +281,10 @@ class Dht(Actor):
 
     async def _load_snapshot(self) -> list[Peer]:
         try:
-            got = await self.call("storage", "kv_get", {"key": SNAPSHOT_KEY},
-                                  timeout=2.0, retries=1)
-            peers = decode_snapshot(wire.b64d(got["value"], "snapshot"))
+            got = await self.storage.with_options(timeout=2.0, retries=1).kv_get(SNAPSHOT_KEY)
+            peers = decode_snapshot(got) if got is not None else []
         except errors.BusError as exc:
-            if exc.code != errors.NOT_FOUND:
-                self.log.warning("dht.snapshot_unavailable", error=exc.message)
+            self.log.warning("dht.snapshot_unavailable", error=exc.message)
             return []
         except (ValueError, KeyError, TypeError) as exc:
             self.log.warning("dht.snapshot_unreadable", error=str(exc))
@@ -324,9 +300,8 @@ class Dht(Actor):
         if ids == self._saved:
             return
         try:
-            await self.call("storage", "kv_put", {"key": SNAPSHOT_KEY,
-                                                  "value": encode_snapshot(peers)},
-                            timeout=timeout, retries=retries)
+            await self.storage.with_options(timeout=timeout, retries=retries).kv_put(
+                SNAPSHOT_KEY, encode_snapshot(peers))
             self._saved = ids
         except errors.BusError as exc:
             self.log.warning("dht.snapshot_not_saved", error=exc.message)
@@ -360,7 +335,8 @@ class Dht(Actor):
 
     async def _tell_transport(self, found: dict[str, Any]) -> None:
         try:
-            await self.call("transport", "add_addrs", found, timeout=2.0, retries=1)
+            await self.transport.with_options(timeout=2.0, retries=1).add_addrs(
+                found["peer_id"], list(found["addrs"]))
         except errors.BusError as exc:
             self.log.warning("dht.addrs_not_given", peer=found["peer_id"], error=exc.message)
 
@@ -416,9 +392,7 @@ class Dht(Actor):
         seq = int(time.time() * 1000)
         expires = int(time.time() + ttl)
         body = signed_bytes(key, owner, seq, expires, value)
-        signed = await self.call("keystore", "sign", {"domain": RECORD_DOMAIN,
-                                                      "data": wire.b64e(body)})
-        signature = wire.b64d(signed["signature"], "keystore signature")
+        signature = await self.keystore.sign(RECORD_DOMAIN, body)
         return pb.encode(SignedValue(owner, seq, expires, value, signature))
 
     @rpc

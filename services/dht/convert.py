@@ -9,11 +9,11 @@ ValueError with a message meant for the caller.
 
 from __future__ import annotations
 
-import base58
+import base58  # provider keys given in base58 (peer IDs go through common/identity)
 import multiaddr
 import orjson
 
-from .keyspace import is_multihash
+from p2pm.common.identity import is_multihash, peer_id_bytes, peer_id_text
 from .messages import MAX_ADDRS_PER_PEER, Peer
 from .records import PublicKeyValidator, RecordError, SignedRecordValidator
 
@@ -22,21 +22,8 @@ MAX_SNAPSHOT_PEERS = 2000
 
 # -- peer IDs and addresses ----------------------------------------------------------------
 
-def peer_id_bytes(text: str) -> bytes:
-    """The multihash of a base58 peer ID ("12D3KooW...", "Qm..."); ValueError if not one."""
-    if not isinstance(text, str) or not 32 <= len(text) <= 128:
-        raise ValueError(f"not a peer id: {text!r}")
-    try:
-        raw = base58.b58decode(text)
-    except ValueError:
-        raise ValueError(f"not a peer id (not base58): {text!r}") from None
-    if not is_multihash(raw):
-        raise ValueError(f"not a peer id (not a multihash): {text!r}")
-    return raw
-
-
-def peer_id_text(raw: bytes) -> str:
-    return base58.b58encode(raw).decode("ascii")
+# Peer IDs: the one codec of common/identity (peer_id_bytes, peer_id_text; its
+# PeerIdError is a ValueError), imported from here by the dht's modules.
 
 
 def addr_bytes(text: str) -> bytes | None:

@@ -43,10 +43,11 @@ import dataclasses
 import random
 from collections.abc import Callable
 
+from p2pm.common.identity import is_multihash
 from p2pm.common.log import get_logger
 from p2pm.common.protobuf import DecodeError
 
-from .keyspace import MAX_REFRESH_CPL, is_multihash, kad_key, random_key_in_bucket
+from .keyspace import MAX_REFRESH_CPL, kad_key, random_key_in_bucket
 from .lookup import Lookup, LookupKind, LookupResult
 from .messages import Message, MessageType, Peer, Record, decode_message
 from .ratelimit import RateLimiter
@@ -142,8 +143,10 @@ class _Put:
 
 
 class KadCore:
-    """One node's DHT. `server_mode` may be flipped by the shell as reachability changes
-    (spec: only publicly reachable nodes serve; client-mode nodes only query)."""
+    """One node's DHT. The shell tells it what happened to the node through the methods
+    under "what the shell tells the core" (connections, its own addresses, its mode as
+    reachability changes: spec, only publicly reachable nodes serve; client-mode nodes
+    only query) and reads the rest."""
 
     def __init__(self, local: Peer, validators: Validators, config: Config = Config(),
                  server_mode: bool = True) -> None:
@@ -166,6 +169,36 @@ class KadCore:
         # Peers the shell is connected to, with their addresses (DHT servers or not).
         self.connected: dict[bytes, Peer] = {}
         self._self_lookup_due = 0.0
+
+    # -- what the shell tells the core -----------------------------------------------------
+
+    def add_peer(self, peer: Peer, now: float) -> None:
+        """A peer known to serve the DHT (remembered from the last run, or connected
+        and speaking the protocol): a candidate for the routing table."""
+        self.routing.add(peer, now)
+
+    def peer_connected(self, peer: Peer) -> None:
+        """The node is connected to `peer` (a DHT server or not: FIND_NODE names it)."""
+        self.connected[peer.id] = peer
+
+    def peer_disconnected(self, peer_id: bytes) -> None:
+        self.connected.pop(peer_id, None)
+
+    def connections_reset(self) -> None:
+        """Forget every connection (the transport restarted; the shell re-reads them)."""
+        self.connected.clear()
+
+    def set_local_addrs(self, local: Peer) -> None:
+        """The addresses this node announces (as a provider, in FIND_NODE replies)."""
+        if local.id != self.local.id:
+            raise ValueError("set_local_addrs: another peer id than this node's")
+        self.local = local
+
+    def set_server_mode(self, server: bool) -> bool:
+        """Serve the DHT (True) or only query it; whether that changed anything."""
+        changed = self.server_mode != server
+        self.server_mode = server
+        return changed
 
     def _new_id(self) -> int:
         self._next_id += 1

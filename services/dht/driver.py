@@ -33,8 +33,7 @@ from typing import Any
 import trio
 
 from p2pm.common.log import get_logger
-from p2pm.services.transport.streams import (ProtocolSpec, Stream, StreamClient,
-                                             StreamError, StreamReset)
+from p2pm.common.streams import ProtocolSpec, Stream, StreamClient, StreamError, StreamReset
 
 from .convert import addr_text, peer_id_bytes, peer_id_text
 from .core import (Action, CancelRequest, KadCore, LookupDone, ProvideDone, PutDone,
@@ -89,6 +88,22 @@ class KadDriver:
             self._reap_idle()
             delay = self.core.next_deadline() - time.time()
             await trio.sleep(min(max(delay, 0.005), TICK_MAX_S))
+
+    def peer_identified(self, peer: Peer, is_server: bool, now: float) -> None:
+        """Identify told us about a connected peer: its addresses, and whether it
+        serves the DHT (then it is a routing-table candidate)."""
+        self.addrs[peer.id] = peer.addrs
+        self.core.peer_connected(peer)
+        if is_server:
+            self.servers.add(peer.id)
+            self.core.add_peer(peer, now)
+
+    def peer_gone(self, peer_id: bytes) -> None:
+        """A peer disconnected. What identify said is only kept for connected peers
+        (bounded by the transport's connection limit); the table keeps its own."""
+        self.core.peer_disconnected(peer_id)
+        self.addrs.pop(peer_id, None)
+        self.servers.discard(peer_id)
 
     def perform(self, actions: list[Action]) -> None:
         assert self._nursery is not None, "perform() needs a running driver"

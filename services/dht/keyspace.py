@@ -10,25 +10,12 @@ from __future__ import annotations
 import hashlib
 import random
 
-from p2pm.common.protobuf import DecodeError, decode_uvarint
-
 KEY_BITS = 256
 
 
 def kad_key(raw: bytes) -> int:
     """The keyspace point of a key or a peer ID's multihash bytes."""
     return int.from_bytes(hashlib.sha256(raw).digest(), "big")
-
-
-def is_multihash(raw: bytes) -> bool:
-    """Whether `raw` is <code varint><length varint><digest of that length>: the shape of
-    peer IDs and of provider keys."""
-    try:
-        _, pos = decode_uvarint(raw, 0)
-        length, pos = decode_uvarint(raw, pos)
-    except DecodeError:
-        return False
-    return 0 < length == len(raw) - pos
 
 
 def distance(a: int, b: int) -> int:

@@ -31,7 +31,9 @@ import dataclasses
 import enum
 from collections.abc import Callable
 
-from .keyspace import is_multihash, kad_key
+from p2pm.common.identity import is_multihash
+
+from .keyspace import kad_key
 from .messages import Message, MessageType, Peer
 
 

@@ -212,7 +212,7 @@ class Network:
     def join(self, bootstrap: bytes) -> bytes:
         """Add a node that knows only `bootstrap` and let it look itself up."""
         node = self._new_node()
-        node.core.routing.add(self.nodes[bootstrap].core.local, self.now)
+        node.core.add_peer(self.nodes[bootstrap].core.local, self.now)
         pid = node.core.local.id
         self.start(pid, lambda c: c.find_node(pid, self.now))
         self.run()

@@ -10,7 +10,8 @@ builds itself, from the keystore's signature and the transport's addresses.
 Who may call: anyone who can reach the `run/` folder (mode 0700, checked and tightened
 at start), which is the node's owner; for the optional TCP endpoint (`gateway.tcp`)
 every request also carries the token in `<home>/gateway.token` (0600, generated on
-first use) as `"token"` next to `"method"`.
+first use) as `"token"` next to `"method"`. That door listens on loopback only unless
+`gateway.tcp_allow_remote = true`, and rate-limits wrong tokens (door.py).
 
 Events (re-published from the actors behind it, for attached clients):
   gateway.message.received {"id", "conversation", "author", "body", "ts"}
@@ -36,16 +37,19 @@ from typing import Any, NoReturn
 import trio
 import zmq
 
-from p2pm.common import errors, identity, wire
+from p2pm.common import errors, identity, validate, wire
 from p2pm.common import invite as invites
 from p2pm.common.actor import Actor, on_event, rpc
+from p2pm.common.clients import DhtClient, KeystoreClient, StorageClient, TransportClient
+from p2pm.common.config import settings_of
 from p2pm.common.zmqtrio import AsyncSocket
 
 from .people import People
+from . import door
+from .door import DoorGuard, check_bind
 
 # Bodies are text typed by a person; a bus frame could carry far more, a chat should not.
-MAX_TEXT_BYTES = 16 * 1024
-MAX_REF = 256  # a conversation id, room name or contact name as typed
+MAX_TEXT_BYTES = validate.MAX_TEXT_BYTES
 MAX_INBOX_MESSAGES = 20  # per conversation
 MAX_ROOM_INVITE_CHARS = 16 * 1024
 TOKEN_FILE = "gateway.token"
@@ -93,35 +97,37 @@ class Posted:
 
 
 def check_text(text: str) -> str:
-    """A message body: not empty, at most MAX_TEXT_BYTES, no control characters but
-    newlines and tabs."""
-    if not text.strip():
-        raise errors.bad_params("the message is empty")
-    size = len(text.encode("utf-8", errors="replace"))
-    if size > MAX_TEXT_BYTES:
-        raise errors.bad_params(
-            f"the message is {size} bytes; at most {MAX_TEXT_BYTES} bytes are allowed")
-    if any(not c.isprintable() and c not in "\n\t" for c in text):
-        raise errors.bad_params("the message contains control characters")
-    return text
+    """A message body as typed, line ends normalised (the rule of common/validate)."""
+    try:
+        return validate.message_text(text)
+    except validate.Invalid as exc:
+        raise errors.bad_params(str(exc)) from None
 
 
 def _check_ref(ref: str, what: str) -> str:
-    if not ref.strip() or len(ref) > MAX_REF or not ref.isprintable():
-        raise errors.bad_params(f"{what} must be 1-{MAX_REF} printable characters")
-    return ref
+    try:
+        return validate.check_ref(ref, what)
+    except validate.Invalid as exc:
+        raise errors.bad_params(str(exc)) from None
 
 
 class Gateway(People, Actor):
     name = "gateway"
     downstream_timeout = DOWNSTREAM_TIMEOUT
     downstream_retries = DOWNSTREAM_RETRIES
+    # Through _call, so an actor that does not answer reads as "unavailable".
+    keystore = KeystoreClient.dependency(via="_call")
+    storage = StorageClient.dependency(via="_call")
+    transport = TransportClient.dependency(via="_call")
+    dht = DhtClient.dependency(via="_call")
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
-        self.tcp = str(self.config.get("gateway", {}).get("tcp", "") or "")
+        gateway = settings_of(self.config).gateway  # checked in settings.py
+        self.tcp = gateway.tcp
+        self.tcp_allow_remote = gateway.tcp_allow_remote
         self.tcp_bound: str | None = None
-        self.tcp_refused = 0
+        self.door = DoorGuard()
         self._token: bytes | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -130,8 +136,7 @@ class Gateway(People, Actor):
             _guard_run_dir(self.home.run)
             self.log.info("gateway.local_clients", run_dir=str(self.home.run), mode="0700")
         if self.tcp:
-            if not self.tcp.startswith("tcp://"):
-                raise ValueError(f"gateway.tcp must be a tcp:// endpoint, got {self.tcp!r}")
+            check_bind(self.tcp, self.tcp_allow_remote)
             if self.home is None:
                 raise ValueError("gateway.tcp needs a home for its token")
             self._token = load_or_create_token(self.home.root / TOKEN_FILE)
@@ -141,7 +146,7 @@ class Gateway(People, Actor):
             await self._serve_tcp()
 
     def status(self) -> dict[str, Any]:
-        return {"tcp": self.tcp_bound, "tcp_refused": self.tcp_refused}
+        return {"tcp": self.tcp_bound, **self.door.status()}
 
     async def resync(self, source: str, reason: str) -> None:
         self.publish("gateway.resync", {"source": source, "reason": reason})
@@ -162,35 +167,56 @@ class Gateway(People, Actor):
         limiter = trio.Semaphore(TCP_MAX_CONCURRENT)
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._summarise_refusals)
                 while True:
-                    frames = await asock.recv_multipart()
+                    frames = await asock.recv_multipart(copy=False)
                     await limiter.acquire()
                     nursery.start_soon(self._tcp_request, asock, frames, limiter)
         finally:
             asock.close(linger_ms=0)
 
-    async def _tcp_request(self, sock: AsyncSocket, frames: list[bytes],
+    async def _summarise_refusals(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            line = self.door.summary(trio.current_time())
+            if line is not None:
+                self.log.warning("gateway.tcp_refused_summary", refused=line.refused,
+                                 limited=line.limited, other_sources=line.other_sources,
+                                 sources=" ".join(f"{s}={n}" for s, n in line.sources))
+
+    async def _tcp_request(self, sock: AsyncSocket, frames: list[Any],
                            limiter: trio.Semaphore) -> None:
         try:
             await self._tcp_answer(sock, frames)
         finally:
             limiter.release()
 
-    async def _tcp_answer(self, sock: AsyncSocket, frames: list[bytes]) -> None:
+    async def _tcp_answer(self, sock: AsyncSocket, zframes: list[Any]) -> None:
         assert self.runtime is not None and self._token is not None
-        if len(frames) < 2:
+        if len(zframes) < 2:
             return
+        source = _peer_address(zframes[-1])
+        frames = [f.bytes for f in zframes]
         envelope, body = frames[:-1], frames[-1]
+        now = trio.current_time()
+        if not self.door.admits(source, now):
+            await sock.send_multipart([*envelope, wire.encode_error(None, errors.BusError(
+                errors.LIMIT, "too many wrong tokens from this address; try again in "
+                              "a few seconds"))])
+            return
         try:
             req = wire.decode_request(body)
             token = wire.loads(body).get("token")
         except errors.BusError as exc:
+            self.door.failed(source, now)  # no token either: a flood of it costs the same
             await sock.send_multipart([*envelope, wire.encode_error(None, exc)])
             return
         if not isinstance(token, str) or not hmac.compare_digest(
                 token.encode(), self._token):
-            self.tcp_refused += 1
-            self.log.warning("gateway.tcp_refused", reason="bad token")
+            if self.door.failed(source, now):
+                self.log.warning("gateway.tcp_refused", reason="bad token", source=source,
+                                 note=f"further refusals are summarised every "
+                                      f"{door.SUMMARY_S:g}s")
             await sock.send_multipart([*envelope, wire.encode_error(req.id, errors.forbidden(
                 f"a valid token is required on the TCP endpoint (see {TOKEN_FILE})"))])
             return
@@ -224,27 +250,18 @@ class Gateway(People, Actor):
         raise exc
 
     async def _peer_id(self) -> str:
-        return str((await self._call("keystore", "identity"))["peer_id"])
+        return (await self.keystore.identity()).peer_id
 
     async def _display_name(self) -> str:
-        try:
-            got = await self._call("storage", "kv_get", {"key": NAME_KEY})
-        except errors.BusError as exc:
-            if exc.code != errors.NOT_FOUND:
-                raise
-            return ""
-        value = got.get("value") if isinstance(got, dict) else None
-        return wire.b64d(value, "name").decode("utf-8", "replace") if value else ""
+        value = await self.storage.kv_get(NAME_KEY)
+        return value.decode("utf-8", "replace") if value else ""
 
     async def _contact(self, name: str) -> dict[str, Any]:
         _check_ref(name, "a contact name")
-        try:
-            return await self._call("storage", "contact_get", {"name": name})
-        except errors.BusError as exc:
-            if exc.code == errors.NOT_FOUND:
-                raise errors.not_found(f"no contact named {name!r} (see p2pm contacts "
-                                       "list)") from None
-            raise
+        contact = await self.storage.contact_get(name=name)
+        if contact is None:
+            raise errors.not_found(f"no contact named {name!r} (see p2pm contacts list)")
+        return contact
 
     async def _conversations(self) -> list[dict[str, Any]]:
         got = await self._call("gossip", "conversation_list")
@@ -264,13 +281,9 @@ class Gateway(People, Actor):
         if len(named) > 1:
             ids = ", ".join(str(c.get("id")) for c in named)
             raise errors.bad_params(f"{ref!r} names several conversations ({ids}); use an id")
-        try:
-            contact = await self._call("storage", "contact_get", {"name": ref})
-        except errors.BusError as exc:
-            if exc.code != errors.NOT_FOUND:
-                raise
-            raise errors.not_found(
-                f"no conversation, room or contact named {ref!r}") from None
+        contact = await self.storage.contact_get(name=ref)
+        if contact is None:
+            raise errors.not_found(f"no conversation, room or contact named {ref!r}")
         return await self._open_direct(contact)
 
     async def _open_direct(self, contact: dict[str, Any]) -> dict[str, Any]:
@@ -286,7 +299,7 @@ class Gateway(People, Actor):
     async def node_info(self) -> dict[str, Any]:
         """{} -> {"peer_id", "name", "addrs"}: who this node is, as invites show it."""
         peer_id = await self._peer_id()
-        addrs = (await self._call("transport", "addrs"))["addrs"]
+        addrs = list((await self.transport.addrs()).addrs)
         return {"peer_id": peer_id, "name": await self._display_name(), "addrs": addrs}
 
     @rpc
@@ -303,16 +316,14 @@ class Gateway(People, Actor):
             except invites.InviteError as exc:
                 raise errors.bad_params(str(exc)) from None
         peer_id = await self._peer_id()
-        addrs = (await self._call("transport", "addrs"))["addrs"]
+        addrs = list((await self.transport.addrs()).addrs)
         if name is not None:
-            await self._call("storage", "kv_put",
-                             {"key": NAME_KEY, "value": wire.b64e(name.encode())})
+            await self.storage.kv_put(NAME_KEY, name.encode())
         shown = name or await self._display_name() or peer_id[-8:]
         inv = invites.NodeInvite(peer_id, shown, tuple(addrs[:invites.MAX_ADDRS]),
                                  time.time())
-        signed = await self._call("keystore", "sign", {
-            "domain": invites.DOMAIN, "data": wire.b64e(inv.payload())})
-        text = invites.encode(inv, wire.b64d(signed["signature"], "signature"))
+        signature = await self.keystore.sign(invites.DOMAIN, inv.payload())
+        text = invites.encode(inv, signature)
         return Invite(text, peer_id, shown, list(inv.addrs))
 
     # -- contacts ----------------------------------------------------------------------
@@ -332,7 +343,9 @@ class Gateway(People, Actor):
             try:
                 inv = invites.decode(text)
             except invites.InviteError as exc:
-                raise errors.bad_params(f"invalid invite: {exc}") from None
+                # Refused, not bad input: an invite that does not verify was
+                # tampered with, forged or garbled (exit 1 in the CLI).
+                raise errors.forbidden(f"invalid invite: {exc}") from None
             peer_id, addrs = inv.peer_id, list(inv.addrs)
         else:
             try:
@@ -341,31 +354,20 @@ class Gateway(People, Actor):
                 raise errors.bad_params(
                     "not an invite (p2pm-node:...) nor a peer ID (12D3KooW...)") from None
             peer_id = text
-            found = await self._call("dht", "find_peer", {"peer_id": peer_id},
-                                     timeout=DIAL_TIMEOUT)
+            found = await self.dht.with_options(timeout=DIAL_TIMEOUT).find_peer(peer_id)
             addrs = list(found.get("addrs") or [])
         if peer_id == await self._peer_id():
             raise errors.bad_params("that invite is this node's own")
-        try:
-            existing = await self._call("storage", "contact_get", {"name": name})
-        except errors.BusError as exc:
-            if exc.code != errors.NOT_FOUND:
-                raise
-            existing = None
+        existing = await self.storage.contact_get(name=name)
         if existing is not None and existing["peer_id"] != peer_id:
             raise errors.BusError(errors.CONFLICT,
                                   f"{name!r} is already the contact {existing['peer_id']}")
         if existing is None:
-            try:
-                known = await self._call("storage", "contact_get", {"peer_id": peer_id})
-            except errors.BusError as exc:
-                if exc.code != errors.NOT_FOUND:
-                    raise
-            else:
+            known = await self.storage.contact_get(peer_id=peer_id)
+            if known is not None:
                 raise errors.BusError(errors.CONFLICT,
                                       f"that peer is already your contact {known['name']!r}")
-        got = await self._call("storage", "contact_add",
-                               {"name": name, "peer_id": peer_id, "addrs": addrs})
+        got = await self.storage.contact_add(name, peer_id, addrs)
         self.log.info("gateway.contact_added", name=name, peer_id=peer_id)
         if any(r["peer_id"] == peer_id for r in await self._call("gossip", "request_list")):
             await self._open_direct({"name": name, "peer_id": peer_id, "addrs": addrs})
@@ -377,7 +379,7 @@ class Gateway(People, Actor):
         by name."""
         blocked = await self._blocked()
         return [{**c, "blocked": c["peer_id"] in blocked}
-                for c in (await self._call("storage", "contact_list"))["contacts"]]
+                for c in await self.storage.contact_list()]
 
     @rpc
     async def contact_verify(self, name: str, confirmed: bool = False) -> SafetyNumber:
@@ -388,23 +390,21 @@ class Gateway(People, Actor):
         number = invites.safety_number(await self._peer_id(), contact["peer_id"])
         verified = bool(contact.get("verified"))
         if confirmed and not verified:
-            await self._call("storage", "contact_add", {
-                "name": contact["name"], "peer_id": contact["peer_id"],
-                "addrs": list(contact.get("addrs") or []), "verified": True})
+            await self.storage.contact_add(contact["name"], contact["peer_id"],
+                                           list(contact.get("addrs") or []), verified=True)
             verified = True
         return SafetyNumber(name, contact["peer_id"], number, verified)
 
     @rpc
     async def find_peer(self, peer_id: str) -> dict[str, Any]:
         """{"peer_id"} -> {"peer_id", "addrs"} from the DHT."""
-        return await self._call("dht", "find_peer", {"peer_id": peer_id},
-                                timeout=DIAL_TIMEOUT)
+        return await self.dht.with_options(timeout=DIAL_TIMEOUT).find_peer(peer_id)
 
     # -- conversations -----------------------------------------------------------------
     @rpc
     async def send(self, contact: str, text: str) -> Posted:
         """{"contact", "text"} -> {"id", "state", "conversation"}: a direct message."""
-        check_text(text)
+        text = check_text(text)
         conv = await self._open_direct(await self._contact(contact))
         return await self._post(conv["id"], text)
 
@@ -412,7 +412,7 @@ class Gateway(People, Actor):
     async def post(self, conversation: str, text: str) -> Posted:
         """{"conversation", "text"} -> {"id", "state", "conversation"}; the
         conversation by id, name or contact name."""
-        check_text(text)
+        text = check_text(text)
         conv = await self.resolve(conversation)
         return await self._post(conv["id"], text)
 
@@ -595,6 +595,14 @@ def _guard_run_dir(run: Any) -> None:
         raise PermissionError(f"{run} belongs to uid {st.st_uid}, not to this user")
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(run, 0o700)
+
+
+def _peer_address(frame: Any) -> str:
+    """The remote IP of a TCP message (ZeroMQ's "Peer-Address" property)."""
+    try:
+        return str(frame.get("Peer-Address"))
+    except (zmq.ZMQError, AttributeError):
+        return "unknown"
 
 
 def load_or_create_token(path: Any) -> bytes:

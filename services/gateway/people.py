@@ -15,6 +15,7 @@ from typing import Any
 from p2pm.common import errors, identity
 from p2pm.common import invite as invites
 from p2pm.common.actor import rpc
+from p2pm.common.clients import StorageClient
 
 MIN_REF_TAIL = 6
 SHOWN_TAIL = 8
@@ -22,7 +23,10 @@ PROFILE_MARK = "~"  # a name a peer gave itself, not one the user chose
 
 
 class People:
-    """Mixed into Gateway; `_call`, `_contact`, `_conversations` are the actor's."""
+    """Mixed into Gateway; `_call`, `storage`, `_contact`, `_conversations` are the
+    actor's."""
+
+    storage: StorageClient
 
     async def _direct_with(self, peer_id: str) -> dict[str, Any] | None:
         """Our open direct chat with `peer_id`, if any."""
@@ -37,8 +41,7 @@ class People:
     async def _named_by(self) -> dict[str, str]:
         """peer ID -> the name to show: a contact's, else "~" + their profile's."""
         names = {p: PROFILE_MARK + n for p, n in (await self._call("gossip", "profiles")).items()}
-        names.update({c["peer_id"]: c["name"]
-                      for c in (await self._call("storage", "contact_list"))["contacts"]})
+        names.update({c["peer_id"]: c["name"] for c in await self.storage.contact_list()})
         return names
 
     # -- contacts ----------------------------------------------------------------------
@@ -51,7 +54,7 @@ class People:
         chat = await self._direct_with(contact["peer_id"])
         if chat is not None:
             await self._call("gossip", "conversation_leave", {"conversation": chat["id"]})
-        await self._call("storage", "contact_remove", {"peer_id": contact["peer_id"]})
+        await self.storage.contact_remove(peer_id=contact["peer_id"])
         self.log.info("gateway.contact_removed", name=name, peer_id=contact["peer_id"])
         return {"name": contact["name"], "peer_id": contact["peer_id"], "removed": True}
 
@@ -64,9 +67,9 @@ class People:
         except invites.InviteError as exc:
             raise errors.bad_params(str(exc)) from None
         contact = await self._contact(name)
-        await self._call("storage", "contact_add", {
-            "name": new_name, "peer_id": contact["peer_id"],
-            "addrs": list(contact.get("addrs") or []), "verified": bool(contact["verified"])})
+        await self.storage.contact_add(new_name, contact["peer_id"],
+                                       list(contact.get("addrs") or []),
+                                       bool(contact["verified"]))
         chat = await self._direct_with(contact["peer_id"])
         if chat is not None:
             await self._call("gossip", "direct_open", {
@@ -132,12 +135,11 @@ class People:
                 invites.check_name(name)
             except invites.InviteError as exc:
                 raise errors.bad_params(str(exc)) from None
-        taken = {c["name"] for c in (await self._call("storage", "contact_list"))["contacts"]}
+        taken = {c["name"] for c in await self.storage.contact_list()}
         if name is not None and name in taken:
             raise errors.BusError(errors.CONFLICT, f"you already have a contact named {name!r}")
         chosen = name or _free_name(req["name"] or req["id"], req["peer_id"], taken)
-        await self._call("storage", "contact_add", {"name": chosen, "peer_id": req["peer_id"],
-                                                    "addrs": []})
+        await self.storage.contact_add(chosen, req["peer_id"], [])
         got = await self._call("gossip", "request_accept",
                                {"peer_id": req["peer_id"], "name": chosen})
         self.log.info("gateway.request_accepted", peer_id=req["peer_id"], name=chosen)

@@ -39,15 +39,15 @@ import nacl.secret
 import nacl.utils
 import orjson
 
-from p2pm.common import identity
+from p2pm.common import identity, validate
 
 MESSAGE_DOMAIN = "p2pm-message:"
 RECEIPT_DOMAIN = "p2pm-receipt:"
 INVITE_DOMAIN = "p2pm-room-invite:"
 INVITE_PREFIX = "p2pm-invite1:"
 SECRET_BYTES = 32
-MAX_TEXT = 16 * 1024  # bytes of UTF-8
-MAX_NAME = 256
+MAX_TEXT = validate.MAX_TEXT_BYTES  # bytes of UTF-8
+MAX_NAME = validate.MAX_NAME_CHARS
 MAX_RECEIPT_IDS = 256
 MAX_INVITE_ADDRS = 16
 MAX_INVITE = 8 * 1024
@@ -67,6 +67,10 @@ class EnvelopeError(ValueError):
 class InviteError(ValueError):
     """A malformed or tampered invite."""
 
+
+# The clock skew taken from an author: a message's timestamp further ahead of the
+# receiver's clock than this is kept as the receiver's time (receive.py).
+MAX_FUTURE_S = 120.0
 
 def _derive(secret: bytes, label: bytes, size: int) -> bytes:
     return hashlib.blake2b(label, key=secret, digest_size=size).digest()
@@ -115,13 +119,9 @@ def direct_secret(shared: bytes, a: str, b: str) -> bytes:
 
 
 def check_text(text: str) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("text is empty")
-    if len(text.encode()) > MAX_TEXT:
-        raise ValueError(f"text is longer than {MAX_TEXT} bytes")
-    if any(c in text for c in "\x00"):
-        raise ValueError("text contains a NUL character")
-    return text
+    """A message body as signed: the rule of common/validate, without normalising
+    (validate.Invalid is a ValueError)."""
+    return validate.check_message_text(text)
 
 
 # -- messages and receipts ---------------------------------------------------------

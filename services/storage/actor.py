@@ -25,7 +25,6 @@ the fsync, not the SQL, is what limits how many writes a second get acknowledged
 from __future__ import annotations
 
 import math
-import re
 import sqlite3
 import time
 from dataclasses import asdict, dataclass
@@ -33,14 +32,15 @@ from typing import Any
 
 import trio
 
-from p2pm.common import errors
+from p2pm.common import errors, validate
 from p2pm.common.actor import Actor, rpc
+from p2pm.common.config import settings_of
 
 from . import schema
-from .store import MESSAGE_STATES, SYNCHRONOUS_MODES, Message, Result, Store, capture
+from .store import MESSAGE_STATES, Message, Result, Store, capture
 
-MAX_ID = 128  # message, conversation and peer ids, kv keys
-MAX_NAME = 256
+MAX_ID = validate.MAX_ID_CHARS  # message, conversation and peer ids
+MAX_KEY = 256  # kv keys: dotted names chosen by the actors ("dht.routing_table")
 MAX_VALUE = 1024 * 1024  # kv values
 MAX_BODY = 1024 * 1024  # message envelopes; a bus frame is at most 4 MiB of base64
 MAX_ADDRS = 64
@@ -65,23 +65,19 @@ class _Slot:
 # -- validation at the boundary ----------------------------------------------------
 
 
-# The characters str.isspace knows, searched in C (ids come with every write).
-_SPACE = re.compile(r"\s")
-
-
 def _ident(value: str, what: str, max_len: int = MAX_ID) -> str:
-    if not value or len(value) > max_len or not value.isprintable() or \
-            _SPACE.search(value):
-        raise errors.bad_params(
-            f"{what} must be 1-{max_len} printable characters without spaces")
-    return value
+    try:
+        return validate.check_id(value, what, max_len)
+    except validate.Invalid as exc:
+        raise errors.bad_params(str(exc)) from None
 
 
-def _label(value: str, what: str, max_len: int = MAX_NAME, empty: bool = False) -> str:
-    if (not value and not empty) or len(value) > max_len or not value.isprintable():
-        raise errors.bad_params(f"{what} must be {'0' if empty else '1'}-{max_len} "
-                                "printable characters")
-    return value
+def _label(value: str, what: str, max_len: int = validate.MAX_NAME_CHARS,
+           empty: bool = False) -> str:
+    try:
+        return validate.check_line(value, what, max_len, empty=empty)
+    except validate.Invalid as exc:
+        raise errors.bad_params(str(exc)) from None
 
 
 def _time(value: float, what: str) -> float:
@@ -150,6 +146,7 @@ class Storage(Actor):
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
+        self.synchronous = settings_of(self.config).storage.synchronous  # settings.py
         self.store: Store | None = None
         self._lock = trio.Lock()
         self._queue: list[_Slot] = []  # writes waiting for the next batch
@@ -159,10 +156,7 @@ class Storage(Actor):
 
     async def setup(self) -> None:
         assert self.home is not None, "storage needs a home"
-        sync = str(self.config.get("storage", {}).get("synchronous", "FULL")).upper()
-        if sync not in SYNCHRONOUS_MODES:
-            raise ValueError(f"storage.synchronous must be one of "
-                             f"{', '.join(SYNCHRONOUS_MODES)}, got {sync!r}")
+        sync = self.synchronous
         self.home.data.mkdir(parents=True, exist_ok=True, mode=0o700)
         path = self.home.data / "node.db"
         try:
@@ -273,7 +267,7 @@ class Storage(Actor):
         <- {"key": "dht.routing_table", "value": "<base64>", "updated_at": 1700000000.5}
         not_found if the key has no value.
         """
-        value, updated_at = await self._read("kv_get", _ident(key, "key", MAX_NAME))
+        value, updated_at = await self._read("kv_get", _ident(key, "key", MAX_KEY))
         return {"key": key, "value": value, "updated_at": updated_at}
 
     @rpc
@@ -283,7 +277,7 @@ class Storage(Actor):
         -> {"key": "dht.routing_table", "value": "<base64>"}
         <- {"updated_at": 1700000000.5}
         """
-        _ident(key, "key", MAX_NAME)
+        _ident(key, "key", MAX_KEY)
         _size(value, "value", MAX_VALUE)
         now = time.time()
         await self._write("kv_put", key, value, now)
@@ -296,7 +290,7 @@ class Storage(Actor):
         -> {"key": "dht.routing_table"}
         <- {"deleted": true}     false if there was none
         """
-        return {"deleted": await self._write("kv_delete", _ident(key, "key", MAX_NAME))}
+        return {"deleted": await self._write("kv_delete", _ident(key, "key", MAX_KEY))}
 
     # -- contacts --------------------------------------------------------------------
     @rpc

@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from p2pm.common import errors
+from p2pm.common.settings import SYNCHRONOUS_MODES
 
 from . import schema
 
-SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+
 BUSY_TIMEOUT_MS = 5000
 
 MESSAGE_STATES = ("pending", "sent", "delivered", "received")

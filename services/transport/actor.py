@@ -1,7 +1,7 @@
 """The transport actor: the node's libp2p daemon.
 
 It runs the host (host.py) with a keystore-backed identity (custody.py), serves the
-stream API to the other actors (hub.py, owner side in streams.py), publishes connection
+stream API to the other actors (hub.py; the owner side is common/streams/), publishes connection
 events, answers RPCs about peers, and redials the peers it was connected to when it
 comes back after a crash.
 
@@ -29,8 +29,11 @@ import zmq
 from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 
-from p2pm.common import errors, wire
+from p2pm.common import errors, identity
 from p2pm.common.actor import Actor, every, rpc
+from p2pm.common.clients import DhtClient, Identity, KeystoreClient
+from p2pm.common.config import settings_of
+from p2pm.common.streams import streams_endpoint
 from p2pm.common.zmqtrio import AsyncSocket
 
 from .host import ConnectionWatcher, NodeHost, open_host, ping_rtt_ms
@@ -38,7 +41,6 @@ from .hub import StreamHub
 from .nat import NatManager, NatSettings
 from .relay import is_relayed, split_addrs
 from .reuseport import is_circuit
-from .streams import streams_endpoint
 
 PEERS_FILE = "transport-peers.json"
 LISTEN_PORTS_FILE = "transport-ports.json"
@@ -47,24 +49,23 @@ DIRECT_BEFORE_RELAY_S = 3.0
 DIAL_STAGGER_S = 0.25  # head start of each direct address over the next one
 MAX_DIRECT_ADDRS = 8
 ADDR_TTL_S = 3600
-MAX_CONNECTIONS = 256  # fallbacks for out-of-range settings (same as default.toml)
-MAX_STREAMS_PER_PEER = 64
-KEEPALIVE_INTERVAL_S = 15.0
-KEEPALIVE_TIMEOUT_S = 10.0
 
 
 class Transport(Actor):
     name = "transport"
+    keystore = KeystoreClient.dependency()
+    dht = DhtClient.dependency()
 
     def __init__(self, home: Any = None, config: dict[str, Any] | None = None) -> None:
         super().__init__(home, config)
-        cfg = (config or {}).get("transport", {})
-        self.listen: list[str] = list(cfg.get("listen", ["/ip4/0.0.0.0/tcp/0"]))
-        self.bootstrap: list[str] = list(cfg.get("bootstrap", []))
-        self.max_connections = int(cfg.get("max_connections", MAX_CONNECTIONS))
-        self.max_streams_per_peer = int(cfg.get("max_streams_per_peer", MAX_STREAMS_PER_PEER))
-        self.keepalive_interval_s = cfg.get("keepalive_interval_s", KEEPALIVE_INTERVAL_S)
-        self.keepalive_timeout_s = cfg.get("keepalive_timeout_s", KEEPALIVE_TIMEOUT_S)
+        # Checked once, in settings.py: a bad value never gets this far.
+        cfg = settings_of(config).transport
+        self.listen: list[str] = list(cfg.listen)
+        self.bootstrap: list[str] = list(cfg.bootstrap)
+        self.max_connections = cfg.max_connections
+        self.max_streams_per_peer = cfg.max_streams_per_peer
+        self.keepalive_interval_s = cfg.keepalive_interval_s
+        self.keepalive_timeout_s = cfg.keepalive_timeout_s
         self.node: NodeHost | None = None
         self.hub: StreamHub | None = None
         self._started = trio.Event()
@@ -89,67 +90,20 @@ class Transport(Actor):
                 "nat": self.nat.status() if self.nat else {},
                 "peers": len(self.node.host.get_connected_peers()),
                 "streams": self.hub.status() if self.hub else {},
+                "limits": self.node.limits_status(),
                 "problem": self._problem}
 
-    def _check_config(self) -> list[str]:
-        """Problems with the [transport] settings; bad entries are dropped, so one
-        typo does not keep the node off the network."""
-        problems = []
-        good = []
-        for addr in self.listen:
-            try:
-                maddr = multiaddr.Multiaddr(addr)
-                if "tcp" not in {p.name for p in maddr.protocols()}:
-                    raise ValueError("only TCP listeners are supported")
-                good.append(addr)
-            except Exception as exc:
-                problems.append(f"transport.listen: {addr!r} skipped ({exc})")
-        self.listen = good
-        boot = []
-        for addr in self.bootstrap:
-            try:
-                if not multiaddr.Multiaddr(addr).get_peer_id():
-                    raise ValueError("needs /p2p/<peer id>")
-                boot.append(addr)
-            except Exception as exc:
-                problems.append(f"transport.bootstrap: {addr!r} skipped ({exc})")
-        self.bootstrap = boot
-        if self.max_connections < 1:
-            problems.append(f"transport.max_connections must be >= 1; using {MAX_CONNECTIONS}")
-            self.max_connections = MAX_CONNECTIONS
-        if self.max_streams_per_peer < 1:
-            problems.append("transport.max_streams_per_peer must be >= 1; using "
-                            f"{MAX_STREAMS_PER_PEER}")
-            self.max_streams_per_peer = MAX_STREAMS_PER_PEER
-        for key, default in (("keepalive_interval_s", KEEPALIVE_INTERVAL_S),
-                             ("keepalive_timeout_s", KEEPALIVE_TIMEOUT_S)):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                problems.append(f"transport.{key} must be a positive number; using {default}")
-                setattr(self, key, default)
-        if not self.listen:
-            problems.append("transport.listen has no usable address; listening on "
-                            "/ip4/0.0.0.0/tcp/0")
-            self.listen = ["/ip4/0.0.0.0/tcp/0"]
-        problems += self.nat_settings.problems
-        for problem in problems:
-            self.log.error("transport.bad_config", problem=problem)
-        return problems
-
     async def run(self) -> None:
-        problems = self._check_config()
-        identity = await self.call_until_answered(
-            "keystore", "identity", on_wait=self._set_problem)
-        self._problem = "; ".join(problems) or None
-        public_key = wire.b64d(identity["public_key"], "keystore public_key")
-        await self._serve_host(public_key, identity)
+        me = await self.keystore.until_answered(self._set_problem).identity()
+        self._problem = None
+        await self._serve_host(me)
 
-    async def _serve_host(self, public_key: bytes, identity: dict[str, Any]) -> None:
+    async def _serve_host(self, me: Identity) -> None:
         assert self.runtime is not None
         listen = self._sticky_listen()
-        async with open_host(public_key, self._sign, listen,
+        async with open_host(me.public_key, self.keystore.sign, listen,
                              self.max_connections) as node:
-            if str(node.peer_id) != identity.get("peer_id", str(node.peer_id)):
+            if str(node.peer_id) != me.peer_id:
                 raise RuntimeError("keystore peer_id does not match its public key")
             self.node = node
             listening = list(node.host.get_transport_addrs())
@@ -167,7 +121,7 @@ class Transport(Actor):
             node.host.on_identified = self._on_identified
             sock = self.runtime.ctx.socket(zmq.ROUTER)
             sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-            sock.setsockopt(zmq.SNDHWM, 0)  # bounded by stream credit, see frames.py
+            sock.setsockopt(zmq.SNDHWM, 0)  # bounded by stream credit, see common/streams/frames.py
             sock.setsockopt(zmq.RCVHWM, 0)
             sock.bind(streams_endpoint(self.runtime.endpoints))
             asock = AsyncSocket(sock)
@@ -178,7 +132,7 @@ class Transport(Actor):
                                          self.max_streams_per_peer, self._connect)
                     await nursery.start(self.hub.run)
                     self.nat = NatManager(node, self.nat_settings, self.publish,
-                                          self._connect, self.call)
+                                          self._connect, self.dht)
                     node.extra_addrs = self.nat.extra_addrs
                     await nursery.start(self.nat.run)
                     nursery.start_soon(self._persist_loop)
@@ -233,13 +187,6 @@ class Transport(Actor):
 
     def _set_problem(self, problem: str) -> None:
         self._problem = problem
-
-    async def _sign(self, domain: str, data: bytes, payload_type: bytes | None) -> bytes:
-        params: dict[str, Any] = {"domain": domain, "data": wire.b64e(data)}
-        if payload_type is not None:
-            params["payload_type"] = wire.b64e(payload_type)
-        result = await self.call("keystore", "sign", params)
-        return wire.b64d(result["signature"], "keystore signature")
 
     def _require(self) -> NodeHost:
         if self.node is None:
@@ -461,9 +408,7 @@ class Transport(Actor):
             except Exception as exc:
                 problem = _why(exc)
             # The swarm remembers failures for a while; an explicit dial must retry.
-            cache = getattr(host.get_network(), "_negative_peer_cache", None)
-            if cache is not None:
-                cache.evict(str(peer))
+            host.forget_dial_failures(peer)
         if circuits and self.nat is not None:
             try:
                 with trio.fail_after(DIAL_TIMEOUT_S):
@@ -576,7 +521,7 @@ class Transport(Actor):
         """Observed addresses come and go: re-sign the record and tell peers."""
         node = self.node
         if node is not None and await node.refresh_record():
-            await node.host._push_identify_to_all_peers()
+            await node.host.push_identify_to_all()
 
     def _peer_entry(self, peer: ID) -> dict[str, Any]:
         assert self.node is not None
@@ -601,7 +546,7 @@ class Transport(Actor):
         return {"peer_id": str(peer), "addrs": addrs, "protocols": protocols,
                 "direction": direction, "remote_addr": remote,
                 "streams": self.hub.streams_of(peer) if self.hub else 0,
-                "identified": peer in host._identified_peers,
+                "identified": host.is_identified(peer),
                 "relayed": bool(conns) and all(is_relayed(c) for c in conns),
                 "connected_since": self._connected_at.get(peer)}
 
@@ -622,12 +567,9 @@ def _port_free(maddr: multiaddr.Multiaddr, port: int) -> bool:
 
 def _parse_peer(text: str) -> ID:
     try:
-        peer = ID.from_base58(text)
-    except Exception:
+        return ID(identity.peer_id_bytes(text))
+    except identity.PeerIdError:
         raise errors.bad_params(f"not a peer id: {text!r}") from None
-    if not text or len(text) < 32:
-        raise errors.bad_params(f"not a peer id: {text!r}")
-    return peer
 
 
 def _strip_p2p(addr: multiaddr.Multiaddr) -> multiaddr.Multiaddr:

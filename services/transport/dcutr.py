@@ -32,6 +32,7 @@ from libp2p.relay.circuit_v2.pb import dcutr_pb2 as pb
 
 from p2pm.common.log import get_logger
 
+from .host import dial_addr_once
 from .pbio import close_quietly, read_message, reset_quietly, write_message
 from .relay import is_relayed
 from .reuseport import is_circuit
@@ -208,7 +209,7 @@ class DCUtR:
             source = self.source_for(addr)
             try:
                 if initiator:
-                    conn = await network._dial_addr_single_attempt(addr, peer, source)
+                    conn = await dial_addr_once(network, addr, peer, source)
                 else:
                     conn = await network.dial_addr_as_responder(addr, peer, source)
             except Exception as exc:

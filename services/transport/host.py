@@ -1,13 +1,26 @@
 """Building the node's libp2p host: TCP listeners, Noise only, Yamux (Mplex as a
-fallback), identify, identify-push and ping, connection limits, and the three places where
-py-libp2p 0.8.1 needs adjusting (key custody, dial latency, Noise writes that a
-cancellation cut short).
+fallback), identify, identify-push and ping, connection limits, per-peer stream limits,
+and the four places where py-libp2p 0.8.1 needs adjusting (key custody, dial latency,
+Noise writes that a cancellation cut short, Yamux buffering whatever a peer sends).
+
+Every use of a py-libp2p private attribute lives in this file, each with why.
+
+The muxer is py-libp2p's Yamux with its receive loop replaced (`BoundedYamux`): the
+rules for what a peer's bytes may cost are in yamux_guard.py, which also says why we
+patch the receive side rather than run a muxer of our own. Mplex stays as a fallback
+(peers that offer nothing else): py-libp2p's Mplex queues one message per stream and
+stops reading the connection while it is full, so it is bounded already.
 
 Everything that signs with the identity goes through the keystore (see custody.py):
 `open_host` obtains the Noise signature before the host exists and re-signs the peer
 record whenever the advertised addresses change. The host only ever advertises addresses
 for which a keystore-signed record is installed (`addrs_factory`), so identify always
 finds a matching cached record and never asks the key to sign in the event loop.
+
+This is the one module that touches py-libp2p's private attributes and methods (the
+other transport modules call the public wrappers here: `P2pmHost.is_identified`,
+`P2pmHost.push_identify_to_all`, `dial_addr_once`), each with a comment saying why
+0.8.1 leaves no public way; an upgrade of py-libp2p is checked here.
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ from typing import Any
 
 import multiaddr
 import trio
-from libp2p import create_yamux_muxer_option, new_swarm
+from libp2p import new_swarm
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
@@ -30,6 +43,10 @@ from libp2p.identity.identify_push.identify_push import ID_PUSH as IDENTIFY_PUSH
 from libp2p.identity.identify_push.identify_push import identify_push_handler_for
 from libp2p.io.exceptions import IOException
 from libp2p.io.utils import read_exactly
+from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+from libp2p.stream_muxer.muxer_multistream import MuxerMultistream
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.envelope import make_unsigned, seal_record
@@ -42,9 +59,11 @@ from libp2p.transport.tcp.tcp import TCP
 from libp2p.utils.address_validation import expand_wildcard_address
 
 from p2pm.common.log import get_logger
+from p2pm.common.streams.frames import decode_uvarint
 
 from .custody import NOISE_DOMAIN, PEER_RECORD_DOMAIN, CustodyError, KeystoreBackedKey
-from .frames import decode_uvarint
+from . import yamux_guard as yg
+from .limits import PeerLimits
 from .reuseport import ReuseportTCP, listening_port, local_port
 
 log = get_logger("transport")
@@ -73,8 +92,14 @@ class P2pmHost(BasicHost):
 
     on_identified: Callable[[ID], None] | None = None
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: PeerLimits, **kwargs: Any) -> None:
+        self.limits = limits
         super().__init__(*args, **kwargs)
+        # BasicHost puts identify and ping into its multiselect directly, past
+        # set_stream_handler: route them through it so that they are limited too.
+        for proto, handler in list(self.multiselect.handlers.items()):
+            if handler is not None:
+                self.set_stream_handler(proto, handler)
         handle_push = identify_push_handler_for(self, use_varint_format=True)
 
         async def on_push(stream: INetStream) -> None:
@@ -84,6 +109,40 @@ class P2pmHost(BasicHost):
                 self._announce(peer)
 
         self.set_stream_handler(IDENTIFY_PUSH, on_push)
+
+    def set_stream_handler(self, protocol_id: Any, stream_handler: Any) -> None:
+        """Every handler runs behind the per-peer rate of its protocol (limits.py)."""
+        super().set_stream_handler(protocol_id, self._limited(str(protocol_id),
+                                                              stream_handler))
+
+    def _limited(self, proto: str, handler: Callable[[INetStream], Awaitable[None]]
+                 ) -> Callable[[INetStream], Awaitable[None]]:
+        async def handle(stream: INetStream) -> None:
+            peer = stream.muxed_conn.peer_id
+            if not self.limits.allow_protocol(peer, proto, trio.current_time()):
+                log.debug("transport.stream_limited", peer=str(peer), protocol=proto)
+                await stream.reset()
+                return
+            try:
+                await handler(stream)
+            finally:
+                muxed = getattr(stream, "muxed_stream", None)
+                if isinstance(muxed, BoundedStream):
+                    muxed.handler_done()
+
+        return handle
+
+    async def _swarm_stream_handler(self, net_stream: INetStream) -> None:
+        # Every new inbound stream of every muxer enters here (BasicHost's private
+        # entry point, before protocol negotiation). BoundedYamux counted its streams
+        # against the per-peer open rate already; an Mplex connection's are counted
+        # here, so a peer cannot escape the limit by choosing the fallback muxer.
+        if not isinstance(net_stream.muxed_conn, BoundedYamux) and not \
+                self.limits.stream_open.allow(net_stream.muxed_conn.peer_id,
+                                              trio.current_time()):
+            await net_stream.reset()
+            return
+        await super()._swarm_stream_handler(net_stream)
 
     def _announce(self, peer: ID) -> None:
         if self.on_identified is not None:
@@ -104,6 +163,33 @@ class P2pmHost(BasicHost):
         log.warning("transport.identify_failed", peer=str(peer_id),
                     attempts=1 + len(IDENTIFY_RETRY_S))
 
+    # py-libp2p's private state, reached only here (see the module docstring) ---------
+    def is_identified(self, peer_id: ID) -> bool:
+        """Whether identify completed with this connected peer. py-libp2p 0.8.1 keeps
+        that only in BasicHost._identified_peers and offers no accessor."""
+        return peer_id in self._identified_peers
+
+    async def push_identify_to_all(self) -> None:
+        """Send identify-push to every connected peer (our addresses or protocols
+        changed). BasicHost._push_identify_to_all_peers is the only way py-libp2p
+        0.8.1 has; it calls it itself only when a handler is set, not for addresses."""
+        await self._push_identify_to_all_peers()
+
+    def observed_addrs(self) -> list[multiaddr.Multiaddr]:
+        """Our addresses as identify's peers observed them (one observer is enough).
+        py-libp2p 0.8.1 keeps them in BasicHost._observed_addr_manager, not exposed."""
+        manager = getattr(self, "_observed_addr_manager", None)
+        if manager is None:
+            return []
+        return list(manager.addrs(min_observers=1))
+
+    def forget_dial_failures(self, peer_id: ID) -> None:
+        """Drop the swarm's memory of failed dials to `peer_id`, so an explicit dial
+        tries again at once. Swarm._negative_peer_cache has no public way in 0.8.1."""
+        cache = getattr(self.get_network(), "_negative_peer_cache", None)
+        if cache is not None:
+            cache.evict(str(peer_id))
+
     def get_addrs(self) -> list[multiaddr.Multiaddr]:
         # BasicHost strips everything from the first /p2p/ before appending ours,
         # which turns a circuit address (/.../p2p/RELAY/p2p-circuit) into the relay's
@@ -116,6 +202,218 @@ class P2pmHost(BasicHost):
         await super()._identify_peer(peer_id, reason=reason)
         if self.on_identified is not None and peer_id in self._identified_peers:
             self.on_identified(peer_id)
+
+
+class BoundedStream(YamuxStream):
+    """A Yamux stream whose window stops growing at the guard's maximum, and whose
+    incoming data is dropped once nobody will read it.
+
+    py-libp2p auto-tunes a window up to 16 MiB while its reader keeps up; a stalled
+    reader then leaves that much buffered per stream. `_apply_autotune_epoch` (private)
+    is where it doubles the target, so the cap goes there."""
+
+    conn: "BoundedYamux"
+    abandoned = False
+
+    def _apply_autotune_epoch(self, buffered: int) -> int:
+        if self.target_recv_window * 2 > self.conn.guard.limits.max_stream_window:
+            self.epoch_start = trio.current_time()
+            return 0
+        return super()._apply_autotune_epoch(buffered)
+
+    def handler_done(self) -> None:
+        """The inbound handler returned. If it also closed its side, no code of ours
+        holds the stream any more: what the peer still sends (within its window) is
+        discarded instead of buffered until the connection ends, and what is buffered
+        is dropped. We send no reset: the peer may not have read our answer yet."""
+        if self.send_closed and not self.closed:
+            self.abandoned = True
+            buffer = self.conn.stream_buffers.get(self.stream_id)
+            if buffer is not None:
+                buffer.clear()
+
+
+class BoundedYamux(Yamux):
+    """py-libp2p's Yamux with its receive loop (`handle_incoming`) replaced by one that
+    asks a ReceiveGuard about every frame before reading its body (yamux_guard.py).
+
+    Sending, stream reads and window updates stay py-libp2p's. The loop keeps the
+    state py-libp2p's streams read: `streams`, `stream_buffers` and `stream_events`
+    (their read path waits on those), `recv_window` (their window updates add to it),
+    `_finalize_stream_locked` (drops a stream's bookkeeping once it is closed both ways
+    and drained), `_cleanup_on_error` (ends the connection and tells the swarm),
+    `_write_frame` (its write lock: our frames must not interleave with the streams'),
+    `_read_data_body` (a frame body with py-libp2p's read timeout), and
+    `_rtt`/`_ping_event`/`_ping_sent_time` (its RTT measurement, which auto-tuning reads).
+    py-libp2p's muxer negotiation builds `Yamux` itself whatever class the muxer
+    options name, so `BoundedMuxers` adopts each new one, before it starts, by
+    changing its class (`adopt`)."""
+
+    guard: yg.ReceiveGuard
+    _inbound: set[int]
+
+    @classmethod
+    def adopt(cls, conn: Yamux, limits: yg.GuardLimits, open_rate: Any,
+              stats: yg.MuxStats) -> "BoundedYamux":
+        conn.__class__ = cls
+        assert isinstance(conn, BoundedYamux)
+        conn.guard = yg.ReceiveGuard(conn.peer_id, limits, open_rate, stats)
+        conn._inbound = set()
+        return conn
+
+    async def open_stream(self) -> YamuxStream:
+        stream = await super().open_stream()
+        stream.__class__ = BoundedStream
+        return stream
+
+    async def handle_incoming(self) -> None:
+        reason = "closed"
+        try:
+            while not self.event_shutting_down.is_set():
+                header = yg.decode_header(await read_exactly(self.secured_conn,
+                                                             yg.HEADER_SIZE))
+                if header.type in (yg.TYPE_DATA, yg.TYPE_WINDOW_UPDATE):
+                    decision = await self._on_stream_frame(header)
+                    if decision.verdict is yg.Verdict.GO_AWAY:
+                        reason = decision.reason
+                        await self._go_away(decision.reason)
+                        return
+                elif header.type == yg.TYPE_PING:
+                    await self._on_ping(header)
+                else:
+                    reason = f"go-away {header.length} from the peer"
+                    return
+        except yg.YamuxProtocolError as exc:
+            reason = str(exc)
+            await self._go_away(self.guard.on_protocol_error(reason).reason)
+        except Exception as exc:  # the connection broke (EOF, a bad Noise frame...)
+            reason = f"{type(exc).__name__}: {exc}"
+        finally:
+            log.debug("transport.yamux_ended", peer=str(self.peer_id), reason=reason)
+            if not self.event_closed.is_set():
+                await self._cleanup_on_error()
+
+    async def _go_away(self, reason: str) -> None:
+        log.warning("transport.yamux_disconnect", peer=str(self.peer_id), reason=reason)
+        with trio.move_on_after(CLOSE_TIMEOUT_S):
+            await self._write_frame(yg.encode_header(yg.TYPE_GO_AWAY, 0, 0,
+                                                     yg.GO_AWAY_PROTOCOL_ERROR))
+
+    async def _on_ping(self, header: yg.Header) -> None:
+        if header.flags & yg.FLAG_SYN:
+            await self._write_frame(yg.encode_header(yg.TYPE_PING, yg.FLAG_ACK, 0,
+                                                     header.length))
+        elif header.flags & yg.FLAG_ACK:
+            rtt = trio.current_time() - self._ping_sent_time
+            self._rtt = rtt if self._rtt == 0.0 else (self._rtt + rtt) / 2
+            self._ping_event.set()
+
+    async def _on_stream_frame(self, h: yg.Header) -> yg.Decision:
+        sid, now = h.stream_id, trio.current_time()
+        stream = self.streams.get(sid)
+        is_new = bool(h.flags & yg.FLAG_SYN) and stream is None
+        if is_new:
+            self._inbound &= self.streams.keys()  # py-libp2p drops closed streams
+            decision = self.guard.on_open(now, len(self._inbound))
+            if decision.verdict is not yg.Verdict.ACCEPT:
+                await self._skip_body(h)
+                await self._send_reset(sid, decision.reason)
+                return decision
+            stream = BoundedStream(sid, self, False)
+            async with self.streams_lock:
+                self.streams[sid] = stream
+                self.stream_buffers[sid] = bytearray()
+                self.stream_events[sid] = trio.Event()
+            self._inbound.add(sid)
+        elif h.flags & yg.FLAG_SYN:
+            await self._skip_body(h)
+            return self.guard.on_protocol_error(f"a second SYN for stream {sid}")
+        if h.type == yg.TYPE_DATA:
+            live = stream is not None and not stream.closed and not stream.recv_closed
+            credit = stream.recv_window if live else None
+            buffered = sum(len(b) for b in self.stream_buffers.values())
+            decision = self.guard.on_data(h.length, credit, buffered, now)
+            if decision.verdict is yg.Verdict.ACCEPT:
+                data = await self._read_data_body(h.length) if h.length else b""
+                assert stream is not None
+                stream.recv_window -= len(data)
+                if stream.abandoned:
+                    self.guard.stats.bump("discarded_bytes", len(data))
+                else:
+                    self.stream_buffers[sid].extend(data)
+            else:
+                await self._skip_body(h)
+                if decision.verdict is yg.Verdict.GO_AWAY:
+                    return decision
+                if decision.verdict is yg.Verdict.RESET:
+                    assert stream is not None
+                    await self._reset_stream(stream, decision.reason)
+                    return decision
+                if stream is None or stream.closed:
+                    return decision
+        elif stream is not None and not stream.closed:
+            async with stream.window_lock:
+                stream.send_window += h.length
+        if stream is None:
+            return yg.DISCARD
+        if h.flags & yg.FLAG_FIN:
+            stream.recv_closed = True
+            stream.closed = stream.closed or stream.send_closed
+        if h.flags & yg.FLAG_RST:
+            stream.closed = stream.reset_received = True
+        event = self.stream_events.get(sid)
+        if event is not None:
+            event.set()
+        if stream.closed:
+            await self._forget(stream)
+        if is_new and not stream.closed:
+            await self._write_frame(yg.encode_header(yg.TYPE_WINDOW_UPDATE, yg.FLAG_ACK,
+                                                     sid, 0))
+            await self.new_stream_send_channel.send(stream)
+        return yg.ACCEPT
+
+    async def _skip_body(self, h: yg.Header) -> None:
+        """Read and drop a DATA frame's body in pieces, never holding it whole."""
+        left = h.length if h.type == yg.TYPE_DATA else 0
+        while left:
+            left -= len(await self._read_data_body(min(left, 64 * 1024)))
+
+    async def _send_reset(self, sid: int, reason: str) -> None:
+        log.debug("transport.yamux_reset", peer=str(self.peer_id), stream=sid,
+                  reason=reason)
+        await self._write_frame(yg.encode_header(yg.TYPE_WINDOW_UPDATE, yg.FLAG_RST,
+                                                 sid, 0))
+
+    async def _reset_stream(self, stream: YamuxStream, reason: str) -> None:
+        """Reset a stream we will take nothing more of: its buffer goes at once. Logged
+        at debug (counted in sys.status): a peer gets two before its disconnect, which
+        is the line worth a warning."""
+        log.debug("transport.yamux_overrun", peer=str(self.peer_id),
+                    stream=stream.stream_id, reason=reason)
+        stream.closed = stream.send_closed = stream.recv_closed = True
+        stream.reset_received = True
+        self.stream_buffers.get(stream.stream_id, bytearray()).clear()
+        event = self.stream_events.get(stream.stream_id)
+        if event is not None:
+            event.set()
+        await self._forget(stream)
+        await self._send_reset(stream.stream_id, reason)
+
+    async def _forget(self, stream: YamuxStream) -> None:
+        async with self.streams_lock:
+            self._finalize_stream_locked(stream, fully_closed=True)
+
+
+class BoundedMuxers(MuxerMultistream):
+    """The upgrader's muxer negotiation, handing out BoundedYamux connections."""
+
+    guard_args: tuple[yg.GuardLimits, Any, yg.MuxStats]
+
+    async def new_conn(self, conn: Any, peer_id: ID) -> Any:
+        muxed = await super().new_conn(conn, peer_id)
+        if type(muxed) is Yamux:
+            BoundedYamux.adopt(muxed, *self.guard_args)
+        return muxed
 
 
 class ConnectionWatcher(INotifee):
@@ -143,6 +441,16 @@ class ConnectionWatcher(INotifee):
 
     async def listen_close(self, network: INetwork, maddr: multiaddr.Multiaddr) -> None:
         return None
+
+
+async def dial_addr_once(network: Any, addr: multiaddr.Multiaddr, peer: ID,
+                         source: tuple[str, int] | None) -> INetConn:
+    """One dial of one address, from `source`, without the swarm's retries and address
+    fan-out: what a hole punch needs (DCUtR dials every address at once and the first
+    to connect wins). Swarm.dial_addr_as_responder is the public form for the
+    responder; py-libp2p 0.8.1 has none for the initiator but the private
+    Swarm._dial_addr_single_attempt."""
+    return await network._dial_addr_single_attempt(addr, peer, source)
 
 
 def connection_config(max_connections: int) -> ConnectionConfig:
@@ -234,8 +542,10 @@ def parse_unsigned_envelope(data: bytes) -> tuple[str, bytes, bytes]:
 class NodeHost:
     """The running host and the custody glue around it."""
 
-    def __init__(self, host: P2pmHost, key: KeystoreBackedKey, signer: Signer) -> None:
+    def __init__(self, host: P2pmHost, key: KeystoreBackedKey, signer: Signer,
+                 mux_stats: yg.MuxStats | None = None) -> None:
         self.host = host
+        self.mux_stats = mux_stats or yg.MuxStats()
         self.key = key
         self.signer = signer
         self.advertised: list[multiaddr.Multiaddr] = []
@@ -248,6 +558,11 @@ class NodeHost:
             if isinstance(transport, ReuseportTCP):
                 return transport
         return None
+
+    def limits_status(self) -> dict[str, Any]:
+        """For sys.status: the muxer's counters and each per-peer table's."""
+        return {"muxer": dict(self.mux_stats.counters),
+                "rates": self.host.limits.status()}
 
     @property
     def peer_id(self) -> ID:
@@ -292,23 +607,27 @@ class NodeHost:
 
 
 def _build(key: KeystoreBackedKey, noise_private: Any, max_connections: int,
-           node: list[NodeHost]) -> P2pmHost:
+           node: list[NodeHost], limits: PeerLimits, stats: yg.MuxStats) -> P2pmHost:
     key_pair = KeyPair(key, key.get_public_key())
     swarm = new_swarm(
         key_pair=key_pair,
         # Noise only: new_host's default also offers TLS, secio and plaintext, and
         # negotiates plaintext with a peer that asks for it.
         sec_opt={NOISE_PROTOCOL_ID: CancelSafeNoise(key_pair, noise_privkey=noise_private)},
-        muxer_opt=create_yamux_muxer_option(),  # Yamux first, Mplex as a fallback
+        # Yamux first (made a BoundedYamux by BoundedMuxers), Mplex as a fallback.
+        muxer_opt={YAMUX_PROTOCOL_ID: Yamux, MPLEX_PROTOCOL_ID: Mplex},
         connection_config=connection_config(max_connections),
     )
     swarm.auto_connector.__class__ = ManualDialsOnly  # type: ignore[attr-defined]
+    muxers = swarm.upgrader.muxer_multistream
+    muxers.__class__ = BoundedMuxers
+    muxers.guard_args = (yg.GuardLimits(), limits.stream_open, stats)
     for transport in swarm.transport_manager.get_transports():
         if isinstance(transport, TCP):
             ReuseportTCP.adopt(transport)  # dial from the listening port (hole punching)
     # The constructor reads get_addrs() through this before `node` is filled in.
     return P2pmHost(
-        network=swarm,
+        network=swarm, limits=limits,
         addrs_factory=lambda _candidates: list(node[0].advertised) if node else [],
     )
 
@@ -342,12 +661,15 @@ async def open_host(public_key: bytes, signer: Signer, listen: Sequence[str],
 
     node: list[NodeHost] = []
     key.fallback = bridged_sign
+    # Per-peer tables hold a few times the connections we allow (ratelimit.py).
+    limits = PeerLimits(max_peers=4 * max_connections)
+    stats = yg.MuxStats()
     try:
         host = await trio.to_thread.run_sync(_build, key, noise.private_key,
-                                             max_connections, node)
+                                             max_connections, node, limits, stats)
     finally:
         key.fallback = None
-    nh = NodeHost(host, key, signer)
+    nh = NodeHost(host, key, signer, stats)
     node.append(nh)
     addrs = [multiaddr.Multiaddr(a) for a in listen]
     try:
@@ -374,7 +696,8 @@ def _observe_listening_port_only(host: BasicHost, port: int) -> None:
     Most dials leave from an ephemeral port (reuseport.py); what a peer observes for
     those is a NAT mapping nobody can dial back. py-libp2p records it anyway (it
     matches observations to listeners by IP alone), and we would offer it to AutoNAT
-    and DCUtR and advertise it."""
+    and DCUtR and advertise it. The manager is private to BasicHost (0.8.1), and
+    record_observation its only hook."""
     manager = getattr(host, "_observed_addr_manager", None)
     if manager is None:
         return

@@ -1,10 +1,10 @@
 """The transport's side of the stream API: owners, their protocols, and one pump per
 libp2p stream between the network and the owner's socket.
 
-Protocol and flow control are described in frames.py. Here: an owner registers (and
-keeps registering, as heartbeat) the protocols it owns; the hub installs a libp2p
-handler for each; inbound streams are announced with INBOUND, outbound ones are opened
-on OPEN. Each stream is served by two tasks:
+Protocol and flow control are described in common/streams/frames.py. Here: an owner
+registers (and keeps registering, as heartbeat) the protocols it owns; the hub installs
+a libp2p handler for each; inbound streams are announced with INBOUND, outbound ones
+are opened on OPEN. Each stream is served by two tasks:
 
 * reader: libp2p -> owner, only while the owner has granted credit. When credit runs
   out it stops calling `read()`, so Yamux stops granting window and the remote blocks.
@@ -29,12 +29,13 @@ import trio
 from libp2p.abc import INetStream
 from libp2p.peer.id import ID
 
-from p2pm.common import errors
+from p2pm.common import errors, identity
 from p2pm.common.log import get_logger
+from p2pm.common.streams import frames as fr
+from p2pm.common.streams.frames import (Frame, FrameError, MessageDecoder, MessageTooLarge,
+                                        ProtocolSpec)
 from p2pm.common.zmqtrio import AsyncSocket
 
-from . import frames as fr
-from .frames import Frame, FrameError, MessageDecoder, MessageTooLarge, ProtocolSpec
 from .host import NodeHost
 
 log = get_logger("transport")
@@ -157,7 +158,7 @@ class StreamHub:
                 continue
             try:
                 with trio.move_on_after(PUSH_TIMEOUT_S):
-                    await self.node.host._push_identify_to_all_peers()
+                    await self.node.host.push_identify_to_all()
                 log.info("streams.identify_pushed", peers=peers)
             except Exception as exc:  # best effort: peers re-identify on reconnect
                 log.info("streams.identify_push_failed", error=str(exc) or type(exc).__name__)
@@ -489,7 +490,7 @@ def _parse_open(body: dict[str, Any]) -> tuple[ID, list[multiaddr.Multiaddr], st
             raise FrameError("give 'peer', or addrs ending in /p2p/<peer id>")
         peer_text = ids.pop()
     try:
-        peer = ID.from_base58(peer_text)
-    except Exception:
+        peer = ID(identity.peer_id_bytes(peer_text))
+    except identity.PeerIdError:
         raise FrameError(f"not a peer id: {peer_text!r}") from None
     return peer, addrs, proto

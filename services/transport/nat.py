@@ -21,7 +21,9 @@ import trio
 from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 
+from p2pm.common.clients import DhtClient
 from p2pm.common.log import get_logger
+from p2pm.common.settings import TransportSettings
 
 from . import autonat, dcutr, relay
 from .relay_discovery import RELAY_PROVIDER_KEY_HEX, RelayAnnouncer, RelayFinder
@@ -36,70 +38,37 @@ DISCOVERED_ADDR_TTL_S = 3600  # as long as the transport keeps other learnt addr
 
 
 class NatSettings:
-    """The [transport] keys of this module, checked; `problems` says what was wrong."""
+    """The [transport] keys of this module, from the checked settings (settings.py),
+    the relay addresses parsed."""
 
-    def __init__(self, cfg: dict[str, Any]) -> None:
-        self.problems: list[str] = []
-        self.relay_service = self._bool(cfg, "relay_service", False)
-        self.limits, problems = relay.RelayLimits.from_config(cfg)
-        self.problems += problems
-        self.relays: list[multiaddr.Multiaddr] = []
-        for text in cfg.get("relays", []) or []:
-            try:
-                addr = multiaddr.Multiaddr(str(text))
-                if not addr.get_peer_id() or is_circuit(addr):
-                    raise ValueError("needs a direct address ending in /p2p/<peer id>")
-                self.relays.append(addr)
-            except Exception as exc:
-                self.problems.append(f"transport.relays: {text!r} skipped ({exc})")
-        self.max_client_reservations = self._num(cfg, "relay_client_reservations", 2, int)
-        self.relay_discovery = self._bool(cfg, "relay_discovery", True)
-        self.autonat_service = self._bool(cfg, "autonat_service", True)
-        self.autonat_interval_s = self._num(cfg, "autonat_interval_s", 60.0, float)
-        self.autonat_retry_s = self._num(cfg, "autonat_retry_s", 10.0, float)
-        self.autonat_max_per_peer = self._num(cfg, "autonat_max_per_peer", 3, int)
-        self.autonat_max_total = self._num(cfg, "autonat_max_total", 30, int)
-        self.autonat_dial_timeout_s = self._num(cfg, "autonat_dial_timeout_s", 5.0, float)
-        self.holepunch = self._bool(cfg, "holepunch", True)
-        self.holepunch_cooldown_s = self._num(cfg, "holepunch_cooldown_s", 600.0, float)
-        self.reachability = cfg.get("reachability", "auto")
-        if self.reachability not in ("auto", autonat.PUBLIC, autonat.PRIVATE):
-            self.problems.append(f"transport.reachability must be auto, public or private "
-                                 f"(not {self.reachability!r}); using auto")
-            self.reachability = "auto"
-        self.upnp = self._bool(cfg, "upnp", False)
-        if self.upnp:
-            self.problems.append("transport.upnp: UPnP port mapping is not implemented "
-                                 "(it could not be tested here); ignored")
-
-    def _bool(self, cfg: dict[str, Any], key: str, default: bool) -> bool:
-        value = cfg.get(key, default)
-        if not isinstance(value, bool):
-            self.problems.append(f"transport.{key} must be true or false; using {default}")
-            return default
-        return value
-
-    def _num(self, cfg: dict[str, Any], key: str, default: Any, kind: type) -> Any:
-        value = cfg.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 \
-                or (kind is int and not isinstance(value, int)):
-            self.problems.append(f"transport.{key} must be a positive "
-                                 f"{'integer' if kind is int else 'number'}; using {default}")
-            return default
-        return kind(value)
+    def __init__(self, cfg: TransportSettings) -> None:
+        self.relay_service = cfg.relay_service
+        self.limits = relay.RelayLimits.from_settings(cfg)
+        self.relays = [multiaddr.Multiaddr(text) for text in cfg.relays]
+        self.max_client_reservations = cfg.relay_client_reservations
+        self.relay_discovery = cfg.relay_discovery
+        self.autonat_service = cfg.autonat_service
+        self.autonat_interval_s = cfg.autonat_interval_s
+        self.autonat_retry_s = cfg.autonat_retry_s
+        self.autonat_max_per_peer = cfg.autonat_max_per_peer
+        self.autonat_max_total = cfg.autonat_max_total
+        self.autonat_dial_timeout_s = cfg.autonat_dial_timeout_s
+        self.holepunch = cfg.holepunch
+        self.holepunch_cooldown_s = cfg.holepunch_cooldown_s
+        self.reachability = cfg.reachability
 
 
 class NatManager:
     def __init__(self, node: Any, settings: NatSettings,
                  publish: Callable[[str, dict[str, Any]], None],
                  connect: Callable[[ID, list[multiaddr.Multiaddr]], Awaitable[None]],
-                 call: Callable[..., Awaitable[Any]] | None = None) -> None:
+                 dht: DhtClient | None = None) -> None:
         self.node = node
         self.host = node.host
         self.settings = settings
         self.publish = publish
         self.connect = connect
-        self.call = call  # another actor's RPC (Actor.call); None: no dht to ask
+        self.dht = dht  # None: no dht to ask
         self.tcp = next(t for t in self.host.get_network().transport_manager.get_transports()
                         if isinstance(t, ReuseportTCP))
         self.autonat = autonat.AutoNAT(
@@ -118,7 +87,7 @@ class NatManager:
         self._nursery: trio.Nursery | None = None
         self._probe_now = trio.Event()
         self._reserve_now = trio.Event()
-        discovery = settings.relay_discovery and call is not None
+        discovery = settings.relay_discovery and dht is not None
         self.finder = RelayFinder(str(node.peer_id)) if discovery else None
         self.announcer = RelayAnnouncer() if discovery and settings.relay_service else None
         self.first_relayed_at: float | None = None
@@ -147,11 +116,8 @@ class NatManager:
     # addresses -------------------------------------------------------------------------
     def observed(self) -> list[multiaddr.Multiaddr]:
         """Our addresses as peers saw them (one observer is enough to try)."""
-        obs = getattr(self.host, "_observed_addr_manager", None)
-        if obs is None:
-            return []
         try:
-            return [a for a in obs.addrs(min_observers=1) if not is_circuit(a)]
+            return [a for a in self.host.observed_addrs() if not is_circuit(a)]
         except Exception:
             return []
 
@@ -335,10 +301,10 @@ class NatManager:
     async def _ask_dht(self, method: str) -> Any:
         """`provide` or `find_providers` of the relay key; a dht that is down or slow
         costs this task DHT_OP_TIMEOUT_S + DHT_CALL_SLACK_S, and nothing else."""
-        assert self.call is not None
-        return await self.call("dht", method,
-                               {"key": RELAY_PROVIDER_KEY_HEX, "timeout": DHT_OP_TIMEOUT_S},
-                               timeout=DHT_OP_TIMEOUT_S + DHT_CALL_SLACK_S, retries=0)
+        assert self.dht is not None
+        dht = self.dht.with_options(timeout=DHT_OP_TIMEOUT_S + DHT_CALL_SLACK_S, retries=0)
+        ask = dht.provide if method == "provide" else dht.find_providers
+        return await ask(RELAY_PROVIDER_KEY_HEX, timeout=DHT_OP_TIMEOUT_S)
 
     async def _discovery_loop(self) -> None:
         """While private and short of reservations, ask the dht for relays. Each ask

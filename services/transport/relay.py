@@ -87,21 +87,10 @@ class RelayLimits:
     circuit_data_bytes: int = 1 << 20  # per direction
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any]) -> tuple[RelayLimits, list[str]]:
-        """Limits from [transport] relay_* keys; out-of-range values fall back to the
-        default, with a problem to report."""
-        base = cls()
-        values: dict[str, int] = {}
-        problems = []
-        for name in base.__dataclass_fields__:
-            key = f"relay_{name}"
-            raw = cfg.get(key, getattr(base, name))
-            if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-                problems.append(f"transport.{key} must be an integer >= 1; using "
-                                f"{getattr(base, name)}")
-                raw = getattr(base, name)
-            values[name] = raw
-        return cls(**values), problems
+    def from_settings(cls, cfg: Any) -> RelayLimits:
+        """Limits from the checked [transport] relay_* settings (settings.py)."""
+        return cls(**{name: getattr(cfg, f"relay_{name}")
+                      for name in cls.__dataclass_fields__})
 
 
 @dataclass

@@ -31,7 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import multiaddr
-from libp2p.peer.id import ID
+
+from p2pm.common import identity
 
 from .reuseport import is_circuit
 
@@ -234,13 +235,12 @@ class RelayFinder:
 
 
 def is_peer_id(text: str) -> bool:
-    """Whether `text` is a base58 peer ID: a multihash (an identity one for Ed25519 keys,
-    sha256 for larger keys) whose length byte matches its digest."""
+    """Whether `text` is a base58 peer ID (the one rule of `identity.peer_id_bytes`)."""
     try:
-        raw = ID.from_base58(text).to_bytes()
-    except Exception:
+        identity.peer_id_bytes(text)
+    except identity.PeerIdError:
         return False
-    return len(raw) > 2 and raw[0] in (0x00, 0x12) and raw[1] == len(raw) - 2
+    return True
 
 
 def dialable(text: Any, peer_id: str) -> multiaddr.Multiaddr | None:

@@ -41,7 +41,7 @@ from p2pm.common.client import Client, open_client
 from p2pm.common.home import Home
 from p2pm.common.identity import create_identity, read_peer_id
 from p2pm.common.log import setup_logging
-from p2pm.services.dht.testing import free_ports
+from tests.helpers.dht_node import free_ports
 
 NODES = 10
 ACTORS = ("keystore", "storage", "transport", "dht")

@@ -150,7 +150,7 @@ def serve_node(root: str) -> None:
 
 class P2pmNet:
     def __init__(self) -> None:
-        from p2pm.services.transport.testing import make_home
+        from tests.helpers.transport_node import make_home
 
         self.homes = [make_home("p2pm-bg-") for _ in range(NODES)]
         for home in self.homes:

@@ -26,8 +26,8 @@ from libp2p.io.utils import read_exactly
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
 from p2pm.common.log import setup_logging
-from p2pm.services.transport.streams import ProtocolSpec, open_streams
-from p2pm.services.transport.testing import open_test_node
+from p2pm.common.streams import ProtocolSpec, open_streams
+from tests.helpers.transport_node import open_test_node
 
 ECHO = "/p2pm-bench/echo/1.0.0"
 SINK = "/p2pm-bench/sink/1.0.0"

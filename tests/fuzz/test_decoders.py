@@ -30,7 +30,8 @@ from p2pm.services.dht import messages as kad
 from p2pm.services.gossip import conversations as cv
 from p2pm.services.gossip import sync
 from p2pm.services.gossip.router import messages as gs
-from p2pm.services.transport import frames
+from p2pm.common.streams import frames
+from p2pm.services.transport import yamux_guard as yg
 
 from .mutate import fuzzed, mutated
 
@@ -156,6 +157,24 @@ def test_gossipsub_size_limit_is_enforced(data: bytes, limit: int) -> None:
     assume(len(data) > limit)
     with pytest.raises(DecodeError):
         gs.decode_rpc(data, max_size=limit)
+
+# -- Yamux headers (every frame a peer sends passes this first) ----------------------
+
+yamux_headers = st.builds(yg.encode_header, st.integers(0, 3), st.integers(0, 15),
+                          st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+
+
+@given(fuzzed(yamux_headers, 16))
+def test_yamux_header_decoder_raises_only_protocol_error(data: bytes) -> None:
+    try:
+        h = yg.decode_header(data)
+    except yg.YamuxProtocolError:
+        return
+    assert len(data) == yg.HEADER_SIZE and h.version == 0
+    assert h.type in (yg.TYPE_DATA, yg.TYPE_WINDOW_UPDATE, yg.TYPE_PING, yg.TYPE_GO_AWAY)
+    assert (h.stream_id == 0) == (h.type in (yg.TYPE_PING, yg.TYPE_GO_AWAY))
+    assert yg.encode_header(h.type, h.flags, h.stream_id, h.length) == data
+
 
 # -- the transport's stream frames ---------------------------------------------------
 
@@ -357,8 +376,10 @@ def test_config_loader_raises_only_config_error(text: bytes) -> None:
         for p in root.iterdir():
             p.unlink()
         root.rmdir()
-    assert cfg.keys() == DEFAULTS.keys()
+    # Whatever was accepted is complete and of the defaults' types.
+    tables = cfg.to_mapping()
+    assert tables.keys() == DEFAULTS.keys()
     for section, table in DEFAULTS.items():
-        assert cfg[section].keys() == table.keys()
+        assert tables[section].keys() == table.keys()
         for key, default in table.items():
-            assert type(cfg[section][key]) is type(default), (section, key)
+            assert type(tables[section][key]) is type(default), (section, key)

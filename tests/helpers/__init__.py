@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from .node import (ActorProcesses, Node, await_for, clean_env, destroy_home, kill_group, make_home,
-                   p2pm_argv, run_p2pm, running_node, start_node, wait_for)
+                   p2pm_argv, processes_under, run_p2pm, running_node, start_node, wait_for)
 
 # Network-namespace tests create interfaces and namespaces: root and iproute2 only.
 needs_root = pytest.mark.skipif(
@@ -17,4 +17,4 @@ needs_root = pytest.mark.skipif(
     reason="needs root and iproute2 (network namespaces)")
 
 __all__ = ["ActorProcesses", "Node", "await_for", "clean_env", "destroy_home", "kill_group", "make_home", "needs_root",
-           "p2pm_argv", "run_p2pm", "running_node", "start_node", "wait_for"]
+           "p2pm_argv", "processes_under", "run_p2pm", "running_node", "start_node", "wait_for"]

@@ -97,6 +97,23 @@ def make_home() -> Home:
     return Home(Path(tempfile.mkdtemp(prefix="p2pm-", dir="/tmp")))
 
 
+def processes_under(root: Path) -> list[int]:
+    """Processes whose command line names a path under `root`, or whose environment
+    has P2PM_HOME there (a node's supervisord and actors, whoever started them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(root).encode() in cmdline or f"P2PM_HOME={root}".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
 def kill_group(proc: subprocess.Popen[Any]) -> None:
     """SIGKILL a process started with start_new_session=True, and its group."""
     if proc.poll() is None:

@@ -4,33 +4,18 @@ node and removes the folder."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 from pathlib import Path
 
 import orjson
+import pytest
 
 from p2pm.common.home import Home
-from tests.helpers import clean_env, destroy_home, kill_group, p2pm_argv, wait_for
+from tests.helpers import (clean_env, destroy_home, kill_group, p2pm_argv, processes_under,
+                           wait_for)
 
 DEMO_TIMEOUT = 240
-
-
-def _processes_under(root: Path) -> list[int]:
-    """Processes whose command line names a path under `root` (nodes of the demo)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if str(root).encode() in cmdline or f"P2PM_HOME={root}".encode() in environ:
-            found.append(int(entry.name))
-    return found
 
 
 def _clean(parent: Path) -> None:
@@ -56,15 +41,27 @@ def test_demo_plays_every_step_and_leaves_nothing(short_tmp: Path) -> None:
         assert any("Bob is offline" in line for line in report["transcript"])
         root = Path(report["root"])
         assert not root.exists()
-        assert _processes_under(root) == []
+        assert processes_under(root) == []
     finally:
         _clean(short_tmp)
 
 
-def test_ctrl_c_stops_every_node_and_removes_the_folder(short_tmp: Path) -> None:
+def _sigint(default: bool) -> None:
+    """In the child, before exec: SIGINT as the test needs it, whatever this process
+    inherited (a background job of a non-interactive shell starts with it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL if default else signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("signum, sigint_default", [
+    (signal.SIGINT, True),  # Ctrl-C in a terminal
+    (signal.SIGTERM, False),  # a background job, which cannot get Ctrl-C: kill stops it
+], ids=["ctrl-c", "sigterm-with-sigint-ignored"])
+def test_ctrl_c_stops_every_node_and_removes_the_folder(
+        short_tmp: Path, signum: int, sigint_default: bool) -> None:
     proc = subprocess.Popen(p2pm_argv("demo", "--dir", str(short_tmp)), env=clean_env(),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: _sigint(sigint_default))
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
@@ -73,12 +70,12 @@ def test_ctrl_c_stops_every_node_and_removes_the_folder(short_tmp: Path) -> None
         # Interrupt once the first node runs under its supervisord.
         wait_for(lambda: (root / "boot" / "run" / "supervisord.pid").exists(), 60,
                  "the bootstrap node to start")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, err
         assert "interrupted" in err
         assert not root.exists()
-        wait_for(lambda: _processes_under(root) == [], 10, "every demo process to exit")
+        wait_for(lambda: processes_under(root) == [], 10, "every demo process to exit")
     finally:
         kill_group(proc)
         for stream in (proc.stdout, proc.stderr):

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from p2pm.common import errors
-from p2pm.services.dht.testing import DhtNode, open_dht_node
+from tests.helpers.dht_node import DhtNode, open_dht_node
 
 DEADLINE = 20.0
 
@@ -87,11 +87,13 @@ async def test_a_client_mode_node_queries_but_serves_nothing() -> None:
         assert "/ipfs/kad/1.0.0" not in info["protocols"]
 
 
-def test_bad_settings_are_reported_and_replaced_by_defaults() -> None:
+def test_bad_settings_are_refused_not_replaced() -> None:
+    from p2pm.common.config import ConfigError
     from p2pm.services.dht.actor import Dht
 
-    dht = Dht(None, {"dht": {"mode": "sometimes", "bucket_size": 0, "alpha": 3}})
-    assert (dht.mode, dht.core_config.k, dht.core_config.alpha) == ("auto", 20, 3)
-    status = dht.status()
-    assert len(status["config_errors"]) == 2
-    assert "dht.mode must be one of auto, server, client" in status["config_errors"][0]
+    for dht, complaint in (({"mode": "sometimes"}, "dht.mode: must be one of auto, server"),
+                           ({"bucket_size": 0}, "dht.bucket_size: must be an integer"),
+                           ({"bucket_size": 2, "alpha": 3}, "dht.alpha: must be at most")):
+        with pytest.raises(ConfigError, match=complaint):
+            Dht(None, {"dht": dht})
+    assert Dht(None, {"dht": {"mode": "client", "bucket_size": 8}}).core_config.k == 8

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import shutil
 import stat
 import uuid
@@ -24,7 +25,7 @@ from p2pm.common.actor import ActorRuntime
 from p2pm.common.cli.chat import gateway
 from p2pm.common.home import Home
 from p2pm.services.gateway.actor import TOKEN_FILE, Gateway
-from p2pm.services.gateway.testing import GOSSIP_CONTRACT, FakeGossip, FakeNetwork, FakeNode
+from tests.helpers.gateway_fakes import GOSSIP_CONTRACT, FakeGossip, FakeNetwork, FakeNode
 from tests.helpers import wait_for
 
 
@@ -95,6 +96,72 @@ def test_tcp_endpoint_needs_the_token(tcp_node: FakeNode) -> None:
     assert garbage["ok"] is False and garbage["error"]["code"] == "bad_request"
 
 
+def test_a_bad_token_flood_is_limited_and_logged_in_a_summary(
+        tcp_node: FakeNode, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="p2pm.gateway")
+    token = (tcp_node.home.root / TOKEN_FILE).read_text().strip()
+    endpoint = wait_for(lambda: gateway(tcp_node.home, "sys.status")["tcp"], 5,
+                        "the TCP endpoint")
+    flood = 3000
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    codes: dict[str, int] = {}
+    try:
+        for i in range(flood):
+            sock.send_multipart([b"", orjson.dumps(
+                {"id": str(i), "method": "node_info", "params": {}, "token": f"guess{i}"})])
+        for _ in range(flood):
+            assert sock.poll(10_000), "a request got no answer"
+            reply = wire.loads(sock.recv_multipart()[-1])
+            assert reply["ok"] is False
+            codes[reply["error"]["code"]] = codes.get(reply["error"]["code"], 0) + 1
+    finally:
+        sock.close()
+    print("answers to", flood, "wrong tokens:", codes)
+    # Every request was answered; only the burst (and what refilled meanwhile) had its
+    # token compared, the rest were told they are limited.
+    assert sum(codes.values()) == flood
+    assert codes.get("forbidden", 0) <= 40 and codes.get("limit", 0) >= flood - 40
+    status = gateway(tcp_node.home, "sys.status")
+    assert status["tcp_refused"] + status["tcp_limited"] == flood
+    # The log says it once, then sums it up, instead of a line per request.
+
+    def summary() -> list[str]:
+        return [r.getMessage() for r in caplog.records
+                if r.getMessage().startswith("gateway.tcp_refused_summary")]
+
+    line = wait_for(summary, 20, "the refusal summary")[0]
+    print(line)
+    counted = dict(re.findall(r"(refused|limited)=(\d+)", line))
+    assert int(counted["refused"]) + int(counted["limited"]) == flood
+    refusal_lines = [r for r in caplog.records if "tcp_refused" in r.getMessage()]
+    assert len(refusal_lines) <= 3, [r.getMessage() for r in refusal_lines]
+    # Once the source's bucket refills, the owner's client gets in again.
+    request = {"id": uuid.uuid4().hex, "method": "node_info", "params": {}, "token": token}
+    reply = wait_for(lambda: (r := _tcp_call(endpoint, request))["ok"] and r, 15,
+                     "the door to admit the right token again")
+    assert reply["result"]["peer_id"] == tcp_node.peer_id
+
+
+async def test_tcp_door_off_loopback_needs_the_explicit_setting(short_tmp: Path) -> None:
+    home = Home(short_tmp).ensure()
+    for endpoint in ("tcp://0.0.0.0:*", "tcp://*:7600", "tcp://[::]:7600"):
+        cfg = configmod.defaults()
+        cfg["gateway"]["tcp"] = endpoint
+        with pytest.raises(ValueError, match="gateway.tcp_allow_remote = true"):
+            await Gateway(home, cfg).setup()
+        assert not (home.root / TOKEN_FILE).exists()  # refused before anything was made
+    cfg = configmod.defaults()
+    cfg["gateway"].update(tcp="tcp://0.0.0.0:*", tcp_allow_remote=True)
+    await Gateway(home, cfg).setup()
+    assert (home.root / TOKEN_FILE).exists()
+    # The setting is a real config key: a home's config.toml may say it, typed.
+    (home.root / "config.toml").write_text(
+        '[gateway]\ntcp = "tcp://0.0.0.0:*"\ntcp_allow_remote = true\n')
+    assert configmod.load(home).gateway.tcp_allow_remote is True
+
+
 async def test_run_dir_is_tightened_and_bad_tcp_config_refused(short_tmp: Path) -> None:
     home = Home(short_tmp).ensure()
     os.chmod(home.run, 0o755)
@@ -102,8 +169,8 @@ async def test_run_dir_is_tightened_and_bad_tcp_config_refused(short_tmp: Path) 
     assert stat.S_IMODE(home.run.stat().st_mode) == 0o700
     cfg = configmod.defaults()
     cfg["gateway"]["tcp"] = "http://0.0.0.0:80"
-    with pytest.raises(ValueError, match="tcp://"):
-        await Gateway(home, cfg).setup()
+    with pytest.raises(ValueError, match="gateway.tcp: .*tcp://"):
+        Gateway(home, cfg)
     assert not (home.root / TOKEN_FILE).exists()
 
 

@@ -15,9 +15,9 @@ import zmq
 from p2pm.common import wire
 from p2pm.common.zmqtrio import AsyncSocket
 from p2pm.services.gossip.router.core import Validation
-from p2pm.services.gossip import actor as gossip_actor
-from p2pm.services.gossip.testing import GossipNode, open_gossip_node
-from p2pm.services.transport.testing import make_home
+from p2pm.services.gossip import delivery as gossip_delivery
+from tests.helpers.gossip_node import GossipNode, open_gossip_node
+from tests.helpers.transport_node import make_home
 
 
 async def _room_of_two(alice: GossipNode, bob: GossipNode) -> dict[str, Any]:
@@ -109,7 +109,7 @@ async def test_a_gap_in_gossip_is_filled_by_sync() -> None:
         await alice.call("gossip", "post", {"conversation": room["id"], "text": "one"})
         await _history(bob, room["id"], 1)
         # Bob's router drops alice's next message, as a lost copy would be.
-        validate = bob.gossip._validate
+        validate = bob.gossip.router._validate  # type: ignore[union-attr]
         dropped: list[Any] = []
 
         def lossy(msg: Any) -> Validation:
@@ -158,7 +158,7 @@ async def test_every_owed_delivery_survives_a_restart(
     outbox per storage call at start (OUTBOX_PAGE, made small here); alice's node
     restarts, then bob's comes back: every one of them ends delivered at alice (it
     used to read one page only, so the rest stayed "sent" for good)."""
-    monkeypatch.setattr(gossip_actor, "OUTBOX_PAGE", 4)
+    monkeypatch.setattr(gossip_delivery, "OUTBOX_PAGE", 4)
     count = 9
     homes = [make_home("p2pm-oa-"), make_home("p2pm-ob-")]
     try:

@@ -15,7 +15,7 @@ import pytest
 
 from p2pm.common import config as configmod
 from p2pm.common import errors
-from p2pm.services.dht.testing import free_ports
+from tests.helpers.dht_node import free_ports
 from tests.helpers import Node, wait_for
 
 pytestmark = pytest.mark.slow

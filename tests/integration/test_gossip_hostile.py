@@ -20,11 +20,11 @@ from p2pm.common import errors, wire
 from p2pm.common.client import open_client
 from p2pm.services.gossip import conversations as cv
 from p2pm.services.gossip import sync
-from p2pm.services.gossip.actor import peer_bytes
+from p2pm.services.gossip.context import peer_bytes
 from p2pm.services.gossip.router.messages import RPC, Message, SubOpts, encode, signing_data
-from p2pm.services.gossip.testing import GossipNode, open_gossip_node
-from p2pm.services.transport.streams import ProtocolSpec, StreamReset, open_streams
-from p2pm.services.transport.testing import LocalNode, open_test_node
+from tests.helpers.gossip_node import GossipNode, open_gossip_node
+from p2pm.common.streams import ProtocolSpec, StreamReset, open_streams
+from tests.helpers.transport_node import LocalNode, open_test_node
 
 MESH = "/meshsub/1.1.0"
 
@@ -51,7 +51,7 @@ async def test_malformed_rpcs_get_clear_errors_and_store_nothing() -> None:
              errors.BAD_PARAMS),
             ("post", {"conversation": conv["id"], "text": 5}, errors.BAD_PARAMS),
             ("post", {"conversation": "nope", "text": "hi"}, errors.NOT_FOUND),
-            ("room_join", {"invite": "p2pm-invite1:garbage"}, errors.BAD_PARAMS),
+            ("room_join", {"invite": "p2pm-invite1:garbage"}, errors.FORBIDDEN),
             ("room_join", {"invite": ""}, errors.BAD_PARAMS),
             ("direct_open", {"peer_id": "not-a-peer"}, errors.BAD_PARAMS),
             ("direct_open", {"peer_id": alice.peer_id}, errors.BAD_PARAMS),

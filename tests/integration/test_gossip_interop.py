@@ -14,7 +14,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2pm.common import wire
-from p2pm.services.gossip.testing import open_gossip_node
+from tests.helpers.gossip_node import open_gossip_node
 
 TOPIC = "p2pm-interop-test"
 

@@ -24,8 +24,8 @@ import pytest
 import trio
 
 from p2pm.common import identity, wire
-from p2pm.services.gossip.testing import open_gossip_node
-from p2pm.services.transport.testing import open_test_node
+from tests.helpers.gossip_node import open_gossip_node
+from tests.helpers.transport_node import open_test_node
 from tests.helpers.jspeer import JsPeer, js_peer_missing, open_js_peer
 from tests.helpers.node import Node, await_for, running_node
 

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from p2pm.common.cli import main
-from p2pm.services.gateway.testing import FakeNetwork, FakeNode
+from tests.helpers.gateway_fakes import FakeNetwork, FakeNode
 from tests.helpers import wait_for
 from tests.integration.test_chat_cli import ok_json as _ok_json
 
@@ -38,7 +38,7 @@ def trio_of_nodes() -> Iterator[tuple[FakeNode, FakeNode, FakeNode]]:
 
 @pytest.mark.parametrize("args, stdin, code, words", [
     (("contacts", "rename", "bob", "cat"), None, 1, "already used"),
-    (("contacts", "rename", "bob", "   "), None, 2, "printable"),
+    (("contacts", "rename", "bob", "   "), None, 2, "not blank"),
     (("contacts", "rename", "nobody", "x"), None, 1, "no contact named 'nobody'"),
     (("contacts", "remove", "nobody"), None, 1, "no contact named 'nobody'"),
     (("contacts", "block", "nobody"), None, 1, "no contact named 'nobody'"),

@@ -24,7 +24,7 @@ from p2pm.common import errors
 from p2pm.common.client import open_client
 from p2pm.common.home import Home
 from p2pm.common.identity import create_identity
-from p2pm.services.transport.streams import ProtocolSpec, StreamReset, open_streams
+from p2pm.common.streams import ProtocolSpec, StreamReset, open_streams
 from tests.helpers import await_for
 
 pytestmark = pytest.mark.slow
@@ -174,7 +174,7 @@ async def test_kill9_transport_redials_peers_and_owners_reregister(nodes) -> Non
 OWNER_SCRIPT = textwrap.dedent("""
     import sys, trio
     from p2pm.common.home import Home
-    from p2pm.services.transport.streams import ProtocolSpec, open_streams
+    from p2pm.common.streams import ProtocolSpec, open_streams
 
     async def main():
         endpoints = Home(__import__("pathlib").Path(sys.argv[1])).endpoints()

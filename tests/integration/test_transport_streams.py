@@ -6,6 +6,7 @@ reconnect: test_transport_processes.py.)"""
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,10 +19,10 @@ from p2pm.common import errors
 from p2pm.common.actor import Actor, ActorRuntime, on_event
 from p2pm.common.home import Endpoints
 from p2pm.common.zmqtrio import AsyncSocket
-from p2pm.services.transport.frames import CHUNK, DEFAULT_WINDOW, encode_sid
-from p2pm.services.transport.streams import (ProtocolSpec, Stream, StreamClient, StreamError,
+from p2pm.common.streams.frames import CHUNK, DEFAULT_WINDOW, encode_sid
+from p2pm.common.streams import (ProtocolSpec, Stream, StreamClient, StreamError,
                                              StreamReset, open_streams, streams_endpoint)
-from p2pm.services.transport.testing import LocalNode, open_test_node
+from tests.helpers.transport_node import LocalNode, open_test_node
 
 ECHO = "/p2pm-test/echo/1.0.0"
 MSGS = "/p2pm-test/msgs/1.0.0"
@@ -372,19 +373,20 @@ async def test_a_receiver_paused_longer_than_yamux_patience_keeps_its_stream() -
             assert got == total
 
 
-async def test_bad_transport_settings_are_reported_not_fatal() -> None:
-    async with open_test_node("a", listen=["/ip4/127.0.0.1/tcp/0", "garbage", "/ip4/1.2.3.4"],
-                              transport_config={"max_connections": 0,
-                                                "bootstrap": ["/ip4/127.0.0.1/tcp/1"],
-                                                "keepalive_interval_s": "often",
-                                                "keepalive_timeout_s": -1}) as a:
-        status = await a.call("sys.status")
-        assert status["healthy"] is True
-        for words in ("'garbage' skipped", "'/ip4/1.2.3.4' skipped", "bootstrap",
-                      "max_connections", "keepalive_interval_s", "keepalive_timeout_s"):
-            assert words in status["problem"], status["problem"]
-        assert len(a.addrs) == 1 and a.transport.max_connections == 256
-        assert (a.transport.keepalive_interval_s, a.transport.keepalive_timeout_s) == (15, 10)
+async def test_bad_transport_settings_are_refused_before_anything_starts() -> None:
+    from p2pm.common.config import ConfigError
+
+    for listen, transport, complaint in (
+            (["/ip4/127.0.0.1/tcp/0", "garbage"], {}, "transport.listen: 'garbage'"),
+            (["/ip4/1.2.3.4"], {}, "transport.listen: '/ip4/1.2.3.4' is not supported"),
+            (["/ip4/127.0.0.1/udp/4001/quic-v1"], {}, "speaks TCP only"),
+            (None, {"max_connections": 0}, "transport.max_connections"),
+            (None, {"bootstrap": ["/ip4/127.0.0.1/tcp/1"]}, "must end in /p2p/<peer id>"),
+            (None, {"keepalive_interval_s": "often"}, "transport.keepalive_interval_s"),
+            (None, {"keepalive_timeout_s": -1}, "transport.keepalive_timeout_s")):
+        with pytest.raises(ConfigError, match=re.escape(complaint)):
+            async with open_test_node("a", listen=listen, transport_config=transport):
+                raise AssertionError("a transport started on a bad setting")
 
 
 async def test_a_listen_address_in_use_is_reported() -> None:

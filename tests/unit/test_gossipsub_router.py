@@ -562,3 +562,14 @@ def test_parameters_are_validated() -> None:
             GossipParams(**bad)
     with pytest.raises(ValueError):
         ScoreParams(graylist_threshold=0.0)
+
+
+def test_check_topic_is_the_rule_subscribing_applies() -> None:
+    router = make_router()
+    limit = router.params.max_topic_length
+    router.check_topic("/p2pm/conversation/" + "a" * 10)
+    for bad in ("", "t" * (limit + 1), None):
+        with pytest.raises(ValueError, match="a topic is"):
+            router.check_topic(bad)  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="a topic is"):
+            router.subscribe(bad, 0.0)  # type: ignore[arg-type]

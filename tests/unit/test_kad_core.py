@@ -336,7 +336,7 @@ def test_any_reply_is_taken_or_counted_as_a_failure(data: bytes) -> None:
 
 def test_client_mode_serves_nothing_but_still_queries() -> None:
     core, _ = make_core(peers=5)
-    core.server_mode = False
+    assert core.set_server_mode(False) and not core.set_server_mode(False)
     with pytest.raises(RequestRejected, match="client mode"):
         core.handle_request(Message(type=MessageType.FIND_NODE, key=b"k"), Peer(b"\x00\x01s"),
                             NOW, sender_is_server=True)
@@ -400,7 +400,7 @@ def test_find_node_names_a_connected_peer_that_is_not_in_the_table() -> None:
     ask = Message(type=MessageType.FIND_NODE, key=hidden.id)
     reply = core.handle_request(ask, known[0], NOW)
     assert reply is not None and hidden not in reply.closer_peers
-    core.connected[hidden.id] = hidden
+    core.peer_connected(hidden)
     reply = core.handle_request(ask, known[0], NOW)
     assert reply is not None and reply.closer_peers[0] == hidden
     assert len(reply.closer_peers) <= core.config.k
@@ -434,3 +434,25 @@ def test_bootstrap_asks_seeds_outside_the_table_and_probe_proves_a_peer() -> Non
     assert other.id not in core.routing
     core.handle_reply(probe.request_id, Message(type=MessageType.FIND_NODE), NOW)
     assert other.id in core.routing
+
+
+def test_the_shell_tells_the_core_about_connections_addresses_and_mode() -> None:
+    core, known = make_core(peers=2)
+    gone = Peer(random_peer_id(random.Random(4)), (b"/ip4/10.0.0.8/tcp/8",))
+    ask = Message(type=MessageType.FIND_NODE, key=gone.id)
+    core.peer_connected(gone)
+    assert core.handle_request(ask, known[0], NOW).closer_peers[0] == gone  # type: ignore[union-attr]
+    core.peer_disconnected(gone.id)
+    assert gone not in core.handle_request(ask, known[0], NOW).closer_peers  # type: ignore[union-attr]
+    core.peer_connected(gone)
+    core.connections_reset()
+    assert gone not in core.handle_request(ask, known[0], NOW).closer_peers  # type: ignore[union-attr]
+    moved = Peer(core.local.id, (b"/ip4/192.0.2.9/tcp/9",))
+    core.set_local_addrs(moved)
+    assert core.local == moved
+    with pytest.raises(ValueError):
+        core.set_local_addrs(gone)
+    assert core.set_server_mode(False)
+    with pytest.raises(RequestRejected, match="client mode"):
+        core.handle_request(ask, known[0], NOW)
+    assert core.set_server_mode(True) and core.handle_request(ask, known[0], NOW)

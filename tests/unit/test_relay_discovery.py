@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 
+import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
@@ -140,9 +141,13 @@ def test_an_announcement_nobody_took_is_retried_soon_a_taken_one_much_later() ->
     assert not a.done(11, "garbage") and a.failures == 3
 
 
-def test_relay_discovery_setting_defaults_on_and_a_bad_value_is_reported() -> None:
-    assert NatSettings({}).relay_discovery is True
-    assert NatSettings({"relay_discovery": False}).relay_discovery is False
-    bad = NatSettings({"relay_discovery": "yes"})
-    assert bad.relay_discovery is True
-    assert bad.problems == ["transport.relay_discovery must be true or false; using True"]
+def test_relay_discovery_setting_defaults_on_and_a_bad_value_is_refused() -> None:
+    from p2pm.common.config import ConfigError, settings_of
+
+    def nat(transport: dict[str, object]) -> NatSettings:
+        return NatSettings(settings_of({"transport": transport}).transport)
+
+    assert nat({}).relay_discovery is True
+    assert nat({"relay_discovery": False}).relay_discovery is False
+    with pytest.raises(ConfigError, match="transport.relay_discovery: must be true or false"):
+        nat({"relay_discovery": "yes"})

@@ -8,6 +8,8 @@ import trio
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.pb import circuit_pb2 as pb
 
+from p2pm.common.config import ConfigError, settings_of
+
 from p2pm.services.transport.relay import (Circuit, RelayLimits, RelayRefused,
                                            ReservationTable, _splice, circuit_addr, relay_of)
 
@@ -59,14 +61,14 @@ def test_circuit_limits_in_total_and_per_peer() -> None:
     assert t.refused == 2
 
 
-def test_limits_from_config_refuse_nonsense_and_keep_defaults() -> None:
-    limits, problems = RelayLimits.from_config({"relay_max_circuits": 0,
-                                                "relay_circuit_data_bytes": "lots",
-                                                "relay_circuit_duration_s": 30})
-    assert limits.max_circuits == RelayLimits().max_circuits
-    assert limits.circuit_data_bytes == RelayLimits().circuit_data_bytes
+def test_limits_come_from_the_settings_and_nonsense_is_refused() -> None:
+    limits = RelayLimits.from_settings(
+        settings_of({"transport": {"relay_circuit_duration_s": 30}}).transport)
     assert limits.circuit_duration_s == 30
-    assert len(problems) == 2 and "relay_max_circuits" in problems[0]
+    assert limits.max_circuits == RelayLimits().max_circuits
+    for key, value in (("relay_max_circuits", 0), ("relay_circuit_data_bytes", "lots")):
+        with pytest.raises(ConfigError, match=f"transport.{key}"):
+            settings_of({"transport": {key: value}})
 
 
 def test_circuit_addresses_round_trip() -> None:

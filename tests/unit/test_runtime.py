@@ -1,5 +1,10 @@
 """The actor runtime in one process over inproc endpoints: routing, validation,
-redelivery, crashes, events with gap/restart detection, client retry."""
+redelivery, crashes, events with gap/restart detection, client retry.
+
+Time is trio's MockClock: whenever every task has waited a millisecond of real time
+(for a zmq message in flight, or for a heartbeat), it jumps to the next deadline, so
+heartbeats, timers and the three-heartbeat watchdog take virtual seconds, not real
+ones; a deadline in a test is a deadline in virtual time."""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 import trio
+import trio.testing
 import zmq
 
 from p2pm.common import errors
@@ -18,6 +24,14 @@ from p2pm.common.home import Endpoints
 from p2pm.common.zmqtrio import AsyncSocket
 
 _names = itertools.count()
+
+
+@pytest.fixture
+def clock() -> trio.testing.MockClock:
+    """Every test takes it, so pytest-trio runs the test on it."""
+    # Not 0: a jump while a zmq message is still crossing the I/O thread would fire
+    # the caller's timeout; a millisecond of quiet means nothing is in flight.
+    return trio.testing.MockClock(autojump_threshold=0.001)
 
 
 def endpoints() -> Endpoints:
@@ -79,7 +93,7 @@ async def wait_until(predicate: Any, timeout: float = 5.0) -> None:
             await trio.sleep(0.005)
 
 
-async def test_rpc_roundtrip_and_validation() -> None:
+async def test_rpc_roundtrip_and_validation(clock: trio.testing.MockClock) -> None:
     ep = endpoints()
     async with trio.open_nursery() as nursery:
         await nursery.start(ActorRuntime(Counter(), ep).serve)
@@ -110,7 +124,7 @@ async def test_rpc_roundtrip_and_validation() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_malformed_frames_get_error_replies() -> None:
+async def test_malformed_frames_get_error_replies(clock: trio.testing.MockClock) -> None:
     ep = endpoints()
     ctx = zmq.Context.instance()
     async with trio.open_nursery() as nursery:
@@ -137,7 +151,7 @@ async def test_malformed_frames_get_error_replies() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_redelivered_request_runs_once() -> None:
+async def test_redelivered_request_runs_once(clock: trio.testing.MockClock) -> None:
     """A client retry carries the same id: the handler must not run twice, whether
     the duplicate arrives while the first is in flight or after it finished."""
     ep = endpoints()
@@ -166,16 +180,18 @@ async def test_redelivered_request_runs_once() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_events_reach_subscribers_and_restart_triggers_resync() -> None:
+async def test_events_reach_subscribers_and_restart_triggers_resync(
+        clock: trio.testing.MockClock) -> None:
     ep = endpoints()
     watcher = Watcher()
+    beat = 0.1  # s: three of them before the watchdog reconnects
     async with trio.open_nursery() as nursery:
-        await nursery.start(ActorRuntime(watcher, ep).serve)
+        await nursery.start(ActorRuntime(watcher, ep, heartbeat_s=beat).serve)
         first = trio.CancelScope()
 
         async def run_counter(scope: trio.CancelScope, task_status: Any) -> None:
             with scope:
-                await ActorRuntime(Counter(), ep).serve(task_status=task_status)
+                await ActorRuntime(Counter(), ep, heartbeat_s=beat).serve(task_status=task_status)
 
         await nursery.start(run_counter, first)
         async with open_client(zmq.Context.instance(), ep.rpc("counter"), "counter") as c:
@@ -197,12 +213,13 @@ async def test_events_reach_subscribers_and_restart_triggers_resync() -> None:
             # Restart the counter: a new epoch must make the watcher re-read state.
             first.cancel()
             await nursery.start(run_counter, trio.CancelScope())
-            # inproc pipes do not reconnect: the watchdog does it after ~3 heartbeats.
+            # inproc pipes do not reconnect: the watchdog does it after ~3 heartbeats
+            # (of `beat` here: the counter's 10 ms timer makes each jump of the clock short).
             await wait_until(lambda: ("counter", "restarted") in watcher.resyncs, 15)
         nursery.cancel_scope.cancel()
 
 
-async def test_heartbeat_reveals_missed_events() -> None:
+async def test_heartbeat_reveals_missed_events(clock: trio.testing.MockClock) -> None:
     """Events lost in transit (simulated by dropping them at the subscriber) are
     noticed from the heartbeat's per-topic seq, and trigger a resync."""
     ep = endpoints()
@@ -223,7 +240,7 @@ async def test_heartbeat_reveals_missed_events() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_subscriber_that_joined_late_resyncs() -> None:
+async def test_a_subscriber_that_joined_late_resyncs(clock: trio.testing.MockClock) -> None:
     """Events published before a subscriber connected never reach it (PUB/SUB): the
     first heartbeat it hears shows them, and it re-reads the source's state."""
     ep = endpoints()
@@ -241,7 +258,7 @@ async def test_a_subscriber_that_joined_late_resyncs() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_timer_runs_and_status_counts() -> None:
+async def test_timer_runs_and_status_counts(clock: trio.testing.MockClock) -> None:
     ep = endpoints()
     counter = Counter()
     async with trio.open_nursery() as nursery:
@@ -250,7 +267,7 @@ async def test_timer_runs_and_status_counts() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_client_retries_until_actor_appears() -> None:
+async def test_client_retries_until_actor_appears(clock: trio.testing.MockClock) -> None:
     """A call made while the actor is down succeeds once it starts (within retries),
     and a call to an actor that never comes answers TIMEOUT, not a hang."""
     ep = endpoints()
@@ -271,7 +288,7 @@ async def test_client_retries_until_actor_appears() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_many_concurrent_calls_share_one_client() -> None:
+async def test_many_concurrent_calls_share_one_client(clock: trio.testing.MockClock) -> None:
     ep = endpoints()
     async with trio.open_nursery() as nursery:
         await nursery.start(ActorRuntime(Counter(), ep).serve)
@@ -288,7 +305,7 @@ async def test_many_concurrent_calls_share_one_client() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_errors_inside_open_client_are_not_wrapped() -> None:
+async def test_errors_inside_open_client_are_not_wrapped(clock: trio.testing.MockClock) -> None:
     ep = endpoints()
     async with trio.open_nursery() as nursery:
         await nursery.start(ActorRuntime(Counter(), ep).serve)
@@ -297,3 +314,31 @@ async def test_errors_inside_open_client_are_not_wrapped() -> None:
                 await c.call("nope")
         assert exc.value.code == errors.UNKNOWN_METHOD
         nursery.cancel_scope.cancel()
+
+
+async def test_the_heartbeat_period_is_the_runtime_s(clock: trio.testing.MockClock) -> None:
+    """heartbeat_s sets how often the heartbeat goes out (here 0.25 s of virtual time
+    instead of the default second), carrying the seq of every topic."""
+    ep = endpoints()
+    counter = Counter()
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"counter.sys.heartbeat")
+    sub.connect(ep.events("counter"))
+    asock = AsyncSocket(sub)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ActorRuntime(counter, ep, heartbeat_s=0.25).serve)
+            await counter.add(2)
+            beats: list[tuple[float, dict[str, Any]]] = []
+            with trio.fail_after(10):
+                while len(beats) < 9:
+                    _, body = await asock.recv_multipart()
+                    beats.append((trio.current_time(), orjson.loads(body)["data"]))
+            gaps = [round(b[0] - a[0], 2) for a, b in zip(beats[1:], beats[2:])]
+            assert gaps == [0.25] * 7  # the first may come before we were attached
+            assert beats[-1][1]["topics"]["counter.value.changed"] == 1
+            nursery.cancel_scope.cancel()
+    finally:
+        asock.close(linger_ms=0)
+    with pytest.raises(ValueError, match="heartbeat_s"):
+        ActorRuntime(Counter(), endpoints(), heartbeat_s=0)

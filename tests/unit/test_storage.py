@@ -111,8 +111,8 @@ def test_synchronous_comes_from_config_and_bad_value_refuses_to_start(home: Home
     run(check, home, {"storage": {"synchronous": "normal"}})
 
     async def bad() -> None:
-        with pytest.raises(ValueError, match="storage.synchronous"):
-            await Storage(home, {"storage": {"synchronous": "SOMETIMES"}}).setup()
+        with pytest.raises(ValueError, match="storage.synchronous: must be one of"):
+            Storage(home, {"storage": {"synchronous": "SOMETIMES"}})
 
     trio.run(bad)
 

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from p2pm.services.transport import frames as fr
-from p2pm.services.transport.frames import FrameError, MessageDecoder, MessageTooLarge
+from p2pm.common.streams import frames as fr
+from p2pm.common.streams.frames import FrameError, MessageDecoder, MessageTooLarge
 
 
 @given(st.integers(min_value=0, max_value=2**63 - 1))

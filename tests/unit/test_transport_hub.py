@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from p2pm.common import errors
-from p2pm.services.transport import frames as fr
+from p2pm.common.streams import frames as fr
 from p2pm.services.transport.hub import StreamHub
 
 

@@ -8,8 +8,8 @@ import trio
 import trio.testing
 
 from p2pm.common import errors
-from p2pm.services.transport import frames as fr
-from p2pm.services.transport.streams import (ProtocolSpec, Stream, StreamClient, StreamError,
+from p2pm.common.streams import frames as fr
+from p2pm.common.streams import (ProtocolSpec, Stream, StreamClient, StreamError,
                                              StreamReset)
 
 

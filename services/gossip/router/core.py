@@ -38,6 +38,19 @@ peer exchange nor backoff, and their early re-GRAFT is refused without the P7
 penalty (they cannot know our backoff); IDONTWANT goes only to 1.2 peers. Direct
 peers (v1.1 explicit peering) stay outside the mesh and get every message.
 
+Private topics (conversations, `make_private`): only peers the shell `admit`s (the
+conversation's proven members) learn that we subscribe, count as the topic's peers
+(mesh, fanout, IHAVE targets, forwarding, PX) and have their messages, IHAVE, IWANT
+and GRAFT for it taken; anyone else's traffic on it is counted and dropped before
+any decoding or signature work, with no reply (a PRUNE or an IWANT answer would
+confirm the topic). A stranger's subscription is remembered only as a claim
+(`claimants`), which the shell may answer by asking for a membership proof.
+`revoke` turns a member back into a stranger (removed, left).
+
+The router is one class in three files: this one (peers, topics, publishing,
+receiving, output), control.py (IHAVE/IWANT/GRAFT/PRUNE/IDONTWANT input) and mesh.py
+(mesh changes and the heartbeat); events.py holds what goes in and comes out.
+
 Every input a peer controls is bounded: IHAVE messages and advertised ids per
 heartbeat, IWANT retransmissions per message, IDONTWANT ids per heartbeat, topics
 per peer, message and frame sizes. Whatever is refused or dropped is counted in
@@ -47,107 +60,36 @@ per peer, message and frame sizes. Whatever is refused or dropped is counted in
 from __future__ import annotations
 
 import dataclasses
-import enum
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from p2pm.common.log import get_logger
 
 from .caches import MessageCache, SeenCache
-from .messages import (
-    RPC, ControlMessage, ControlPrune, DecodeError, Message, PeerInfo,
-    control_has_unknown_fields, decode_rpc, encode, publish_field, signed_prefix,
-    signing_data,
+from .control import ControlHandling
+from .events import (
+    Backpressure, Event, Grafted, MessageReceived, PeerExchange, Published, Pruned,
+    SendRpc, Signer, Validation, Validator, Verifier, default_message_id,
 )
-from .params import PROTOCOL_V10, PROTOCOL_V12, PROTOCOLS, GossipParams, ScoreParams
+from .mesh import MeshMaintenance
+from .messages import (
+    RPC, DecodeError, Message, control_has_unknown_fields, decode_rpc, encode,
+    publish_field, signed_prefix, signing_data,
+)
+from .params import PROTOCOL_V12, PROTOCOLS, GossipParams, ScoreParams
 from .queues import PeerQueue
 from .score import PeerScore
 
+__all__ = [
+    "Backpressure", "Event", "Grafted", "MessageReceived", "PeerExchange", "Published",
+    "Pruned", "Router", "SendRpc", "Signer", "Validation", "Validator", "Verifier",
+    "default_message_id",
+]
+
 log = get_logger("gossip.router")
-
-# verify(author, key, signing_data, signature) -> bool; the signed bytes are
-# "libp2p-pubsub:" + signing_data.
-Verifier = Callable[[bytes, "bytes | None", bytes, bytes], bool]
-Signer = Callable[[bytes], bytes]
-
-
-class Validation(enum.Enum):
-    ACCEPT = "accept"
-    REJECT = "reject"  # invalid: not delivered, not forwarded, P4 for the sender
-    IGNORE = "ignore"  # not delivered, not forwarded, no penalty
-    # Decided later with `Router.report_validation` (a validator that must ask
-    # another actor); the message waits, bounded by `max_pending_validations`.
-    PENDING = "pending"
-
-
-Validator = Callable[[Message], Validation]
-
-
-def default_message_id(msg: Message) -> bytes:
-    """from + seqno, the spec's default (origin-stamped messaging)."""
-    return (msg.from_ or b"") + (msg.seqno or b"")
-
-
-# -- outputs ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MessageReceived:
-    msg_id: bytes
-    topic: str
-    message: Message
-    source: bytes  # the peer that forwarded it (not necessarily the author)
-
-
-@dataclass(frozen=True)
-class Grafted:
-    peer: bytes
-    topic: str
-
-
-@dataclass(frozen=True)
-class Pruned:
-    peer: bytes
-    topic: str
-
-
-@dataclass(frozen=True)
-class PeerExchange:
-    """A peer pruned us and suggested these peers for the topic; the shell may
-    connect to them (their addresses come from the DHT or the signed record)."""
-
-    topic: str
-    source: bytes
-    peers: tuple[PeerInfo, ...]
-
-
-Event = Union[MessageReceived, Grafted, Pruned, PeerExchange]
-
-
-@dataclass(frozen=True)
-class SendRpc:
-    peer: bytes
-    frame: bytes  # one RPC, without the uvarint length prefix
-
-
-@dataclass(frozen=True)
-class Published:
-    msg_id: bytes
-    peers: tuple[bytes, ...]  # queued for these peers; empty: nobody to send to yet
-    duplicate: bool = False  # this message was published already; nothing was done
-
-
-@dataclass(frozen=True)
-class Backpressure:
-    """The publish was refused and nothing changed: these peers' own-message queues
-    are full. Keep the message (the outbox does) and publish again after a flush."""
-
-    msg_id: bytes
-    full_peers: tuple[bytes, ...]
-
 
 # -- state -----------------------------------------------------------------------------
 
@@ -174,7 +116,7 @@ class _Peer:
     dont_send: dict[bytes, float] = field(default_factory=dict)  # msg id -> expiry
 
 
-class Router:
+class Router(ControlHandling, MeshMaintenance):
     def __init__(self, local_peer: bytes, *, verify: Verifier, rng: random.Random,
                  sign: Signer | None = None, validate: Validator | None = None,
                  params: GossipParams | None = None, score_params: ScoreParams | None = None,
@@ -189,6 +131,10 @@ class Router:
         self._score = PeerScore(score_params or ScoreParams())
         self._peers: dict[bytes, _Peer] = {}
         self._topics: set[str] = set()  # our subscriptions
+        # Private topics (conversations): topic -> the peers admitted to it. One entry
+        # per private topic the shell declared (bounded by its conversations); the
+        # admitted peers are the conversation's proven members.
+        self._private: dict[str, set[bytes]] = {}
         self._topic_peers: dict[str, set[bytes]] = {}
         self._mesh: dict[str, set[bytes]] = {}
         self._fanout: dict[str, set[bytes]] = {}
@@ -219,7 +165,8 @@ class Router:
             self._peers[peer].protocol = protocol
             return
         state = _Peer(protocol, outbound, direct)
-        state.queue.subscriptions.update(dict.fromkeys(sorted(self._topics), True))
+        state.queue.subscriptions.update(
+            dict.fromkeys(sorted(t for t in self._topics if self._allowed(t, peer)), True))
         self._peers[peer] = state
         self._score.add_peer(peer)
 
@@ -266,15 +213,86 @@ class Router:
     def topics(self) -> frozenset[str]:
         return frozenset(self._topics)
 
+    # -- private topics ----------------------------------------------------------------
+    def make_private(self, topic: str) -> None:
+        """Declare `topic` private (a conversation): from now on only admitted peers
+        hear that we subscribe to it, are counted as its peers (mesh, fanout, gossip,
+        forwarding, IWANT answers), and may send us its messages and control. Call it
+        before `subscribe`; peers already counted for it and not admitted are dropped
+        from it. Idempotent."""
+        self.check_topic(topic)
+        if topic in self._private:
+            return
+        self._private[topic] = set()
+        for peer in list(self._topic_peers.get(topic, ())):
+            self._forget_topic_peer(topic, peer)
+
+    def admit(self, topic: str, peer: bytes, now: float) -> None:
+        """`peer` proved it belongs to private `topic`: it learns our subscription on
+        the next flush and counts as a topic peer once it subscribed (now or before)."""
+        admitted = self._private.get(topic)
+        if admitted is None or peer in admitted or peer == self.local_peer:
+            return
+        admitted.add(peer)
+        state = self._peers.get(peer)
+        if state is None:
+            return
+        if topic in self._topics:
+            state.queue.subscriptions[topic] = True
+        if topic in state.topics:
+            self._topic_peers.setdefault(topic, set()).add(peer)
+
+    def revoke(self, topic: str, peer: bytes, now: float) -> list[Event]:
+        """`peer` no longer belongs to private `topic` (removed, left): it leaves the
+        mesh and fanout, is told we unsubscribed, and is treated as a stranger."""
+        admitted = self._private.get(topic)
+        if admitted is None or peer not in admitted:
+            return []
+        admitted.discard(peer)
+        events: list[Event] = []
+        state = self._peers.get(peer)
+        if state is not None:
+            if peer in self._mesh.get(topic, ()):
+                self._prune(peer, topic, now, events, px=False)
+            if topic in self._topics:
+                state.queue.subscriptions[topic] = False
+        self._forget_topic_peer(topic, peer)
+        return events
+
+    def admitted(self, topic: str) -> set[bytes]:
+        return set(self._private.get(topic, ()))
+
+    def claimants(self, topic: str) -> set[bytes]:
+        """Peers that subscribed to private `topic` without being admitted: candidates
+        for the shell to ask for a membership proof, never members."""
+        admitted = self._private.get(topic)
+        if admitted is None:
+            return set()
+        return {p for p, s in self._peers.items() if topic in s.topics and p not in admitted}
+
+    def _allowed(self, topic: str, peer: bytes) -> bool:
+        admitted = self._private.get(topic)
+        return admitted is None or peer in admitted
+
+    def _forget_topic_peer(self, topic: str, peer: bytes) -> None:
+        members = self._topic_peers.get(topic)
+        if members is not None:
+            members.discard(peer)
+            if not members:
+                del self._topic_peers[topic]
+        self._mesh.get(topic, set()).discard(peer)
+        self._fanout.get(topic, set()).discard(peer)
+
     # -- topics ------------------------------------------------------------------------
     def subscribe(self, topic: str, now: float) -> list[Event]:
         """JOIN(topic): announce it and build the mesh from fanout and known peers."""
-        self._check_topic(topic)
+        self.check_topic(topic)
         if topic in self._topics:
             return []
         self._topics.add(topic)
-        for state in self._peers.values():
-            state.queue.subscriptions[topic] = True
+        for peer, state in self._peers.items():
+            if self._allowed(topic, peer):
+                state.queue.subscriptions[topic] = True
         mesh = self._mesh.setdefault(topic, set())
         fanout = self._fanout.pop(topic, set())
         self._fanout_last_publish.pop(topic, None)
@@ -292,8 +310,9 @@ class Router:
         if topic not in self._topics:
             return []
         self._topics.discard(topic)
-        for state in self._peers.values():
-            state.queue.subscriptions[topic] = False
+        for peer, state in self._peers.items():
+            if self._allowed(topic, peer):
+                state.queue.subscriptions[topic] = False
         events: list[Event] = []
         for peer in list(self._mesh.get(topic, ())):
             self._prune(peer, topic, now, events, px=False,
@@ -301,7 +320,8 @@ class Router:
         self._mesh.pop(topic, None)
         return events
 
-    def _check_topic(self, topic: str) -> None:
+    def check_topic(self, topic: str) -> None:
+        """ValueError unless `topic` is one this router takes (non-empty, bounded)."""
         if not isinstance(topic, str) or not topic \
                 or len(topic.encode()) > self.params.max_topic_length:
             raise ValueError(f"a topic is a non-empty string of at most "
@@ -311,7 +331,7 @@ class Router:
     def new_message(self, topic: str, data: bytes, now: float) -> Message:
         """An unsigned message from us. Seqnos grow with the clock, so they stay unique
         across restarts (as go-libp2p does) and within a run they never repeat."""
-        self._check_topic(topic)
+        self.check_topic(topic)
         self._seqno = max(self._seqno + 1, int(now * 1_000_000_000))
         return Message(from_=self.local_peer, data=bytes(data),
                        seqno=self._seqno.to_bytes(8, "big"), topic=topic)
@@ -334,7 +354,7 @@ class Router:
                              "and a signature (StrictSign)")
         if msg.topic is None:
             raise ValueError("a published message needs a topic")
-        self._check_topic(msg.topic)
+        self.check_topic(msg.topic)
         encoded = encode(msg)
         if len(encoded) > self.params.max_message_size:
             raise ValueError(f"message of {len(encoded)} bytes exceeds the limit of "
@@ -421,7 +441,10 @@ class Router:
                     self.counters["subscription_over_limit"] += 1
                     continue
                 state.topics.add(topic)
-                self._topic_peers.setdefault(topic, set()).add(peer)
+                if self._allowed(topic, peer):
+                    self._topic_peers.setdefault(topic, set()).add(peer)
+                else:
+                    self.counters["subscription_not_admitted"] += 1
                 continue
             state.topics.discard(topic)
             members = self._topic_peers.get(topic)
@@ -440,6 +463,11 @@ class Router:
         topic = msg.topic
         if topic is None or topic not in self._topics:
             self.counters["msg_unknown_topic"] += 1
+            return
+        if not self._allowed(topic, peer):
+            # Checked before any decoding or signature work: a stranger's traffic on
+            # a conversation costs us one set lookup.
+            self.counters["msg_not_admitted"] += 1
             return
         if msg.from_ is None or msg.seqno is None or msg.signature is None:
             self.counters["msg_unsigned"] += 1
@@ -537,301 +565,6 @@ class Router:
         target.queue.forward.append(part)
         self.counters["forwarded"] += 1
 
-    def _handle_control(self, peer: bytes, state: _Peer, control: ControlMessage,
-                        now: float, events: list[Event]) -> None:
-        gossip_ok = self._score.score(peer) >= self._score.params.gossip_threshold
-        if not gossip_ok and (control.ihave or control.iwant):
-            self.counters["gossip_ignored_low_score"] += 1
-        if gossip_ok:
-            self._handle_ihave(peer, state, control, now)
-            self._handle_iwant(peer, state, control)
-        for graft in control.graft:
-            self._handle_graft(peer, state, graft.topic_id, now, events)
-        for prune in control.prune:
-            self._handle_prune(peer, state, prune, now, events)
-        for idw in control.idontwant:
-            for mid in idw.message_ids:
-                if state.idontwant_received >= self.params.max_idontwant_messages:
-                    self.counters["idontwant_over_limit"] += 1
-                    break
-                state.idontwant_received += 1
-                state.dont_send[mid] = now + self.params.mcache_len * self.params.heartbeat_s
-
-    def _handle_ihave(self, peer: bytes, state: _Peer, control: ControlMessage,
-                      now: float) -> None:
-        wanted: list[bytes] = []
-        for ihave in control.ihave:
-            state.ihave_received += 1
-            if state.ihave_received > self.params.max_ihave_messages:
-                self.counters["ihave_over_limit"] += 1
-                continue
-            if ihave.topic_id not in self._topics:
-                self.counters["ihave_unknown_topic"] += 1
-                continue
-            for mid in ihave.message_ids:
-                if len(mid) > self.params.max_message_id_length:
-                    self.counters["ihave_bad_id"] += 1
-                elif mid not in self._seen and mid not in self._promises \
-                        and mid not in wanted:
-                    wanted.append(mid)
-        room = self.params.max_ihave_length - state.iwant_asked
-        if len(wanted) > room:
-            self.counters["ihave_over_limit"] += 1
-            self._rng.shuffle(wanted)
-            wanted = wanted[:max(room, 0)]
-        if not wanted:
-            return
-        state.iwant_asked += len(wanted)
-        state.queue.add_iwant(wanted)
-        self.counters["iwant_sent_ids"] += len(wanted)
-        # Track one advertised id at random: if it never arrives, the peer lied (P7).
-        promised = self._rng.choice(wanted)
-        self._promises.setdefault(promised, {})[peer] = now + self.params.iwant_followup_s
-
-    def _handle_iwant(self, peer: bytes, state: _Peer, control: ControlMessage) -> None:
-        for iwant in control.iwant:
-            for mid in iwant.message_ids:
-                entry = self._mcache.get(mid)
-                if entry is None:
-                    self.counters["iwant_unknown"] += 1
-                    continue
-                served = entry.iwant_served.get(peer, 0)
-                if served >= self.params.gossip_retransmission:
-                    self.counters["iwant_over_retransmission"] += 1
-                    continue
-                entry.iwant_served[peer] = served + 1
-                self._enqueue_forward(state, publish_field(entry.encoded))
-
-    def _handle_graft(self, peer: bytes, state: _Peer, topic: str | None, now: float,
-                      events: list[Event]) -> None:
-        if topic is None or topic not in self._topics:
-            # v1.1 spam protection: no PRUNE for topics we do not know.
-            self.counters["graft_unknown_topic"] += 1
-            return
-        mesh = self._mesh.setdefault(topic, set())
-        if peer in mesh:
-            return
-        if state.direct:
-            # The spec calls this an error of the other side: refuse, log, no penalty.
-            self.counters["graft_from_direct"] += 1
-            log.warning("graft.from_direct_peer", peer=peer.hex()[:16], topic=topic)
-            self._prune(peer, topic, now, events, px=False, in_mesh=False)
-            return
-        expiry = self._backoff.get(topic, {}).get(peer)
-        if expiry is not None and now < expiry:
-            self.counters["graft_during_backoff"] += 1
-            if state.protocol != PROTOCOL_V10:
-                self._score.add_penalty(peer)
-                flood_cutoff = expiry + self.params.graft_flood_threshold_s \
-                    - self.params.prune_backoff_s
-                if now < flood_cutoff:
-                    self._score.add_penalty(peer)
-            self._prune(peer, topic, now, events, px=False, in_mesh=False)
-            return
-        if self._score.score(peer) < 0:
-            self.counters["graft_low_score"] += 1
-            self._prune(peer, topic, now, events, px=False, in_mesh=False)
-            return
-        if len(mesh) >= self.params.d_hi and not state.outbound:
-            self.counters["graft_mesh_full"] += 1
-            self._prune(peer, topic, now, events, px=True, in_mesh=False)
-            return
-        self._add_to_mesh(peer, topic, now, events)
-
-    def _handle_prune(self, peer: bytes, state: _Peer, prune: ControlPrune, now: float,
-                      events: list[Event]) -> None:
-        topic = prune.topic_id
-        if topic is None or topic not in self._topics:
-            return
-        if peer in self._mesh.get(topic, ()):
-            self._mesh[topic].discard(peer)
-            self._score.prune(peer, topic)
-            events.append(Pruned(peer, topic))
-        backoff = self.params.prune_backoff_s
-        if prune.backoff is not None and state.protocol != PROTOCOL_V10:
-            backoff = float(min(prune.backoff, 24 * 3600))
-        self._set_backoff(topic, peer, now + backoff)
-        if prune.peers and state.protocol != PROTOCOL_V10:
-            if self._score.score(peer) < self._score.params.accept_px_threshold:
-                self.counters["px_ignored_low_score"] += 1
-            else:
-                events.append(PeerExchange(topic, peer, prune.peers[:self.params.prune_peers]))
-
-    # -- mesh changes ------------------------------------------------------------------
-    def _add_to_mesh(self, peer: bytes, topic: str, now: float, events: list[Event]) -> None:
-        self._mesh.setdefault(topic, set()).add(peer)
-        self._score.graft(peer, topic, now)
-        events.append(Grafted(peer, topic))
-
-    def _graft(self, peer: bytes, topic: str, now: float, events: list[Event]) -> None:
-        self._add_to_mesh(peer, topic, now, events)
-        self._peers[peer].queue.add_graft(topic)
-
-    def _prune(self, peer: bytes, topic: str, now: float, events: list[Event], *,
-               px: bool, backoff_s: float | None = None, in_mesh: bool = True) -> None:
-        backoff = self.params.prune_backoff_s if backoff_s is None else backoff_s
-        if in_mesh:
-            self._mesh.get(topic, set()).discard(peer)
-            self._score.prune(peer, topic)
-            events.append(Pruned(peer, topic))
-        self._set_backoff(topic, peer, now + backoff)
-        state = self._peers[peer]
-        if state.protocol == PROTOCOL_V10:
-            state.queue.add_prune(ControlPrune(topic_id=topic))
-            return
-        exchange: tuple[PeerInfo, ...] = ()
-        if px and self._score.score(peer) >= 0:
-            others = [p for p in self._topic_peers.get(topic, ())
-                      if p != peer and self._score.score(p) >= 0]
-            exchange = tuple(PeerInfo(peer_id=p)
-                             for p in self._pick(others, self.params.prune_peers))
-        state.queue.add_prune(ControlPrune(topic_id=topic, peers=exchange,
-                                           backoff=int(backoff)))
-
-    def _set_backoff(self, topic: str, peer: bytes, expiry: float) -> None:
-        table = self._backoff.setdefault(topic, {})
-        table[peer] = max(table.get(peer, 0.0), expiry)
-
-    def _in_backoff(self, topic: str, peer: bytes, now: float) -> bool:
-        expiry = self._backoff.get(topic, {}).get(peer)
-        slack = self.params.backoff_slack_heartbeats * self.params.heartbeat_s
-        return expiry is not None and now < expiry + slack
-
-    def _graft_candidates(self, topic: str, now: float) -> list[bytes]:
-        mesh = self._mesh.get(topic, set())
-        return [p for p in self._topic_peers.get(topic, ())
-                if p not in mesh and not self._peers[p].direct
-                and not self._in_backoff(topic, p, now) and self._score.score(p) >= 0]
-
-    def _pick(self, items: Iterable[bytes], n: int) -> list[bytes]:
-        pool = sorted(items)  # sorted first: a seeded rng gives the same choice every run
-        if n >= len(pool):
-            self._rng.shuffle(pool)
-            return pool
-        return self._rng.sample(pool, max(n, 0))
-
-    # -- heartbeat ---------------------------------------------------------------------
-    def heartbeat(self, now: float) -> list[Event]:
-        """Mesh and fanout maintenance, gossip emission, cache and score upkeep. Call
-        every `heartbeat_s`; returns the mesh changes it made (the GRAFT/PRUNE/IHAVE
-        control it queued goes out with the next flush)."""
-        self._ticks += 1
-        self._score.refresh(now)
-        events: list[Event] = []
-        for state in self._peers.values():
-            state.ihave_received = state.iwant_asked = state.idontwant_received = 0
-            if state.dont_send:
-                state.dont_send = {m: t for m, t in state.dont_send.items() if t > now}
-        self._check_promises(now)
-        self._expire_backoffs(now)
-        for mid in [m for m, p in self._pending.items()
-                    if now - p.since >= self.params.validation_timeout_s]:
-            del self._pending[mid]
-            self.counters["validation_timeout"] += 1
-        for topic in list(self._mesh):
-            self._maintain_mesh(topic, now, events)
-        self._maintain_fanout(now)
-        self._emit_gossip()
-        self._mcache.shift()
-        self._seen.purge(now)
-        return events
-
-    def _check_promises(self, now: float) -> None:
-        for mid in list(self._promises):
-            waiting = self._promises[mid]
-            for peer, deadline in list(waiting.items()):
-                if now >= deadline:
-                    del waiting[peer]
-                    if peer in self._peers:
-                        self.counters["iwant_broken_promises"] += 1
-                        self._score.add_penalty(peer)
-            if not waiting:
-                del self._promises[mid]
-
-    def _expire_backoffs(self, now: float) -> None:
-        slack = self.params.backoff_slack_heartbeats * self.params.heartbeat_s
-        for topic in list(self._backoff):
-            table = {p: t for p, t in self._backoff[topic].items() if now < t + slack}
-            if table:
-                self._backoff[topic] = table
-            else:
-                del self._backoff[topic]
-
-    def _maintain_mesh(self, topic: str, now: float, events: list[Event]) -> None:
-        p = self.params
-        mesh = self._mesh[topic]
-        score = self._score.score
-        for peer in sorted(mesh):
-            if score(peer) < 0:
-                self._prune(peer, topic, now, events, px=False)
-        if len(mesh) < p.d_lo:
-            for peer in self._pick(self._graft_candidates(topic, now), p.d - len(mesh)):
-                self._graft(peer, topic, now, events)
-        if len(mesh) > p.d_hi:
-            by_score = self._pick(mesh, len(mesh))
-            by_score.sort(key=score, reverse=True)
-            keep = by_score[:p.d_score]
-            rest = by_score[p.d_score:]
-            self._rng.shuffle(rest)
-            keep += rest[:p.d - p.d_score]
-            outbound = sum(1 for q in keep if self._peers[q].outbound)
-            if outbound < p.d_out:
-                extra = [q for q in by_score if q not in keep and self._peers[q].outbound]
-                extra = extra[:p.d_out - outbound]
-                inbound_kept = [q for q in keep if not self._peers[q].outbound]
-                for q in inbound_kept[len(inbound_kept) - len(extra):]:
-                    keep.remove(q)
-                keep += extra
-            for peer in sorted(mesh - set(keep)):
-                self._prune(peer, topic, now, events, px=True)
-        if len(mesh) >= p.d_lo:
-            outbound = sum(1 for q in mesh if self._peers[q].outbound)
-            if outbound < p.d_out:
-                candidates = [q for q in self._graft_candidates(topic, now)
-                              if self._peers[q].outbound]
-                for peer in self._pick(candidates, p.d_out - outbound):
-                    self._graft(peer, topic, now, events)
-        if self._ticks % p.opportunistic_graft_ticks == 0 and len(mesh) > 1:
-            scores = sorted(score(q) for q in mesh)
-            median = scores[len(scores) // 2]
-            if median < self._score.params.opportunistic_graft_threshold:
-                better = [q for q in self._graft_candidates(topic, now) if score(q) > median]
-                for peer in self._pick(better, p.opportunistic_graft_peers):
-                    self.counters["opportunistic_grafts"] += 1
-                    self._graft(peer, topic, now, events)
-
-    def _maintain_fanout(self, now: float) -> None:
-        threshold = self._score.params.publish_threshold
-        for topic in list(self._fanout):
-            if self._fanout_last_publish.get(topic, 0.0) + self.params.fanout_ttl_s < now:
-                del self._fanout[topic]
-                self._fanout_last_publish.pop(topic, None)
-                continue
-            eligible = {q for q in self._topic_peers.get(topic, ())
-                        if not self._peers[q].direct and self._score.score(q) >= threshold}
-            members = self._fanout[topic]
-            members &= eligible
-            if len(members) < self.params.d:
-                members.update(self._pick(eligible - members, self.params.d - len(members)))
-
-    def _emit_gossip(self) -> None:
-        p = self.params
-        threshold = self._score.params.gossip_threshold
-        for topic in sorted(set(self._mesh) | set(self._fanout)):
-            ids = self._mcache.gossip_ids(topic)
-            if not ids:
-                continue
-            exclude = self._mesh.get(topic, set()) | self._fanout.get(topic, set())
-            candidates = [q for q in self._topic_peers.get(topic, ())
-                          if q not in exclude and not self._peers[q].direct
-                          and self._score.score(q) >= threshold]
-            target = max(p.d_lazy, int(p.gossip_factor * len(candidates)))
-            if len(ids) > p.max_ihave_length:
-                ids = self._rng.sample(ids, p.max_ihave_length)
-            for peer in self._pick(candidates, target):
-                self._peers[peer].queue.add_ihave(topic, ids)
-                self.counters["ihave_sent"] += 1
-
     # -- output ------------------------------------------------------------------------
     def flush(self, peers: Iterable[bytes] | None = None) -> list[SendRpc]:
         """Everything queued (for `peers`, or all), as RPC frames to send in order."""
@@ -865,7 +598,9 @@ class Router:
         iwant_unknown, iwant_over_retransmission, idontwant_over_limit,
         validation_backlog_full, validation_timeout, validation_report_unknown,
         graft_unknown_topic, graft_from_direct, graft_during_backoff, graft_low_score, graft_mesh_full,
-        gossip_ignored_low_score, px_ignored_low_score, iwant_broken_promises.
+        gossip_ignored_low_score, px_ignored_low_score, iwant_broken_promises;
+        for private topics, from peers not admitted: subscription_not_admitted,
+        msg_not_admitted, ihave_not_admitted, iwant_not_admitted, graft_not_admitted.
         Dropped or refused here: dropped_forward_queue_full, publish_backpressure,
         own_discarded_on_disconnect, forward_discarded_on_disconnect. Activity:
         rpc_received, msg_delivered, published, forwarded, forward_skipped_idontwant,
@@ -875,6 +610,7 @@ class Router:
             "counters": dict(sorted(self.counters.items())),
             "peers": len(self._peers),
             "topics": sorted(self._topics),
+            "private_topics": len(self._private),
             "mesh": {t: len(m) for t, m in sorted(self._mesh.items())},
             "fanout": {t: len(m) for t, m in sorted(self._fanout.items())},
             "mcache": len(self._mcache),

@@ -28,7 +28,7 @@ from p2pm.common.client import Client, open_client
 from p2pm.common.home import Endpoints, Home
 from p2pm.common.identity import create_identity
 
-from .actor import Transport
+from p2pm.services.transport.actor import Transport
 
 
 @dataclass
@@ -67,8 +67,8 @@ async def open_test_node(name: str, *, listen: list[str] | None = None,
     cfg["transport"].update(transport_config or {})
     endpoints = Endpoints.inproc(f"{name}-{home.root.name}")
     ctx = zmq.Context.instance()
-    transport = Transport(home, cfg)
     try:
+        transport = Transport(home, cfg)  # a bad setting raises ConfigError here
         async with trio.open_nursery() as nursery:
             await nursery.start(ActorRuntime(Keystore(home, cfg), endpoints, ctx).serve)
             await nursery.start(ActorRuntime(transport, endpoints, ctx).serve)

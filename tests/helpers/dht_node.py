@@ -20,9 +20,9 @@ import zmq
 
 from p2pm.common.actor import ActorRuntime
 from p2pm.common.client import Client, open_client
-from p2pm.services.transport.testing import LocalNode, open_test_node
+from tests.helpers.transport_node import LocalNode, open_test_node
 
-from .actor import Dht
+from p2pm.services.dht.actor import Dht
 
 
 @dataclass

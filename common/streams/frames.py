@@ -39,6 +39,8 @@ from typing import Any
 
 import orjson
 
+from p2pm.common import protobuf as pb
+
 REGISTER = b"R"
 OPEN = b"O"
 WELCOME = b"W"
@@ -118,32 +120,21 @@ def parse(frames: list[bytes]) -> Frame:
 # -- uvarint messages ----------------------------------------------------------------
 
 
-def encode_uvarint(value: int) -> bytes:
-    if value < 0:
-        raise ValueError("uvarint cannot be negative")
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+# The one uvarint codec is common/protobuf's (minimal encodings only, as the
+# multiformats spec asks); here is its streaming form, for bytes that arrive in parts.
+encode_uvarint = pb.encode_uvarint
 
 
 def decode_uvarint(data: bytes | bytearray | memoryview, start: int = 0) -> tuple[int, int]:
-    """(value, bytes used); (0, 0) if `data` holds only a prefix of a uvarint."""
-    value = shift = 0
-    for i in range(start, min(len(data), start + MAX_UVARINT_BYTES)):
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, i - start + 1
-        shift += 7
-    if len(data) - start >= MAX_UVARINT_BYTES:
-        raise FrameError("uvarint longer than 9 bytes")
-    return 0, 0
+    """(value, bytes used); (0, 0) if `data` holds only a prefix of a uvarint;
+    FrameError if it is longer than MAX_UVARINT_BYTES or not minimal."""
+    try:
+        value, end = pb.decode_uvarint(data, start, MAX_UVARINT_BYTES)
+    except pb.TruncatedVarint:
+        return 0, 0
+    except pb.DecodeError as exc:
+        raise FrameError(f"bad uvarint: {exc}") from None
+    return value, end - start
 
 
 def encode_message(payload: bytes) -> bytes:

@@ -38,7 +38,7 @@ from p2pm.common.actor import Actor, ActorRuntime, rpc
 from p2pm.common.client import open_client
 from p2pm.common.home import Home
 
-from .actor import Gateway
+from p2pm.services.gateway.actor import Gateway
 
 # The gossip RPCs the gateway calls, with their parameter names, as agreed with the
 # gossip actor; the fake implements exactly these (a test checks it against the real one).

@@ -23,9 +23,9 @@ from p2pm.common import errors
 from p2pm.common.actor import ActorRuntime
 from p2pm.common.client import Client, open_client
 from p2pm.common.home import Endpoints, Home
-from p2pm.services.transport.testing import open_test_node
+from tests.helpers.transport_node import open_test_node
 
-from .actor import Gossip
+from p2pm.services.gossip.actor import Gossip
 
 
 @dataclass

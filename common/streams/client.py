@@ -1,7 +1,7 @@
 """The owner-side stream library: how the dht, gossip or any actor speaks a libp2p
 protocol through the transport.
 
-    from p2pm.services.transport.streams import ProtocolSpec, open_streams
+    from p2pm.common.streams import ProtocolSpec, open_streams
 
     KAD = "/ipfs/kad/1.0.0"
     async with open_streams(endpoints, "dht", {KAD: ProtocolSpec(messages=True)}) as streams:

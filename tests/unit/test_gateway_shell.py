@@ -1,0 +1,90 @@
+"""The gateway's own logic with fakes for the actors behind it (no sockets): the
+invite it builds is the one the keystore signed and verifies, contact rules refuse a
+second name for a peer or a second peer for a name and write nothing, and an actor
+that does not answer reads as "unavailable"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from p2pm.common import errors
+from p2pm.common import invite as invites
+from p2pm.common.clients import (
+    Addresses, DhtClient, StorageClient, TransportClient, build_actor, fake,
+)
+from p2pm.services.gateway.actor import NAME_KEY, Gateway
+from tests.helpers.identities import ADDRS, BOB, ME, signing_keystore
+
+
+def gateway(**fakes: Any) -> Gateway:
+    fakes.setdefault("keystore", signing_keystore())
+    fakes.setdefault("transport", fake(TransportClient, addrs=Addresses(ME, ADDRS)))
+    return build_actor(Gateway, None, {}, **fakes)
+
+
+async def test_an_invite_carries_the_name_and_addresses_and_verifies() -> None:
+    storage = fake(StorageClient, kv_put=None)
+    gw = gateway(storage=storage)
+    made = await gw.invite(name="Ann 🌱")
+    decoded = invites.decode(made.invite)  # checks the signature
+    assert (decoded.peer_id, decoded.name, decoded.addrs) == (ME, "Ann 🌱", ADDRS)
+    storage.kv_put.assert_awaited_once_with(NAME_KEY, "Ann 🌱".encode())
+    tampered = made.invite[:-6] + ("A" if made.invite[-6] != "A" else "B") + made.invite[-5:]
+    with pytest.raises(invites.InviteError):
+        invites.decode(tampered)
+
+
+async def test_without_a_name_the_remembered_one_else_the_short_peer_id() -> None:
+    remembered = gateway(storage=fake(StorageClient, kv_get="Bo".encode()))
+    assert (await remembered.invite()).name == "Bo"
+    fresh = gateway(storage=fake(StorageClient, kv_get=None))
+    assert (await fresh.invite()).name == ME[-8:]
+
+
+async def test_contact_rules_refuse_and_write_nothing() -> None:
+    async def contact_get(name: str | None = None,
+                          peer_id: str | None = None) -> dict[str, Any] | None:
+        if name == "bob" or peer_id == BOB:
+            return {"name": "bob", "peer_id": BOB, "addrs": []}
+        return None
+
+    storage = fake(StorageClient, contact_get=contact_get)
+    dht = fake(DhtClient, find_peer={"peer_id": BOB, "addrs": []})
+    gw = gateway(storage=storage, dht=dht)
+    with pytest.raises(errors.BusError) as again:
+        await gw.contact_add("robert", BOB)  # the same peer under a second name
+    assert again.value.code == errors.CONFLICT and "'bob'" in again.value.message
+    with pytest.raises(errors.BusError) as mine:
+        await gw.contact_add("me", ME)
+    assert mine.value.code == errors.BAD_PARAMS
+    with pytest.raises(errors.BusError) as junk:
+        await gw.contact_add("carol", "not a peer id")
+    assert junk.value.code == errors.BAD_PARAMS
+    storage.contact_add.assert_not_called()
+
+
+async def test_a_peer_the_dht_cannot_find_is_refused_with_its_reason() -> None:
+    storage = fake(StorageClient, contact_get=None)
+    gw = gateway(storage=storage,
+                 dht=fake(DhtClient, find_peer=errors.not_found("no peer knows it")))
+    with pytest.raises(errors.BusError) as lost:
+        await gw.contact_add("bob", BOB)
+    assert lost.value.code == errors.NOT_FOUND
+    storage.contact_add.assert_not_called()
+
+
+async def test_an_actor_that_does_not_answer_reads_as_unavailable() -> None:
+    """The gateway's clients go through its _call, which turns a timeout into a
+    message a person can act on."""
+    gw = Gateway(None, {})
+
+    async def silent(actor: str, method: str, params: Any = None, **kw: Any) -> Any:
+        raise errors.BusError(errors.TIMEOUT, f"{actor} did not answer {method}")
+
+    gw.call = silent  # type: ignore[method-assign]
+    with pytest.raises(errors.BusError) as down:
+        await gw.contact_list()
+    assert down.value.code == errors.UNAVAILABLE
+    assert "storage actor is not answering" in down.value.message

@@ -1,0 +1,136 @@
+"""The gossip actor's RPCs with fakes for the actors behind it (no sockets): a room
+is stored with us as its only member and its invite is ours, bad input is refused
+before anything is written, and an unknown message or conversation is named."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from p2pm.common import errors
+from p2pm.common.clients import Addresses, StorageClient, TransportClient, build_actor, fake
+from p2pm.services.gossip import conversations as cv
+from p2pm.services.gossip.actor import Gossip
+from p2pm.services.gossip.context import peer_bytes
+from p2pm.services.gossip.router.core import Router
+from p2pm.services.gossip.router.signing import verify_ed25519
+from tests.helpers.identities import ADDRS, ME, signing_keystore
+
+
+def gossip(**fakes: Any) -> Gossip:
+    """A gossip actor past its start (identity known, router up, state loaded)."""
+    fakes.setdefault("keystore", signing_keystore())
+    fakes.setdefault("transport", fake(TransportClient, addrs=Addresses(ME, ADDRS)))
+    actor = build_actor(Gossip, None, {}, **fakes)
+    actor.ctx.start(ME, Router(peer_bytes(ME), verify=verify_ed25519, rng=random.Random(1),
+                               validate=actor.receive.validate, params=actor.params))
+    actor.loaded.set()
+    return actor
+
+
+async def test_a_new_room_is_stored_with_us_alone_and_its_invite_is_ours() -> None:
+    stored: list[dict[str, Any]] = []
+
+    async def conversation_put(id: str, kind: str, secret: bytes, members: list[str],
+                               name: str | None = None, created_at: float | None = None
+                               ) -> dict[str, Any]:
+        stored.append({"id": id, "kind": kind, "members": members, "name": name})
+        return {"id": id}
+
+    node = gossip(storage=fake(StorageClient, conversation_put=conversation_put,
+                               author_ranges={}))
+    room = await node.room_create("café ☕ 運営")
+    assert stored == [{"id": room["id"], "kind": "room", "members": [ME],
+                       "name": "café ☕ 運営"}]
+    invite = cv.decode_invite(room["invite"])  # checks the inviter's signature
+    assert (invite.id, invite.name, invite.inviter) == (room["id"], "café ☕ 運営", ME)
+    assert list(invite.addrs) == list(ADDRS)
+    assert node.convs[room["id"]].members == {ME}
+    assert (await node.room_invite(room["id"]))["invite"].startswith(cv.INVITE_PREFIX)
+
+
+@pytest.mark.parametrize("name", ["", "   ", "a\x00b", "x" * 257])
+async def test_a_room_with_a_bad_name_is_refused_and_nothing_stored(name: str) -> None:
+    node = gossip()  # storage answers nothing: any write would fail the test
+    with pytest.raises(errors.BusError) as info:
+        await node.room_create(name)
+    assert info.value.code == errors.BAD_PARAMS
+    assert not node.convs
+
+
+@pytest.mark.parametrize("text", ["", "  \n", "x" * (16 * 1024 + 1)])
+async def test_a_post_with_bad_text_is_refused_before_the_conversation_is_read(
+        text: str) -> None:
+    node = gossip()
+    with pytest.raises(errors.BusError) as info:
+        await node.post("no-such-conversation", text)
+    assert info.value.code == errors.BAD_PARAMS
+
+
+async def test_unknown_conversations_and_messages_are_named() -> None:
+    node = gossip(storage=fake(StorageClient, message_get=None))
+    with pytest.raises(errors.BusError) as info:
+        await node.post("c0ffee", "hello")
+    assert info.value.code == errors.NOT_FOUND and "c0ffee" in info.value.message
+    with pytest.raises(errors.BusError) as info:
+        await node.message_state("m1")
+    assert info.value.code == errors.NOT_FOUND and "m1" in info.value.message
+
+
+async def test_history_before_an_unknown_message_is_bad_params() -> None:
+    async def conversation_put(*args: Any, **kw: Any) -> dict[str, Any]:
+        return {}
+
+    node = gossip(storage=fake(StorageClient, conversation_put=conversation_put,
+                               author_ranges={}, message_get=None))
+    room = await node.room_create("ops")
+    with pytest.raises(errors.BusError) as info:
+        await node.history(room["id"], before="m-gone")
+    assert info.value.code == errors.BAD_PARAMS and "m-gone" in info.value.message
+
+
+async def test_before_it_has_loaded_every_rpc_says_unavailable() -> None:
+    node = build_actor(Gossip, None, {})
+    for call in (node.room_create("ops"), node.conversation_list(),
+                 node.message_state("m1")):
+        with pytest.raises(errors.BusError) as info:
+            await call
+        assert info.value.code == errors.UNAVAILABLE
+    assert node.status()["conversations"] == 0 and not node.healthy()
+
+
+async def test_a_message_is_delivered_once_every_recipient_holds_it_whichever_way() -> None:
+    """The one place a message becomes delivered: alice's receipt, then bob's sync
+    ranges; a receipt naming the id in another conversation acknowledges nothing."""
+    states: list[str] = []
+
+    async def conversation_put(*args: Any, **kw: Any) -> dict[str, Any]:
+        return {}
+
+    async def message_set_state(id: str, state: str) -> dict[str, Any]:
+        states.append(state)
+        return {"changed": True, "state": state}
+
+    storage = fake(StorageClient, conversation_put=conversation_put, author_ranges={},
+                   outbox_done=True, message_set_state=message_set_state)
+    node = gossip(storage=storage)
+    events: list[tuple[str, Any]] = []
+    node.ctx.publish = lambda topic, data: events.append((topic, data))
+    room = node.convs[(await node.room_create("ops"))["id"]]
+    other = node.convs[(await node.room_create("elsewhere"))["id"]]
+    node.delivery.outbox.add("m1", room.id, 1, {"alice", "bob"}, now=0.0)
+
+    def receipt(conv_id: str, reader: str) -> cv.Opened:
+        return cv.Opened("r", "r-" + reader, conv_id, reader, 1.0, ids=("m1",))
+
+    await node.delivery.receipt(other, receipt(other.id, "alice"))
+    await node.delivery.receipt(room, receipt(room.id, "alice"))
+    assert states == [] and "m1" in node.delivery.outbox  # bob still owes it
+    await node.delivery.ranges_held(room, "bob", {ME: [(1, 1)]})
+    assert states == ["delivered"] and "m1" not in node.delivery.outbox
+    assert events == [("gossip.message.state",
+                       {"id": "m1", "conversation": room.id, "state": "delivered"})]
+    assert [c.kwargs or c.args for c in storage.outbox_done.await_args_list] == [
+        ("m1", "alice"), ("m1", "bob")]
