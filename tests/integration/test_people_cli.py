@@ -92,11 +92,18 @@ def test_a_strangers_message_is_a_request_until_accepted(node_factory: Any) -> N
 
 def test_a_blocked_stranger_is_refused(node_factory: Any) -> None:
     bob, eve = node_factory.many(2, listen=LOOPBACK)
-    invite(eve, "Totally Bob's Bank")
+    # A right-to-left override: a terminal would show "Totally Bob's Bank", reversed.
+    spoof = "Totally \u202eknaB s'boB"
+    invite(eve, spoof)
     ok_json(eve, "contacts", "add", "bob", invite(bob, "Bob"))
-    ok_json(eve, "send", "bob", "your account is locked, click here")
+    ok_json(eve, "send", "bob", "your account is locked, click \u202eereh")
     (req,) = wait_for(lambda: ok_json(bob, "requests"), 30, "eve's request")
-    assert req["peer_id"] == eve.peer_id
+    assert req["peer_id"] == eve.peer_id and req["name"] == spoof
+    # Printed for a person, her name and text are inert: the override shows as itself.
+    for args in (("requests",), ("inbox",)):
+        out = bob.p2pm(*args).stdout
+        assert "\u202e" not in out and "~Totally \\u202eknaB" in out, out
+        assert "click \\u202eereh" in out, out
 
     blocked = ok_json(bob, "requests", "block", req["id"])
     assert blocked == {"peer_id": eve.peer_id, "blocked": True}
@@ -184,7 +191,9 @@ def test_send_reads_a_multiline_emoji_text_from_stdin(node_factory: Any) -> None
     ann, bob = node_factory.many(2, listen=LOOPBACK)
     ok_json(ann, "contacts", "add", "bob", invite(bob, "Bob"))
     ok_json(bob, "contacts", "add", "ann", invite(ann, "Ann"))
-    text = "shopping list 🛒\n- 2 avocados 🥑\n- café au lait ☕\n\tand 日本のお茶 🍵"
+    # Emoji sequences with joiners and variation selectors go through whole.
+    text = ("shopping list 🛒\n- 2 avocados 🥑\n- café au lait ☕\n\tand 日本のお茶 🍵\n"
+            "for 👩\u200d👩\u200d👧\u200d👦 and 🧑🏽\u200d💻, flag 🏳\ufe0f\u200d🌈")
     sent = ok_json(ann, "send", "bob", "-", input=text + "\n")
     wait_for(lambda: text in bodies(bob, "ann"), 30, "the piped text at bob")
     assert state_of(ann, "bob", sent["id"]) in ("sent", "delivered")
