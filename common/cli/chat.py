@@ -10,6 +10,7 @@ after the retries).
 from __future__ import annotations
 
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ ATTEMPT_TIMEOUT = 2.0
 RETRIES = 5
 SLOW_RETRIES = 9
 STATE_MARKS = {"pending": "(pending)", "sent": "(sent)", "delivered": "(delivered)",
-               "received": ""}
+               "requested": "(waiting for them to accept your message request)",
+               "refused": "(refused: they blocked you)", "received": ""}
 
 
 def node_may_run(home: Home) -> bool:
@@ -139,8 +141,47 @@ def contacts_list(obj: Ctx) -> None:
     found = _call(obj, "contact_list")
     lines = [f"{len(found)} contact{'s' if len(found) != 1 else ''}"]
     lines += [f"  {inert(c['name']):<20} {c['peer_id']}{'  verified' if c['verified'] else ''}"
-              for c in found]
+              f"{'  blocked' if c.get('blocked') else ''}" for c in found]
     obj.out(found, "\n".join(lines))
+
+
+@contacts.command(name="remove")
+@click.argument("name")
+@click.pass_obj
+def contacts_remove(obj: Ctx, name: str) -> None:
+    """Forget NAME and close your chat with them (its history stays); what they
+    send next arrives as a message request."""
+    got = _call(obj, "contact_remove", {"name": name})
+    obj.out(got, f"removed {inert(got['name'])} ({got['peer_id']})")
+
+
+@contacts.command(name="rename")
+@click.argument("name")
+@click.argument("new_name")
+@click.pass_obj
+def contacts_rename(obj: Ctx, name: str, new_name: str) -> None:
+    """Call contact NAME by NEW_NAME from now on."""
+    got = _call(obj, "contact_rename", {"name": name, "new_name": new_name})
+    obj.out(got, f"renamed {inert(got['old_name'])} to {inert(got['name'])}")
+
+
+@contacts.command(name="block")
+@click.argument("name")
+@click.pass_obj
+def contacts_block(obj: Ctx, name: str) -> None:
+    """Refuse NAME's messages and requests, and stop dialling them."""
+    got = _call(obj, "contact_block", {"name": name})
+    obj.out(got, f"blocked {inert(got['name'])}: their messages are refused "
+                 f"(p2pm contacts unblock {inert(got['name'])} undoes it)")
+
+
+@contacts.command(name="unblock")
+@click.argument("name")
+@click.pass_obj
+def contacts_unblock(obj: Ctx, name: str) -> None:
+    """Take NAME off your block list."""
+    got = _call(obj, "contact_unblock", {"name": name})
+    obj.out(got, f"unblocked {inert(got['name'])}")
 
 
 @contacts.command(name="verify")
@@ -166,14 +207,26 @@ def _posted(obj: Ctx, got: dict[str, Any], where: str) -> None:
             f"sent to {where} {STATE_MARKS.get(got['state'], got['state'])}  id {got['id']}")
 
 
+def _text(text: str) -> str:
+    """TEXT as given, or for "-" what stdin holds (UTF-8), without the final line
+    end a pipe or a here-document adds."""
+    if text != "-":
+        return text
+    try:
+        data = sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        fail(f"stdin is not UTF-8 text (byte {exc.start})", EXIT_USAGE)
+    return data[:-2] if data.endswith("\r\n") else data.removesuffix("\n")
+
+
 @main.command()
 @click.argument("contact")
 @click.argument("text")
 @click.pass_obj
 def send(obj: Ctx, contact: str, text: str) -> None:
-    """Send TEXT to CONTACT in your direct chat."""
-    _posted(obj, _call(obj, "send", {"contact": contact, "text": text}, SLOW_RETRIES),
-            contact)
+    """Send TEXT to CONTACT in your direct chat (TEXT "-": read it from stdin)."""
+    _posted(obj, _call(obj, "send", {"contact": contact, "text": _text(text)},
+                       SLOW_RETRIES), contact)
 
 
 @main.command()
@@ -181,9 +234,10 @@ def send(obj: Ctx, contact: str, text: str) -> None:
 @click.argument("text")
 @click.pass_obj
 def post(obj: Ctx, room: str, text: str) -> None:
-    """Post TEXT in ROOM (or any conversation, by id or name)."""
-    _posted(obj, _call(obj, "post", {"conversation": room, "text": text}, SLOW_RETRIES),
-            room)
+    """Post TEXT in ROOM (or any conversation, by id or name; TEXT "-": from
+    stdin)."""
+    _posted(obj, _call(obj, "post", {"conversation": room, "text": _text(text)},
+                       SLOW_RETRIES), room)
 
 
 @main.group()
@@ -219,6 +273,16 @@ def rooms_invite(obj: Ctx, room: str) -> None:
     obj.out(got, got["invite"])
 
 
+@rooms.command(name="leave")
+@click.argument("room")
+@click.pass_obj
+def rooms_leave(obj: Ctx, room: str) -> None:
+    """Leave ROOM: stop receiving and posting there (its history stays; its invite
+    lets you join again)."""
+    got = _call(obj, "room_leave", {"room": room})
+    obj.out(got, f"left room {inert(got['name'])} ({got['id']})")
+
+
 @rooms.command(name="list")
 @click.pass_obj
 def rooms_list(obj: Ctx) -> None:
@@ -245,6 +309,66 @@ def history(obj: Ctx, conversation: str, limit: int) -> None:
 
 
 @main.command()
+@click.argument("conversation")
+@click.pass_obj
+def read(obj: Ctx, conversation: str) -> None:
+    """Mark CONVERSATION read: inbox no longer lists it (history does not mark
+    read)."""
+    got = _call(obj, "mark_read", {"conversation": conversation})
+    obj.out(got, f"marked {conversation} read")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def requests(ctx: click.Context) -> None:
+    """Message requests: direct messages from people who are not your contacts.
+    Without a subcommand, list them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    obj: Ctx = ctx.obj
+    found = _call(obj, "requests")
+    lines = [f"{len(found)} message request{'s' if len(found) != 1 else ''}"]
+    for r in found:
+        lines.append(f"  {r['id']}  {_who(r)}  {len(r['messages'])} message"
+                     f"{'s' if len(r['messages']) != 1 else ''}")
+        lines += [format_message(m, "    ") for m in r["messages"]]
+    if found:
+        lines.append("accept with p2pm requests accept ID, or p2pm requests block ID")
+    obj.out(found, "\n".join(lines))
+
+
+def _who(r: dict[str, Any]) -> str:
+    name = f"~{inert(r['name'])} " if r.get("name") else ""
+    return f"{name}({r['peer_id']})"
+
+
+@requests.command(name="accept")
+@click.argument("request")
+@click.option("--name", default=None, help="The contact name to give them (default: "
+              "the name they gave themselves).")
+@click.pass_obj
+def requests_accept(obj: Ctx, request: str, name: str | None) -> None:
+    """Accept REQUEST (its ID or the sender's peer ID): they become a contact and
+    their messages appear in your chat with them."""
+    params = {"request": request, **({"name": name} if name is not None else {})}
+    got = _call(obj, "request_accept", params, SLOW_RETRIES)
+    name = inert(got["name"])
+    obj.out(got, f"accepted: {name} ({got['peer_id']}) is now a contact; "
+                 f"{got['messages']} message{'s' if got['messages'] != 1 else ''} "
+                 f"in p2pm history {name}")
+
+
+@requests.command(name="block")
+@click.argument("request")
+@click.pass_obj
+def requests_block(obj: Ctx, request: str) -> None:
+    """Block the sender of REQUEST (its ID or a peer ID): the request is dropped and
+    their later messages refused."""
+    got = _call(obj, "request_block", {"request": request})
+    obj.out(got, f"blocked {got['peer_id']}")
+
+
+@main.command()
 @click.pass_obj
 def inbox(obj: Ctx) -> None:
     """Unread messages across your conversations."""
@@ -254,7 +378,11 @@ def inbox(obj: Ctx) -> None:
         return
     lines = []
     for conv in found:
-        lines.append(f"{inert(conv['name'] or conv['id'])} ({conv['kind']}): "
-                     f"{conv['unread']} unread")
+        if conv["kind"] == "request":
+            lines.append(f"message request {conv['id']} from {_who(conv)}: "
+                         f"{conv['unread']} unread (p2pm requests accept {conv['id']})")
+        else:
+            lines.append(f"{inert(conv['name'] or conv['id'])} ({conv['kind']}): "
+                         f"{conv['unread']} unread")
         lines += [format_message(m, "  ") for m in conv["messages"]]
     obj.out(found, "\n".join(lines))

@@ -17,6 +17,9 @@ Events (re-published from the actors behind it, for attached clients):
   gateway.message.received {"id", "conversation", "author", "body", "ts"}
   gateway.message.state    {"id", "conversation", "state"}
   gateway.peer.connected / gateway.peer.disconnected {"peer_id"}
+  gateway.request.received {"peer_id", "name", "conversation", "messages"}: a message
+      request from someone who is not a contact (see people.py)
+  gateway.request.accepted {"peer_id", "conversation"}
   gateway.resync {"source", "reason"}: an actor restarted or events were lost; clients
       re-read what they show.
 """
@@ -29,7 +32,7 @@ import secrets
 import stat
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 import zmq
@@ -41,6 +44,7 @@ from p2pm.common.clients import DhtClient, KeystoreClient, StorageClient, Transp
 from p2pm.common.config import settings_of
 from p2pm.common.zmqtrio import AsyncSocket
 
+from .people import People
 from . import door
 from .door import DoorGuard, check_bind
 
@@ -57,6 +61,7 @@ DOWNSTREAM_TIMEOUT = 2.0
 DOWNSTREAM_RETRIES = 3
 # The transport gives a dial 10 s; a first direct message may need one.
 DIAL_TIMEOUT = 12.0
+STARTING_WAIT_S = 5.0  # how long a command waits for gossip to finish loading
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +111,7 @@ def _check_ref(ref: str, what: str) -> str:
         raise errors.bad_params(str(exc)) from None
 
 
-class Gateway(Actor):
+class Gateway(People, Actor):
     name = "gateway"
     downstream_timeout = DOWNSTREAM_TIMEOUT
     downstream_retries = DOWNSTREAM_RETRIES
@@ -220,18 +225,29 @@ class Gateway(Actor):
     # -- calling the actors behind -----------------------------------------------------
     async def _call(self, actor: str, method: str, params: dict[str, Any] | None = None,
                     timeout: float | None = None) -> Any:
-        try:
-            return await self.call(actor, method, params,
-                                   timeout=timeout or self.downstream_timeout,
-                                   retries=self.downstream_retries)
-        except errors.BusError as exc:
-            if exc.code == errors.TIMEOUT:
-                raise errors.unavailable(
-                    f"the {actor} actor is not answering (down or restarting)") from None
-            if exc.code == errors.UNKNOWN_METHOD:
-                raise errors.unavailable(
-                    f"the {actor} actor does not offer {method} (not built yet?)") from None
-            raise
+        deadline = trio.current_time() + STARTING_WAIT_S
+        while True:
+            try:
+                return await self.call(actor, method, params,
+                                       timeout=timeout or self.downstream_timeout,
+                                       retries=self.downstream_retries)
+            except errors.BusError as exc:
+                # Gossip answers UNAVAILABLE only while it loads its state after a
+                # (re)start; a command waits that out, as for an actor restarting.
+                if exc.code != errors.UNAVAILABLE or actor != "gossip" or \
+                        trio.current_time() > deadline:
+                    self._downstream_failed(actor, method, exc)
+                await trio.sleep(0.2)
+
+    @staticmethod
+    def _downstream_failed(actor: str, method: str, exc: errors.BusError) -> NoReturn:
+        if exc.code == errors.TIMEOUT:
+            raise errors.unavailable(
+                f"the {actor} actor is not answering (down or restarting)") from None
+        if exc.code == errors.UNKNOWN_METHOD:
+            raise errors.unavailable(
+                f"the {actor} actor does not offer {method} (not built yet?)") from None
+        raise exc
 
     async def _peer_id(self) -> str:
         return (await self.keystore.identity()).peer_id
@@ -271,6 +287,9 @@ class Gateway(Actor):
         return await self._open_direct(contact)
 
     async def _open_direct(self, contact: dict[str, Any]) -> dict[str, Any]:
+        if contact["peer_id"] in await self._blocked():
+            raise errors.forbidden(f"{contact['name']} is blocked (p2pm contacts unblock "
+                                   f"{contact['name']})")
         return await self._call("gossip", "direct_open", {
             "peer_id": contact["peer_id"], "addrs": list(contact.get("addrs") or []),
             "name": contact["name"]}, timeout=DIAL_TIMEOUT)
@@ -350,12 +369,17 @@ class Gateway(Actor):
                                       f"that peer is already your contact {known['name']!r}")
         got = await self.storage.contact_add(name, peer_id, addrs)
         self.log.info("gateway.contact_added", name=name, peer_id=peer_id)
+        if any(r["peer_id"] == peer_id for r in await self._call("gossip", "request_list")):
+            await self._open_direct({"name": name, "peer_id": peer_id, "addrs": addrs})
         return Contact(name, peer_id, addrs, False, bool(got.get("created")))
 
     @rpc
     async def contact_list(self) -> list[dict[str, Any]]:
-        """{} -> [{"name", "peer_id", "addrs", "added_at", "verified"}, ...] by name."""
-        return await self.storage.contact_list()
+        """{} -> [{"name", "peer_id", "addrs", "added_at", "verified", "blocked"}, ...]
+        by name."""
+        blocked = await self._blocked()
+        return [{**c, "blocked": c["peer_id"] in blocked}
+                for c in await self.storage.contact_list()]
 
     @rpc
     async def contact_verify(self, name: str, confirmed: bool = False) -> SafetyNumber:
@@ -443,6 +467,18 @@ class Gateway(Actor):
         return {"id": conv["id"], "left": True}
 
     @rpc
+    async def room_leave(self, room: str) -> dict[str, Any]:
+        """{"room"} -> {"id", "name", "left": true}: we stop receiving and posting in
+        it and it leaves every list; its history stays stored, and joining again from
+        an invite brings it back. The other members see only GossipSub's unsubscribe
+        (the protocol has no leave message yet), so they still count us as members."""
+        conv = await self.resolve(room)
+        if conv.get("kind") != "room":
+            raise errors.bad_params(f"{room!r} is a direct chat, not a room")
+        await self._call("gossip", "conversation_leave", {"conversation": conv["id"]})
+        return {"id": conv["id"], "name": conv.get("name", ""), "left": True}
+
+    @rpc
     async def history(self, conversation: str, limit: int = 50,
                       before: str | None = None) -> list[dict[str, Any]]:
         """{"conversation", "limit"?, "before"?} -> [{"id", "author", "author_name",
@@ -456,14 +492,17 @@ class Gateway(Actor):
         return await self._named(list(await self._call("gossip", "history", params)))
 
     async def _named(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Adds "author_name": "me", a contact's name, or "" for a stranger."""
-        names = {c["peer_id"]: c["name"] for c in await self.contact_list()}
+        """Adds "author_name": "me", a contact's name, "~" and the name from their
+        signed profile for someone else, or "" when they have shown none."""
+        names = await self._named_by()
         names[await self._peer_id()] = "me"
         return [{**m, "author_name": names.get(m.get("author"), "")} for m in messages]
 
     @rpc
     async def mark_read(self, conversation: str) -> dict[str, Any]:
-        """{"conversation"} -> {"id"}"""
+        """{"conversation"} -> {"id"}: everything in it so far counts as read, so
+        `inbox` no longer lists it. `history` does not mark read (scripts peek with
+        it); `p2pm read` and opening the conversation in `p2pm attach` do."""
         conv = await self.resolve(conversation)
         await self._call("gossip", "mark_read", {"conversation": conv["id"]})
         return {"id": conv["id"]}
@@ -471,7 +510,9 @@ class Gateway(Actor):
     @rpc
     async def inbox(self) -> list[dict[str, Any]]:
         """{} -> [{"id", "name", "kind", "unread", "messages": [...]}, ...]: every
-        conversation with unread messages, with the latest of them (at most 20)."""
+        conversation with unread messages, with the latest of them (at most 20), then
+        every message request as kind "request" ("id" the one `request_accept` takes,
+        "peer_id", "name" from the sender's profile)."""
         out = []
         for conv in await self._conversations():
             unread = int(conv.get("unread") or 0)
@@ -484,6 +525,10 @@ class Gateway(Actor):
             messages = await self._named(received[-min(unread, MAX_INBOX_MESSAGES):])
             out.append({"id": conv["id"], "name": conv.get("name", ""),
                         "kind": conv.get("kind"), "unread": unread, "messages": messages})
+        for req in await self.requests():
+            out.append({"id": req["id"], "peer_id": req["peer_id"], "name": req["name"],
+                        "kind": "request", "unread": len(req["messages"]),
+                        "messages": req["messages"][-MAX_INBOX_MESSAGES:]})
         return out
 
     @rpc
@@ -528,6 +573,12 @@ class Gateway(Actor):
         kind = topic.rsplit(".", 1)[-1]
         if kind in ("received", "state"):
             self.publish(f"gateway.message.{kind}", data)
+
+    @on_event("gossip.request")
+    async def _request_event(self, topic: str, data: Any) -> None:
+        kind = topic.rsplit(".", 1)[-1]
+        if kind in ("received", "accepted") and isinstance(data, dict):
+            self.publish(f"gateway.request.{kind}", data)
 
     @on_event("transport.peer")
     async def _peer_event(self, topic: str, data: Any) -> None:

@@ -17,6 +17,7 @@ job and its own module docstring:
     delivery.py    the outbox: pending -> sent -> delivered; receipts both ways
     reach.py       addresses, the DHT, dialling with backoff
     syncing.py     catch-up sync sessions, membership proven both ways first
+    strangers.py   message requests (`/p2pm/request/1.0.0`), blocks, profiles
 
 Maintenance (`_maintain`, every second) retries what is still owed: it publishes
 unsent messages once a member is reachable, syncs with recipients who owe a receipt
@@ -27,8 +28,9 @@ member per conversation every SYNC_INTERVAL_S, and announces membership in the D
 RPC contract: as agreed, each method's docstring shows it. Details the contract left
 open: `history(before=...)` takes a message id (the page ends before it);
 `conversation_leave` answers {"left": true}, `mark_read` {"read_ts"}; message states
-are pending, sent, delivered (ours) and received (others'); `message_state` gives per
-member "pending", "sent", "delivered" or "failed". Debug RPCs `pubsub_subscribe`,
+are pending, sent, delivered (ours) and received (others'), and requested or refused
+for ours in a direct chat the peer has not opened (strangers.py); `message_state`
+gives per member "pending", "sent", "requested", "refused", "delivered" or "failed". Debug RPCs `pubsub_subscribe`,
 `pubsub_publish` and `pubsub_messages` speak raw GossipSub on a test topic (interop
 with other implementations); a conversation's topic is refused there.
 
@@ -49,6 +51,7 @@ from p2pm.common.clients import DhtClient, KeystoreClient, StorageClient, Transp
 from p2pm.common.config import settings_of
 
 from . import conversations as cv
+from . import requests as rq
 from . import sync, syncing
 from .context import Context, peer_bytes
 from .delivery import Delivery
@@ -60,12 +63,13 @@ from .router.core import Backpressure, Router
 from .router.params import GossipParams
 from .router.signing import verify_ed25519
 from .state import Conversation, Conversations, Registry
+from .strangers import StrangerRpcs, Strangers
 
 SYNC_INTERVAL_S = 30.0  # anti-entropy with one member per conversation
 STORAGE_TIMEOUT = 5.0
 
 
-class Gossip(Actor):
+class Gossip(StrangerRpcs, Actor):
     name = "gossip"
     keystore = KeystoreClient.dependency()
     storage = StorageClient.dependency(timeout=STORAGE_TIMEOUT)
@@ -86,6 +90,8 @@ class Gossip(Actor):
         self.reach = Reach(self.ctx, self.links.connected, self.membership, self._prove)
         self.conversations = Conversations(self.ctx, self.registry, self.membership,
                                            self.reach)
+        self.strangers = Strangers(self.ctx, self.registry, self.conversations,
+                                   self.receive, self.delivery, self.links, self.reach)
         self.streams: Any = None
         self.loaded = trio.Event()
         self.syncer = syncing.Syncer(_SyncPort(self))
@@ -118,7 +124,8 @@ class Gossip(Actor):
                                **self.links.statistics(),
                                "counters": dict(self.ctx.counters),
                                "undelivered": len(self.delivery.outbox),
-                               "equivocating_authors": dict(self.receive.equivocators)}
+                               "equivocating_authors": dict(self.receive.equivocators),
+                               "strangers": self.strangers.statistics()}
         if self.ctx.started:
             out["router"] = self.ctx.router.statistics()
         out["sync"] = self.syncer.statistics()
@@ -137,6 +144,7 @@ class Gossip(Actor):
         mesh = ProtocolSpec(messages=True, max_message=self.params.max_rpc_size)
         specs = {p: mesh for p in MESH_PROTOCOLS}
         specs[sync.PROTOCOL] = ProtocolSpec(messages=True, max_message=sync.MAX_FRAME)
+        specs[rq.PROTOCOL] = ProtocolSpec(messages=True, max_message=rq.MAX_FRAME)
         async with open_streams(self.runtime.endpoints, "gossip", specs, wait=None,
                                 ctx=self.runtime.ctx) as streams:
             self.streams = self.links.streams = streams
@@ -163,6 +171,7 @@ class Gossip(Actor):
     async def _load(self) -> None:
         await self.conversations.load(await self.storage.until_answered().conversation_list())
         await self.delivery.load()
+        await self.strangers.load()
         self.loaded.set()
 
     async def _ready(self) -> None:
@@ -201,6 +210,8 @@ class Gossip(Actor):
                 self.spawn(self._serve_sync, stream)
             elif stream.protocol in MESH_PROTOCOLS:
                 self.spawn(self.links.serve_inbound, stream)
+            elif stream.protocol == rq.PROTOCOL:
+                self.spawn(self.strangers.serve, stream)
             else:
                 await stream.reset()
 

@@ -104,6 +104,9 @@ class Delivery:
         # the user wrote while no member was reachable (each is stored, pending).
         self.unsent: dict[str, str] = {}
         self.receipts = ReceiptBatch()
+        # Set by strangers.py: the state our message shows once a message request
+        # answered for it ("requested", "refused"); storage keeps pending/sent.
+        self.shown: Callable[[str, str, str], str] = lambda conv, mid, state: state
 
     async def load(self) -> None:
         """The outbox from storage: every pending delivery, a page at a time."""
@@ -275,12 +278,14 @@ class Delivery:
         if m is None:
             raise errors.not_found(f"no message {mid!r}")
         members: dict[str, str] = {}
+        state = self.shown(m["conversation"], mid, m["state"])
         if m["author"] == self.ctx.me:
             for e in await self.ctx.storage.outbox_get(mid):
                 members[e["recipient"]] = "delivered" if e["state"] == "done" else (
                     "failed" if e["state"] == "failed" else
+                    state if state in ("requested", "refused") else
                     ("sent" if m["state"] != "pending" else "pending"))
-        return {"id": mid, "state": m["state"], "members": members}
+        return {"id": mid, "state": state, "members": members}
 
     # -- our receipts ------------------------------------------------------------------
     def _kind_of(self, conversation: str) -> str | None:

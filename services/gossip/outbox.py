@@ -68,6 +68,12 @@ class Outbox:
                 if e.conversation == conversation and peer in e.recipients
                 and sync.holds(ranges, author, e.seq)]
 
+    def owed_to(self, conversation: str, peer: str) -> list[tuple[str, int]]:
+        """(message id, seq) of our messages in `conversation` that `peer` owes a
+        receipt for."""
+        return [(mid, e.seq) for mid, e in self._owed.items()
+                if e.conversation == conversation and peer in e.recipients]
+
     def due(self, now: float) -> dict[str, set[str]]:
         """peer -> conversations in which it has owed a receipt for over grace_s."""
         out: dict[str, set[str]] = {}

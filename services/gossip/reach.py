@@ -80,6 +80,7 @@ class Reach:
         self.membership = membership
         self.addrs: dict[str, list[str]] = {}  # bounded by MAX_PEERS
         self.backoff = DialBackoff()
+        self.blocked: set[str] = set()  # never dialled (strangers.py's block list)
         self.dht_ok = True
         # When each conversation was last provided / looked up in the DHT; bounded by
         # the conversations held (an entry for one left lingers until restart).
@@ -152,6 +153,8 @@ class Reach:
     async def dial(self, peer: str) -> bool:
         if peer in self.connected or peer == self.ctx.me:
             return True
+        if peer in self.blocked:
+            return False
         if not self.backoff.attempt(peer, self.ctx.now()):
             return False
         tried = await self.addrs_of(peer)

@@ -16,7 +16,7 @@ the storage calls around them.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -153,6 +153,10 @@ class Conversations:
         self.registry = registry
         self.membership = membership
         self.reach = reach
+        # Set by strangers.py: a direct chat opened settles the peer's pending message
+        # request; our messages show the answer a request got ("requested", "refused").
+        self.absorb: Callable[[str, Conversation], Awaitable[None]] | None = None
+        self.shown: Callable[[str, str, str], str] = lambda conv, mid, state: state
 
     async def load(self, listed: list[dict[str, Any]]) -> None:
         """Every conversation in storage's `conversation_list` but those we left."""
@@ -228,20 +232,23 @@ class Conversations:
             self.ctx.spawn(self.reach.dial, inv.inviter)
         return {"id": conv.id, "name": conv.name, "kind": "room"}
 
-    async def open_direct(self, peer_id: str, addrs: list[str],
-                          name: str | None) -> dict[str, Any]:
+    async def direct_keys(self, peer_id: str) -> tuple[bytes, cv.Keys]:
+        """The secret and keys of our direct chat with `peer_id` (one keystore DH)."""
         try:
-            public = identity.public_key_from_peer_id(peer_id)
-            x25519 = identity.x25519_public(public)
+            x25519 = identity.x25519_public(identity.public_key_from_peer_id(peer_id))
         except identity.IdentityError as exc:
             raise errors.bad_params(str(exc)) from None
-        me = self.ctx.me
-        if peer_id == me:
+        if peer_id == self.ctx.me:
             raise errors.bad_params("a direct chat needs another peer")
+        secret = cv.direct_secret(await self.ctx.keystore.dh(x25519), self.ctx.me, peer_id)
+        return secret, cv.Keys.derive("direct", secret)
+
+    async def open_direct(self, peer_id: str, addrs: list[str],
+                          name: str | None) -> dict[str, Any]:
         if name is not None:
             check_name(name)
-        secret = cv.direct_secret(await self.ctx.keystore.dh(x25519), me, peer_id)
-        keys = cv.Keys.derive("direct", secret)
+        secret, keys = await self.direct_keys(peer_id)
+        me = self.ctx.me
         existing = self.registry.get(keys.id)
         label = name if name is not None else (existing.name if existing else peer_id)
         await self.ctx.storage.kv_delete(f"gossip.left.{keys.id}")
@@ -250,6 +257,8 @@ class Conversations:
         conv = await self.register({"kind": "direct", "secret": secret, "name": label,
                                     "members": [me, peer_id]})
         conv.name = label
+        if self.absorb is not None:
+            await self.absorb(peer_id, conv)
         if addrs:
             await self.reach.learn_addrs(peer_id, addrs)
         if not self.reach.is_connected(peer_id):
@@ -307,5 +316,6 @@ class Conversations:
             except cv.EnvelopeError:
                 continue
             out.append({"id": m["id"], "author": m["author"], "body": opened.text,
-                        "ts": m["ts"], "state": m["state"], "seq": m["seq"]})
+                        "ts": m["ts"], "state": self.shown(conv.id, m["id"], m["state"]),
+                        "seq": m["seq"]})
         return out

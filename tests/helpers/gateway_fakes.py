@@ -10,7 +10,10 @@ The fakes implement the gossip RPC contract the gateway builds on (see
 `GOSSIP_CONTRACT`) over an in-memory `FakeNetwork`: a message posted on one node is
 received by every member whose node is running, and delivery marks (pending, sent,
 delivered) come back as events. A member whose node is stopped gets what it missed when
-it starts again, as gossip's history sync promises.
+it starts again, as gossip's history sync promises. Unlike real gossip, the fake
+delivers a direct message as if the recipient had added the sender, so it never holds
+message requests (those are tested against real nodes); blocking refuses a blocked
+peer's messages, as real gossip does.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ GOSSIP_CONTRACT = {
     "conversation_list": (), "post": ("conversation", "text"),
     "history": ("conversation", "limit", "before"), "message_state": ("id",),
     "mark_read": ("conversation",),
+    "request_list": (), "request_accept": ("peer_id", "name"), "peer_block": ("peer_id",),
+    "peer_unblock": ("peer_id",), "blocked_list": (), "profiles": (),
 }
 ROOM_INVITE_PREFIX = "p2pm-fake-room:"
 
@@ -124,6 +129,7 @@ class FakeGossip(Actor):
         self.peer_id = peer_id
         self.conversations: dict[str, _Conversation] = {}
         self.messages: dict[str, _Message] = {}
+        self.blocked: set[str] = set()
 
     async def run(self) -> None:
         self.network.came_online(self)
@@ -139,6 +145,8 @@ class FakeGossip(Actor):
         return conv
 
     def _receive(self, msg: _Message) -> bool:
+        if msg.author in self.blocked:
+            return False
         conv = self.conversations.get(msg.conversation)
         if conv is None:
             if msg.conversation in self.network.rooms:
@@ -270,6 +278,37 @@ class FakeGossip(Actor):
         conv = self._conv(conversation)
         conv.read = len(conv.messages)
         return {"read_ts": time.time()}
+
+    @rpc
+    async def request_list(self) -> list[dict[str, Any]]:
+        return []  # see the module docstring: the fake network holds no requests
+
+    @rpc
+    async def request_accept(self, peer_id: str, name: str) -> dict[str, Any]:
+        raise errors.not_found(f"no message request from {peer_id}")
+
+    @rpc
+    async def peer_block(self, peer_id: str) -> dict[str, Any]:
+        new = peer_id not in self.blocked
+        self.blocked.add(peer_id)
+        for conv in list(self.conversations.values()):
+            if conv.kind == "direct" and peer_id in conv.members:
+                del self.conversations[conv.id]
+        return {"blocked": True, "new": new}
+
+    @rpc
+    async def peer_unblock(self, peer_id: str) -> dict[str, Any]:
+        was = peer_id in self.blocked
+        self.blocked.discard(peer_id)
+        return {"blocked": False, "was": was}
+
+    @rpc
+    async def blocked_list(self) -> list[str]:
+        return sorted(self.blocked)
+
+    @rpc
+    async def profiles(self) -> dict[str, str]:
+        return {}
 
 
 class FakeDht(Actor):
