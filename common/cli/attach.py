@@ -197,7 +197,19 @@ class AttachModel:
                 if m.get("id") == mid and _moves_forward(m.get("state"), state):
                     m["state"] = state
                     self.on_change()
-        elif topic == "gateway.resync":
+        elif topic == "gateway.request.received" and isinstance(data, dict):
+            # Someone who is not a contact wrote: said at once, wherever the user is,
+            # with how to answer (the messages wait on our node until then).
+            peer, name = data.get("peer_id"), data.get("name")
+            if isinstance(peer, str):
+                who = f"~{inert(name)} " if isinstance(name, str) and name \
+                    else ""
+                count = data.get("messages")
+                many = f"{count} message(s)" if isinstance(count, int) else "messages"
+                self.notice = (f"message request from {who}{inert(peer)}: "
+                               f"{many}; p2pm requests accept|block {peer}")
+                self.on_change()
+        elif topic in ("gateway.resync", "gateway.request.accepted"):
             await self.refresh()
 
     async def set_connected(self, connected: bool, restarted: bool) -> None:

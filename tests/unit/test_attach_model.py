@@ -193,3 +193,17 @@ async def test_scrolled_up_the_title_counts_the_messages_below(tmp_path: Path) -
     assert m.scroll_hint() == "[5 newer below: End]"
     m.to_newest()
     assert m.scroll_hint() == ""
+
+
+async def test_a_message_request_is_told_at_once_with_how_to_answer(tmp_path: Path) -> None:
+    m = model(tmp_path, [])
+    peer = "12D3KooWLjsRyMwmfsbnjBpX1nsw9Tcjb9rHsJQrrUTWGcbVdfc4"
+    await m.on_event("gateway.request.received", {
+        "peer_id": peer, "name": "Mallory\u202e\x1b[2J", "conversation": "c2",
+        "messages": 2})
+    assert m.notice.startswith("message request from ~Mallory")
+    assert f"p2pm requests accept|block {peer}" in m.notice
+    assert "\x1b" not in m.notice and "\u202e" not in m.notice  # shown, not obeyed
+    before = m.notice
+    await m.on_event("gateway.request.received", {"name": "no peer id"})
+    assert m.notice == before  # a malformed event changes nothing
