@@ -100,6 +100,13 @@ class Keys:
         return cls(cid, kind, topic, dht_key, _derive(secret, b"p2pm content key", 32))
 
 
+    def request_proof(self, sender: str, recipient: str) -> bytes:
+        """What a message request's sender shows that it holds the direct chat's
+        secret (strangers.py), bound to both peers so it is good for no other pair;
+        the stream it travels on is authenticated as the sender's."""
+        data = f"p2pm request {self.id} {sender} {recipient}".encode()
+        return hashlib.blake2b(data, key=self.content_key, digest_size=32).digest()
+
 def new_room_secret() -> bytes:
     return nacl.utils.random(SECRET_BYTES)
 

@@ -12,9 +12,9 @@ orjson frames like sync's):
 
 * Sender. Once a second, for each direct chat whose peer is connected, owes us
   receipts, and has not subscribed to the chat's topic, the sender opens a request
-  stream and sends ASK {conv, proof, profile, envs}: the conversation id, the sync
-  membership proof (bound to both peers), its signed profile (a node invite with its
-  name and addresses) and the envelopes of up to MAX_HELD_PER_SENDER owed messages,
+  stream and sends ASK {conv, proof, profile, envs}: the conversation id, the request
+  proof (`Keys.request_proof`, bound to both peers), its signed profile (a node
+  invite with its name and addresses) and the envelopes of up to MAX_HELD_PER_SENDER owed messages,
   oldest first. The answer says what became of them:
     requested  held until the recipient accepts; those messages show "requested"
     known      the recipient has the chat (a contact: accepted at once); sync follows

@@ -211,7 +211,7 @@ class Strangers:
             return rq.Answer(refused)
         _secret, keys = await self.conversations.direct_keys(peer)
         if ask.conversation != keys.id or not hmac.compare_digest(
-                ask.proof, keys.membership_proof(peer, self.ctx.me)):
+                ask.proof, keys.request_proof(peer, self.ctx.me)):
             counters["requests_bad_proof"] += 1
             return None
         held: list[rq.Held] = []
@@ -321,7 +321,7 @@ class Strangers:
             m = await self.ctx.storage.message_get(mid)
             if m is not None:
                 envelopes.append(wire.b64d(m["body"], "body"))
-        ask = rq.Ask(conv.id, conv.keys.membership_proof(self.ctx.me, peer),
+        ask = rq.Ask(conv.id, conv.keys.request_proof(self.ctx.me, peer),
                      await self._profile(), tuple(envelopes))
         try:
             answer = await self._exchange(peer, ask)

@@ -47,12 +47,20 @@ class Echo(Actor):
 
 async def _with_actor(body: Any) -> None:
     endpoints = Endpoints.inproc(f"fuzz-{next(_names)}")
-    ctx = zmq.Context.instance()
+    # A context per example, ended with it: libzmq keeps an inproc connect to a name
+    # nobody bound (the actor's SUB to "src" when the example binds no publisher)
+    # pending in its context, with the socket's descriptor, for as long as the
+    # context lives; over thousands of examples one shared context runs out of them.
+    # (Nodes use ipc endpoints, where a connect leaves nothing behind.)
+    ctx = zmq.Context()
     actor = Echo()
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ActorRuntime(actor, endpoints, ctx).serve)
-        await body(actor, endpoints, ctx)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ActorRuntime(actor, endpoints, ctx).serve)
+            await body(actor, endpoints, ctx)
+            nursery.cancel_scope.cancel()
+    finally:
+        ctx.destroy(linger=0)
 
 
 request_frames = st.lists(st.one_of(

@@ -7,9 +7,10 @@ py-libp2p host plus the project's codecs) against real nodes, one test each:
   is told of no conversation topic and gets no conversation message or gossip, and
   no sync frame but the two random-looking handshake frames, no member and no
   address, through 30 s of posting in a room and a direct chat;
-* member poisoning: 40 forged peer ids and one malformed one, listed by a stranger
-  answering a sync and by a lying member who proved itself, never reach storage on
-  either member, and posting keeps working on both (also after a gossip restart);
+* member poisoning: 40 forged peer ids and one malformed one, held ready by a
+  stranger (whom no member ever asks for a HELLO) and listed by a lying member who
+  proved itself, never reach storage on either member, and posting keeps working
+  on both (also after a gossip restart);
 * CPU exhaustion: eight streams of maximum-size HELLOs from a non-member for 10 s
   are refused before parsing and rate-limited; the gossip actor's CPU over the
   flood is measured from /proc and printed, honest DMs keep flowing.
@@ -154,11 +155,15 @@ def test_forged_members_never_reach_storage_and_posting_keeps_working(
     secret = cv.decode_invite(invite).secret
     with HostilePeer(above=[alice.peer_id, bob.peer_id]) as stranger, HostilePeer() as liar:
         stranger.poison = liar.poison = poison
-        # A stranger answers the syncs alice starts with it; a member lies after proving.
+        # A stranger subscribed to the room's real topic (as if it had learnt it) and
+        # starting syncs of its own, with the poison ready for any HELLO it is asked
+        # for; a member lies after proving.
+        topics = alice.call("gossip", "sys.status", timeout=5.0)["router"]["topics"]
         stranger.call(stranger.connect, loopback_addr(alice))
-        stranger.call(stranger.subscribe_all, alice.peer_id)
+        stranger.call(stranger.subscribe_all, alice.peer_id, topics, 1.0)
+        for _ in range(3):
+            stranger.call(stranger.probe_sync, alice.peer_id)
         liar.call(liar.connect, loopback_addr(alice))
-        wait_for(lambda: stranger.inbound_syncs > 0, 30, "alice syncing with the stranger")
         for _ in range(3):
             assert liar.call(liar.sync_as_member, alice.peer_id, secret) > 0
         for rnd in ("before restart", "after restart"):
