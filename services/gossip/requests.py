@@ -79,6 +79,7 @@ RETRY_SLOW_S = 2 * PEER_REFILL_S  # the sender's bucket has refilled by then
 RETRY_FULL_S = 60.0
 RETRY_REFUSED_S = 3600.0
 PROFILE_RETRY_S = 600.0
+PROFILE_SOON_S = 5.0  # after a refused or unanswered profile request
 ANSWERS = ("requested", "known", "full", "slow", "refused")
 MAX_MESSAGE_ID = 128
 

@@ -349,11 +349,19 @@ class Strangers:
             got = await self._exchange(peer, rq.AskProfile())
         except STREAM_ERRORS as exc:
             self.ctx.log.debug("gossip.profile_unanswered", peer=peer, error=str(exc))
+            self._profile_asked[peer] = self.ctx.now() - rq.PROFILE_RETRY_S \
+                + rq.PROFILE_SOON_S
             return
         profile = self._verified_profile(peer, got.profile) \
             if isinstance(got, rq.Profile) else None
         if profile is not None:
             await self._learn_profile(peer, profile.name)
+        else:
+            # Refused (it does not know us as a member yet: a room's members learn
+            # each other one proof or authored message at a time) or unreadable: ask
+            # again soon rather than at the next full retry.
+            self._profile_asked[peer] = self.ctx.now() - rq.PROFILE_RETRY_S \
+                + rq.PROFILE_SOON_S
 
     # -- what the RPCs do --------------------------------------------------------------
     def listing(self) -> list[dict[str, Any]]:

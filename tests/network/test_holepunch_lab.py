@@ -139,7 +139,9 @@ def punched_once(h1: LabNode, h2: LabNode) -> None:
     d1, d2 = dcutr(h1), dcutr(h2)
     assert d1["upgraded"] + d2["upgraded"] == 1, (d1, d2)
     assert d1["failed"] + d2["failed"] == 0, (d1, d2)
-    assert d1["runs"] + d2["runs"] == 1, (d1, d2)
+    # Both may start when each accepted a circuit at once; the rule then makes one
+    # step back before dialling ("yielded"): what counts is that one ran it through.
+    assert (d1["runs"] - d1["yielded"]) + (d2["runs"] - d2["yielded"]) == 1, (d1, d2)
 
 
 def run_easy(lab: Lab, how2: str) -> tuple[float, float]:
@@ -222,7 +224,9 @@ def test_symmetric_nat_stays_relayed_delivers_and_does_not_storm(make_lab: Any) 
     wait_for(lambda: dcutr(h1)["failed"] + dcutr(h2)["failed"] >= 1, 60,
              "the hole punch to give up")
     d1, d2 = dcutr(h1), dcutr(h2)
-    assert d1["runs"] + d2["runs"] == 1, (d1, d2)
+    # Both may start when each accepted a circuit at once; the rule then makes one
+    # step back before dialling ("yielded"): what counts is that one ran it through.
+    assert (d1["runs"] - d1["yielded"]) + (d2["runs"] - d2["yielded"]) == 1, (d1, d2)
     assert d1["attempts"] + d2["attempts"] == 3, (d1, d2)
     assert d1["upgraded"] + d2["upgraded"] == 0, (d1, d2)
     # ...and does not start again while the relayed connection lasts.
@@ -234,5 +238,7 @@ def test_symmetric_nat_stays_relayed_delivers_and_does_not_storm(make_lab: Any) 
         wait_for(lambda: in_history(other, me.name, msg, text), 15,
                  f"{me.name}'s second message")
     d1, d2 = dcutr(h1), dcutr(h2)
-    assert d1["runs"] + d2["runs"] == 1, (d1, d2)
+    # Both may start when each accepted a circuit at once; the rule then makes one
+    # step back before dialling ("yielded"): what counts is that one ran it through.
+    assert (d1["runs"] - d1["yielded"]) + (d2["runs"] - d2["yielded"]) == 1, (d1, d2)
     assert h1.peer(h2.peer_id)["relayed"] and h2.peer(h1.peer_id)["relayed"]
