@@ -66,6 +66,7 @@ from .state import Conversation, Conversations, Registry
 from .strangers import StrangerRpcs, Strangers
 
 SYNC_INTERVAL_S = 30.0  # anti-entropy with one member per conversation
+HINTS_PER_ROOM = 32  # peers named by members, proven per maintenance tick at most
 STORAGE_TIMEOUT = 5.0
 
 
@@ -96,6 +97,7 @@ class Gossip(StrangerRpcs, Actor):
         self.loaded = trio.Event()
         self.syncer = syncing.Syncer(_SyncPort(self))
         self._last_sync: dict[tuple[str, str], float] = {}  # maintenance's timers
+        self.hints: dict[str, set[str]] = {}  # room -> peers named by members, to prove
 
     # what the sync session (and tests) read of the parts
     @property
@@ -362,6 +364,12 @@ class Gossip(StrangerRpcs, Actor):
                 self._last_sync[("*", conv.id)] = now
                 self.spawn(self._sync_with, random.choice(here), conv)
             self.reach.announce(conv, not here, now)
+            # Peers a proven member named in a sync: reached and asked for their own
+            # proof (a sync), so a room's members find each other without going
+            # through the one who invited them. Bounded per room (HINTS_PER_ROOM) and
+            # by the dial backoff and the per-pair sync gap.
+            for peer in self.hints.pop(conv.id, set()) - conv.members:
+                self.spawn(self._prove, peer, conv)
 
 
 class _SyncPort:
@@ -408,6 +416,12 @@ class _SyncPort:
 
     async def learn_addrs(self, peer: str, addrs: list[str], persist: bool) -> None:
         await self._g.reach.learn_addrs(peer, addrs, persist=persist)
+        if not persist:  # not a member of ours yet: a hint, to reach and prove
+            for conv in self._g.registry:
+                if conv.kind == "room" and peer not in conv.members:
+                    hinted = self._g.hints.setdefault(conv.id, set())
+                    if len(hinted) < HINTS_PER_ROOM:
+                        hinted.add(peer)
 
     def known_addrs(self, peer: str) -> list[str]:
         return list(self._g.reach.addrs.get(peer, []))
