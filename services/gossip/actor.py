@@ -414,14 +414,13 @@ class _SyncPort:
         if conv.kind == "room":  # a direct chat's two members are fixed
             self._g.membership.add(conv, {peer}, Why.SYNC)
 
-    async def learn_addrs(self, peer: str, addrs: list[str], persist: bool) -> None:
+    async def learn_addrs(self, conv: Conversation, peer: str, addrs: list[str],
+                          persist: bool) -> None:
         await self._g.reach.learn_addrs(peer, addrs, persist=persist)
-        if not persist:  # not a member of ours yet: a hint, to reach and prove
-            for conv in self._g.registry:
-                if conv.kind == "room" and peer not in conv.members:
-                    hinted = self._g.hints.setdefault(conv.id, set())
-                    if len(hinted) < HINTS_PER_ROOM:
-                        hinted.add(peer)
+        if not persist and conv.kind == "room":  # a hint for this room: reach and prove
+            hinted = self._g.hints.setdefault(conv.id, set())
+            if len(hinted) < HINTS_PER_ROOM:
+                hinted.add(peer)
 
     def known_addrs(self, peer: str) -> list[str]:
         return list(self._g.reach.addrs.get(peer, []))

@@ -77,7 +77,9 @@ class SyncHost(Protocol):
         """Keep an envelope from a sync (opened and verified); True if it was new."""
     def add_proven_member(self, conv: Any, peer: str) -> None:
         """`peer` proved it holds the conversation's secret."""
-    async def learn_addrs(self, peer: str, addrs: list[str], persist: bool) -> None: ...
+    async def learn_addrs(self, conv: Any, peer: str, addrs: list[str], persist: bool
+                          ) -> None:
+        """Addresses a member shared for `peer` in a sync of `conv`."""
     def known_addrs(self, peer: str) -> list[str]: ...
     async def my_addrs(self) -> list[str]: ...
     async def receipts_from_ranges(self, conv: Any, peer: str, ranges: sync.Ranges) -> None:
@@ -284,7 +286,7 @@ class Syncer:
         self._count_dropped(hello, peer)
         for p, addrs in hello.addrs.items():
             if p != host.me:
-                await host.learn_addrs(p, addrs, p in conv.members)
+                await host.learn_addrs(conv, p, addrs, p in conv.members)
         await host.receipts_from_ranges(conv, peer, hello.ranges)
         theirs_done = trio.Event()
 
