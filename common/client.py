@@ -86,10 +86,12 @@ class Client:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
+        auth: wire.Auth | None = None,
     ) -> Any:
-        """Call `method`; return its result or raise BusError (TIMEOUT after retries)."""
+        """Call `method`; return its result or raise BusError (TIMEOUT after retries).
+        `auth` says which actor asks (only the keystore wants to know)."""
         rid = uuid.uuid4().hex
-        frame = wire.encode_request(rid, method, params)
+        frame = wire.encode_request(rid, method, params, auth)
         event, box = trio.Event(), []
         self._pending[rid] = (event, box)
         self.stats["calls"] += 1

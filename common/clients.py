@@ -188,10 +188,10 @@ class KeystoreClient(RpcClient):
         got = await self._rpc("sign", params)
         return wire.b64d(got["signature"], "keystore signature")
 
-    async def dh(self, public: bytes) -> bytes:
-        """X25519 of our identity with `public`: the shared secret."""
-        got = await self._rpc("dh", {"public": wire.b64e(public)})
-        return wire.b64d(got["shared"], "shared")
+    async def direct_secret(self, peer_id: str) -> bytes:
+        """The secret of our direct chat with `peer_id` (never the raw X25519 output)."""
+        got = await self._rpc("direct_secret", {"peer_id": peer_id})
+        return wire.b64d(got["secret"], "secret")
 
 
 # -- storage -------------------------------------------------------------------------

@@ -232,6 +232,36 @@ def x25519_shared(signing_key: nacl.signing.SigningKey, their_public: bytes) -> 
     return shared
 
 
+# A direct chat's secret is the only thing the keystore derives from X25519 (the raw
+# shared secret never leaves it): blake2b keyed by the shared secret, personalised, over
+# both peer IDs in a fixed order, so both sides (and every existing conversation id,
+# which is derived from it) get the same value.
+DIRECT_PERSON = b"p2pm-direct"
+DIRECT_SECRET_BYTES = 32
+
+
+def direct_secret(shared: bytes, a: str, b: str) -> bytes:
+    """A direct chat's secret from the X25519 secret both sides compute and both peer
+    IDs (in either order)."""
+    first, second = sorted((a, b))
+    return hashlib.blake2b(f"{first} {second}".encode(), key=shared,
+                           digest_size=DIRECT_SECRET_BYTES, person=DIRECT_PERSON).digest()
+
+
+def direct_chat_secret(signing_key: nacl.signing.SigningKey, peer_id: str) -> bytes:
+    """Our direct chat's secret with `peer_id`: X25519 of our identity with the key
+    inside their peer ID, then `direct_secret`. IdentityError for a peer ID without an
+    Ed25519 key, ours, or a low-order key."""
+    me = peer_id_from_public_key(bytes(signing_key.verify_key))
+    if peer_id == me:
+        raise IdentityError("a direct chat needs another peer, not this node")
+    try:
+        shared = x25519_shared(signing_key, x25519_public(public_key_from_peer_id(peer_id)))
+    except (ValueError, nacl.exceptions.RuntimeError) as exc:
+        raise IdentityError(f"no direct chat with {peer_id}: {exc}") from None
+    return direct_secret(shared, me, peer_id)
+
+
 # -- signing domains -----------------------------------------------------------------
 
 

@@ -4,7 +4,8 @@ Decided once: every payload is one orjson frame; bytes travel inside it as stand
 base64 strings (helpers `b64e`/`b64d`). Stream data, which is bulk, does not use the
 bus at all but the transport's dedicated stream sockets.
 
-Request  {"id": str, "method": str, "params": object}
+Request  {"id": str, "method": str, "params": object, "auth"?: {"actor": str, "token": str}}
+         (`auth` only on requests to the keystore: which actor asks, see actor_tokens.py)
 Reply    {"id": str, "ok": true, "result": any} | {"id", "ok": false, "error": {"code", "message"}}
 Event    frames [topic, {"epoch": str, "seq": int, "ts": float, "data": any}]
 """
@@ -53,10 +54,19 @@ def b64d(text: Any, what: str = "value") -> bytes:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Auth:
+    """Who sends a request, as the request says: an actor's name and its token."""
+
+    actor: str
+    token: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class Request:
     id: str
     method: str
     params: dict[str, Any]
+    auth: Auth | None = None
 
 
 def decode_request(frame: bytes) -> Request:
@@ -78,11 +88,22 @@ def decode_request(frame: bytes) -> Request:
         params = {}
     if not isinstance(params, dict):
         raise errors.BusError(errors.BAD_REQUEST, "'params' must be a JSON object")
-    return Request(rid, method, params)
+    auth = obj.get("auth")
+    if auth is not None:
+        if not (isinstance(auth, dict) and set(auth) == {"actor", "token"}
+                and all(isinstance(v, str) and 0 < len(v) <= 128 for v in auth.values())):
+            raise errors.BusError(errors.BAD_REQUEST, (
+                "'auth' must be an object with a string 'actor' and 'token' (1-128 chars)"))
+        auth = Auth(auth["actor"], auth["token"])
+    return Request(rid, method, params, auth)
 
 
-def encode_request(rid: str, method: str, params: dict[str, Any] | None) -> bytes:
-    return dumps({"id": rid, "method": method, "params": params or {}})
+def encode_request(rid: str, method: str, params: dict[str, Any] | None,
+                   auth: Auth | None = None) -> bytes:
+    request: dict[str, Any] = {"id": rid, "method": method, "params": params or {}}
+    if auth is not None:
+        request["auth"] = {"actor": auth.actor, "token": auth.token}
+    return dumps(request)
 
 
 def encode_ok(rid: str, result: Any) -> bytes:

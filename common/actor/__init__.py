@@ -49,8 +49,10 @@ from .decorators import every, on_event, rpc
 from .process import run_actor_process
 from .runtime import (
     HEARTBEAT_S, MAX_CONCURRENT, REPLY_CACHE, STOP_BOUND_S, TEARDOWN_S, ActorRuntime,
+    request_auth,
 )
 from .sequence import Resync, SequenceTracker
 
 __all__ = ["HEARTBEAT_S", "MAX_CONCURRENT", "REPLY_CACHE", "STOP_BOUND_S", "TEARDOWN_S",
-           "Actor", "ActorRuntime", "Resync", "SequenceTracker", "every", "on_event", "rpc", "run_actor_process"]
+           "Actor", "ActorRuntime", "Resync", "SequenceTracker", "every", "on_event", "request_auth", "rpc",
+           "run_actor_process"]

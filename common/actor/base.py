@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from p2pm.common import clients
+from p2pm.common import actor_tokens, clients
 from p2pm.common.home import Home
 from p2pm.common.log import get_logger
 
@@ -69,4 +69,8 @@ class Actor:
                    **kw: Any) -> Any:
         assert self.runtime is not None, "call() needs a running actor"
         client = await self.runtime.client(actor)
+        if actor == "keystore":
+            # The keystore answers each actor within its own allow-list, so it must
+            # know who asks; no other actor is shown our token (it could replay it).
+            kw.setdefault("auth", actor_tokens.auth_for(self.runtime.endpoints, self.name))
         return await client.call(method, params, **kw)

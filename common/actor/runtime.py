@@ -5,6 +5,7 @@ and go through the sequence tracker, which says when to resync."""
 
 from __future__ import annotations
 
+import contextvars
 import os
 import time
 import uuid
@@ -32,6 +33,16 @@ HEARTBEAT_S = 1.0
 # (process.py).
 TEARDOWN_S = 4.0
 STOP_BOUND_S = 5.0
+
+# Who sent the request being handled, as the request says (unchecked: the keystore
+# checks it against actor_tokens). Set per request task by `dispatch`.
+_request_auth: contextvars.ContextVar[wire.Auth | None] = contextvars.ContextVar(
+    "request_auth", default=None)
+
+
+def request_auth() -> wire.Auth | None:
+    """The `auth` of the request this handler answers (None: the sender gave none)."""
+    return _request_auth.get()
 
 
 class ActorRuntime:
@@ -203,6 +214,7 @@ class ActorRuntime:
             self.counters["errors"] += 1
             return wire.encode_error(req.id, errors.BusError(
                 errors.UNKNOWN_METHOD, f"{self.name} has no method {req.method!r}"))
+        reset = _request_auth.set(req.auth)
         try:
             result = await method.fn(**method.bind(req.params))
             return wire.encode_ok(req.id, result)
@@ -214,6 +226,8 @@ class ActorRuntime:
             self.log.error("rpc.crashed", exc=True, method=req.method)
             return wire.encode_error(req.id, errors.BusError(
                 errors.INTERNAL, f"{req.method} failed: {type(exc).__name__}: {exc}"))
+        finally:
+            _request_auth.reset(reset)
 
     async def _heartbeat(self) -> None:
         while True:

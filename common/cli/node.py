@@ -17,7 +17,7 @@ import click
 
 from .. import config as configmod
 from ..settings import ConfigError, check_setting
-from .. import errors
+from .. import actor_tokens, errors
 from .. import supervisor as supmod
 from ..home import ACTORS, Home
 from . import bus
@@ -228,6 +228,9 @@ def up(obj: Ctx, passphrase_file: Path | None, timeout: float) -> None:
     except configmod.ConfigError as exc:
         fail(f"{exc}; nothing started", EXIT_USAGE)
     key = _unlock_key(home, passphrase_file)
+    # Nothing of this node runs (checked above): the actors' keystore tokens of an
+    # earlier run are dropped, and each actor and the keystore agree on fresh ones.
+    actor_tokens.renew(home.endpoints())
 
     started = time.monotonic()
     logs = startup.LogTails(home)

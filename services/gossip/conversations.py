@@ -5,7 +5,8 @@ Every conversation has a secret. From it, one-way, come its id, its GossipSub to
 its DHT provider key and its content key, so a peer who has not got the secret can
 neither find the topic nor read what travels on it. A room's secret is random and
 travels in an invite; a direct chat's is derived from the X25519 shared secret of both
-identities, so both sides arrive at the same conversation with nothing exchanged.
+identities, so both sides arrive at the same conversation with nothing exchanged (the
+keystore derives it, `direct_secret`, and hands out only that: identity.direct_secret).
 
 An envelope is what travels and what storage keeps:
 
@@ -109,14 +110,6 @@ class Keys:
 
 def new_room_secret() -> bytes:
     return nacl.utils.random(SECRET_BYTES)
-
-
-def direct_secret(shared: bytes, a: str, b: str) -> bytes:
-    """A direct chat's secret: from the X25519 secret both sides compute, and both
-    peer ids in a fixed order (so it is the same on either side)."""
-    first, second = sorted((a, b))
-    return hashlib.blake2b(f"{first} {second}".encode(), key=shared,
-                           digest_size=SECRET_BYTES, person=b"p2pm-direct").digest()
 
 
 def check_text(text: str) -> str:

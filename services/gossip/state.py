@@ -233,14 +233,14 @@ class Conversations:
         return {"id": conv.id, "name": conv.name, "kind": "room"}
 
     async def direct_keys(self, peer_id: str) -> tuple[bytes, cv.Keys]:
-        """The secret and keys of our direct chat with `peer_id` (one keystore DH)."""
+        """The secret and keys of our direct chat with `peer_id` (one keystore call)."""
         try:
-            x25519 = identity.x25519_public(identity.public_key_from_peer_id(peer_id))
+            identity.public_key_from_peer_id(peer_id)
         except identity.IdentityError as exc:
             raise errors.bad_params(str(exc)) from None
         if peer_id == self.ctx.me:
             raise errors.bad_params("a direct chat needs another peer")
-        secret = cv.direct_secret(await self.ctx.keystore.dh(x25519), self.ctx.me, peer_id)
+        secret = await self.ctx.keystore.direct_secret(peer_id)
         return secret, cv.Keys.derive("direct", secret)
 
     async def open_direct(self, peer_id: str, addrs: list[str],

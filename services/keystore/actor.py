@@ -1,12 +1,22 @@
-"""The keystore actor: holds the Ed25519 identity key and signs with it for the other
-actors, only in the allowed signing domains. The secret key never leaves this process:
-not in a reply, an event or a log line.
+"""The keystore actor: holds the Ed25519 identity key and uses it for the other actors,
+each only for what its job needs. The secret key never leaves this process: not in a
+reply, an event or a log line; nor does any raw X25519 output (a direct chat's secret
+is derived here and only that is handed out).
+
+Who may ask what is the allow-list in policy.py. Each request for a key operation must
+say which actor asks (the request's `auth`, with the token actor_tokens.py issued for
+that actor); a request without it, with a wrong token, or for something outside that
+actor's list is FORBIDDEN with a message naming the actor and the domain, logged
+(`keystore.refused`) and counted per actor in `sys.status` (`refused`). `identity` and
+`unlock` are open to any caller.
 
 States: *no identity* (the file is missing or damaged: every RPC answers UNAVAILABLE
 with the reason), *locked* (only `unlock` works), *unlocked* (healthy). At start it
 unlocks by itself with the hex unlock key in $P2PM_KEYSTORE_KEY (put there by `p2pm up`
 through supervisord, so a restarted keystore comes back unlocked without the passphrase
 ever touching the disk), or with the empty passphrase if the identity is unprotected.
+Once read, the variable is removed from this process's environment (so nothing it may
+start inherits it); the kernel's copy in /proc/<pid>/environ stays, see README.
 
 Events: `keystore.identity.unlocked {"peer_id"}` when `unlock` opens the key (one that
 starts unlocked shows it in its heartbeat's `healthy` flag instead).
@@ -14,15 +24,18 @@ starts unlocked shows it in its heartbeat's `healthy` flag instead).
 
 from __future__ import annotations
 
+import hmac
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import nacl.signing
 import trio
 
-from p2pm.common import errors, identity
-from p2pm.common.actor import Actor, rpc
+from p2pm.common import actor_tokens, errors, identity
+from p2pm.common.actor import Actor, request_auth, rpc
+
+from . import policy
 
 MAX_SIGN_BYTES = 1024 * 1024
 MAX_PASSPHRASE_BYTES = 4096
@@ -43,8 +56,8 @@ class Signature:
 
 
 @dataclass(frozen=True, slots=True)
-class SharedSecret:
-    shared: bytes
+class DirectSecret:
+    secret: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +75,11 @@ class Keystore(Actor):
         self._problem: str | None = None  # why there is no usable identity
         # Argon2id takes 128 MiB a run: unlock attempts go one at a time.
         self._unlocking = trio.Lock()
+        # Tokens of the actors in policy.ALLOWED, read once (bounded by that map).
+        self._tokens: dict[str, str] = {}
+        # Refused requests per actor: the actors of the map, plus "unknown" for every
+        # name outside it (a name a caller makes up never becomes a new key).
+        self._refused: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
     async def setup(self) -> None:
@@ -81,7 +99,7 @@ class Keystore(Actor):
             self.log.error("keystore.bad_identity", reason=self._problem)
             return
         how = "locked"
-        env_key = os.environ.get(identity.UNLOCK_KEY_ENV)
+        env_key = os.environ.pop(identity.UNLOCK_KEY_ENV, None)
         if env_key:
             try:
                 self._key = identity.open_identity(path, bytes.fromhex(env_key))
@@ -105,7 +123,7 @@ class Keystore(Actor):
 
     def status(self) -> dict[str, Any]:
         return {"unlocked": self._key is not None, "peer_id": self._peer_id,
-                "problem": self._problem}
+                "problem": self._problem, "refused": dict(self._refused)}
 
     # -- helpers -----------------------------------------------------------------------
     def _unlocked_key(self) -> nacl.signing.SigningKey:
@@ -114,6 +132,45 @@ class Keystore(Actor):
         if self._key is None:
             raise errors.unavailable(LOCKED)
         return self._key
+
+    def _allow(self, operation: str, domain: str) -> None:
+        """Raise FORBIDDEN unless the request comes, authenticated, from an actor whose
+        allow-list has `operation` in `domain`."""
+        auth = request_auth()
+        if auth is None:
+            self._refuse("unknown", operation, domain, (
+                f"the keystore does {operation} only for an actor that says which it is "
+                "(the request's auth: actor name and token); this request names none"))
+        if auth.actor not in policy.ALLOWED:
+            self._refuse("unknown", operation, domain, policy.refusal(auth.actor, operation,
+                                                                       domain) or "")
+        if not self._token_matches(auth.actor, auth.token):
+            self._refuse(auth.actor, operation, domain, (
+                f"the request says it comes from {auth.actor}, but its token is not "
+                f"{auth.actor}'s; refused {operation} in domain {domain!r}"))
+        why = policy.refusal(auth.actor, operation, domain)
+        if why is not None:
+            self._refuse(auth.actor, operation, domain, why)
+
+    def _token_matches(self, actor: str, token: str) -> bool:
+        assert self.runtime is not None
+        for fresh in (False, True):  # on a mismatch, read again: `p2pm up` renews them
+            if fresh or actor not in self._tokens:
+                try:
+                    self._tokens[actor] = actor_tokens.token_for(self.runtime.endpoints, actor)
+                except (OSError, ValueError) as exc:
+                    self.log.error("keystore.token_unreadable", actor=actor, reason=str(exc))
+                    return False
+            if hmac.compare_digest(self._tokens[actor].encode(), token.encode()):
+                return True
+        return False
+
+    def _refuse(self, counted_as: str, operation: str, domain: str, why: str) -> NoReturn:
+        self._refused[counted_as] = self._refused.get(counted_as, 0) + 1
+        auth = request_auth()
+        self.log.warning("keystore.refused", actor=auth.actor if auth else None,
+                         operation=operation, domain=domain, reason=why)
+        raise errors.forbidden(why)
 
     @staticmethod
     async def _open_with(path: os.PathLike[str], passphrase: str) -> nacl.signing.SigningKey:
@@ -142,9 +199,10 @@ class Keystore(Actor):
         """{"domain", "data": b64, "payload_type"?: b64} -> {"signature": b64 (64 bytes)}
 
         Signs `identity.signed_bytes(domain, data, payload_type)`. FORBIDDEN for a domain
-        not on the allow-list; BAD_PARAMS for data over 1 MiB or a payload_type that
+        not on the calling actor's allow-list; BAD_PARAMS for data over 1 MiB or a payload_type that
         does not fit the domain (required for "libp2p-peer-record", refused otherwise).
         """
+        self._allow(policy.SIGN, domain)
         key = self._unlocked_key()
         if domain not in identity.SIGNING_DOMAINS:
             raise errors.forbidden(
@@ -159,16 +217,19 @@ class Keystore(Actor):
             raise errors.bad_params(str(exc)) from None
 
     @rpc
-    async def dh(self, public: bytes) -> SharedSecret:
-        """{"public": b64 (32-byte X25519 key)} -> {"shared": b64 (32 bytes)}
+    async def direct_secret(self, peer_id: str) -> DirectSecret:
+        """{"peer_id"} -> {"secret": b64 (32 bytes)}
 
-        X25519 between our identity converted to Curve25519 and `public`. BAD_PARAMS
-        for a wrong length or a low-order key (all-zero result).
+        The secret of our direct chat with `peer_id`: X25519 of our identity with the
+        key inside that peer ID, then `identity.direct_secret`. The X25519 output itself
+        is never returned. BAD_PARAMS for a peer ID without an Ed25519 key, our own, or
+        a low-order key.
         """
+        self._allow(policy.DIRECT_SECRET, policy.DIRECT_PURPOSE)
         key = self._unlocked_key()
         try:
-            return SharedSecret(identity.x25519_shared(key, public))
-        except ValueError as exc:
+            return DirectSecret(identity.direct_chat_secret(key, peer_id))
+        except identity.IdentityError as exc:
             raise errors.bad_params(str(exc)) from None
 
     @rpc

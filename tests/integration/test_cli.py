@@ -98,10 +98,13 @@ def test_call_results_and_exit_codes(node: Node) -> None:
     ping = orjson.loads(node.p2pm("call", "keystore", "sys.ping", "--json", check=True).stdout)
     assert ping["pong"] is True and ping["actor"] == "keystore"
     assert ping["pid"] == node.pids()["keystore"]
-    signed = orjson.loads(node.p2pm(
-        "call", "keystore", "sign", '{"domain": "libp2p-pubsub:", "data": "aGVsbG8="}',
-        check=True).stdout)
-    assert len(signed["signature"]) == 88  # 64 bytes in base64
+    me = orjson.loads(node.p2pm("call", "keystore", "identity", "--json", check=True).stdout)
+    assert me["peer_id"] == node.peer_id and len(me["public_key"]) == 44  # 32 bytes, base64
+    # The keystore signs only for an actor presenting its token; the CLI is none.
+    unsigned = node.p2pm("call", "keystore", "sign",
+                         '{"domain": "libp2p-pubsub:", "data": "aGVsbG8="}')
+    assert unsigned.returncode == 1 and "error forbidden: " in unsigned.stderr
+    assert "names none" in unsigned.stderr
 
     unknown = node.p2pm("call", "keystore", "no.such.method")
     assert unknown.returncode == 1

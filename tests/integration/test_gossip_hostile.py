@@ -17,7 +17,7 @@ import pytest
 import trio
 import zmq
 
-from p2pm.common import errors, wire
+from p2pm.common import actor_tokens, errors, wire
 from p2pm.common.client import open_client
 from p2pm.services.gossip import conversations as cv
 from p2pm.services.gossip import sync
@@ -79,7 +79,8 @@ async def test_malformed_rpcs_get_clear_errors_and_store_nothing() -> None:
 async def _mallory_sign(mallory: LocalNode, data: bytes) -> bytes:
     async with open_client(zmq.Context.instance(), mallory.endpoints.rpc("keystore"),
                            "keystore") as ks:
-        got = await ks.call("sign", {"domain": "libp2p-pubsub:", "data": data})
+        got = await ks.call("sign", {"domain": "libp2p-pubsub:", "data": data},
+                            auth=actor_tokens.auth_for(mallory.endpoints, "gossip"))
     return wire.b64d(got["signature"])
 
 
@@ -116,7 +117,8 @@ async def test_a_hostile_peer_is_rejected_counted_and_penalised() -> None:
         async with open_client(zmq.Context.instance(), mallory.endpoints.rpc("keystore"),
                                "keystore") as ks:
             m_sig = wire.b64d((await ks.call("sign", {
-                "domain": cv.MESSAGE_DOMAIN, "data": m_plain}))["signature"])
+                "domain": cv.MESSAGE_DOMAIN, "data": m_plain},
+                auth=actor_tokens.auth_for(mallory.endpoints, "gossip")))["signature"])
         non_member = await signed(cv.seal(keys.content_key, m_sig, m_plain))
         # Alice's genuine envelope, replayed by mallory: the author is not the sender.
         stored = await bob.call("storage", "message_get", {"id": first["id"]})

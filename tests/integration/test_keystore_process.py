@@ -18,7 +18,7 @@ import pytest
 import trio
 import zmq
 
-from p2pm.common import errors, identity
+from p2pm.common import actor_tokens, errors, identity
 from p2pm.common.client import open_client
 from p2pm.common.home import Home
 from tests.helpers import ActorProcesses
@@ -64,7 +64,8 @@ async def identity_and_signature(home: Home) -> tuple[str, bool]:
                            "keystore") as client:
         info = await client.call("identity")
         reply = await client.call("sign", {"domain": "p2pm-message:",
-                                           "data": base64.b64encode(b"hi").decode()})
+                                           "data": base64.b64encode(b"hi").decode()},
+                                  auth=actor_tokens.auth_for(home.endpoints(), "gossip"))
     public = base64.b64decode(info["public_key"])
     ok = identity.verify(public, "p2pm-message:", b"hi", base64.b64decode(reply["signature"]))
     return info["peer_id"], ok

@@ -209,7 +209,7 @@ def test_no_secret_key_on_the_bus_or_in_logs(node_factory) -> None:
         calls += [("keystore", "identity", None),
                   ("keystore", "sign", {"domain": "libp2p-pubsub:",
                                         "data": wire.b64e(b"hello")}),
-                  ("keystore", "dh", {"public": wire.b64e(bytes(range(1, 33)))}),
+                  ("keystore", "direct_secret", {"peer_id": node.peer_id}),
                   ("keystore", "unlock", {"passphrase": "wrong"}),
                   ("keystore", "unlock", {"passphrase": PASSPHRASE})]
         for actor, method, params in calls:

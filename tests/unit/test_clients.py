@@ -66,9 +66,10 @@ def test_each_client_method_is_an_rpc_of_its_actor_with_its_params(
 
 
 class Needy(Actor):
-    """An actor that only depends on others, as gateway or dht do."""
+    """An actor that only depends on others, as gateway or dht do. Named gateway, so the
+    keystore answers it within the gateway's allow-list."""
 
-    name = "needy"
+    name = "gateway"
     keystore = KeystoreClient.dependency()
     storage = StorageClient.dependency()
 
@@ -107,6 +108,15 @@ async def test_keystore_client_signs_and_tells_the_identity(home: Home) -> None:
         with pytest.raises(errors.BusError) as refused:
             await needy.keystore.sign("not-a-domain", b"x")
         assert refused.value.code == errors.FORBIDDEN
+        # the actor presents its own name and token: the gateway's rights, no more
+        with pytest.raises(errors.BusError) as refused:
+            await needy.keystore.sign("p2pm-message:", b"x")
+        assert refused.value.code == errors.FORBIDDEN and "gateway may not" in refused.value.message
+        with pytest.raises(errors.BusError) as refused:
+            await needy.keystore.direct_secret(identity.peer_id_from_public_key(bytes(32)))
+        assert refused.value.code == errors.FORBIDDEN and "gateway may not" in refused.value.message
+        status = await needy.keystore.status()
+        assert status["refused"] == {"gateway": 3}
 
 
 async def test_storage_client_not_found_is_none_and_values_round_trip(home: Home) -> None:
@@ -204,12 +214,12 @@ async def test_a_fake_answers_as_told_and_refuses_what_the_client_would() -> Non
     async def sign(domain: str, data: bytes, payload_type: bytes | None = None) -> bytes:
         return b"sig:" + data
 
-    ks = fake(KeystoreClient, sign=sign, dh=errors.unavailable("locked"))
+    ks = fake(KeystoreClient, sign=sign, direct_secret=errors.unavailable("locked"))
     assert await ks.sign("p2pm-invite", b"abc") == b"sig:abc"
     assert await ks.with_options(timeout=1).sign("d", b"x") == b"sig:x"
     ks.sign.assert_awaited_with("d", b"x")
     with pytest.raises(errors.BusError):
-        await ks.dh(b"\x01" * 32)
+        await ks.direct_secret("12D3KooW")
     with pytest.raises(AssertionError, match="unexpected call keystore.identity"):
         await ks.identity()
     with pytest.raises(TypeError):

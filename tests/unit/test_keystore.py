@@ -1,10 +1,12 @@
-"""The keystore actor in one process over inproc endpoints: signing within the allowed
-domains, X25519, the locked state and unlocking (by RPC and by the unlock key in the
-environment), and a home without an identity."""
+"""The keystore actor in one process over inproc endpoints: each actor signing within
+its own allow-list (and refused outside it, or without its token), direct chats'
+secrets (never the raw X25519 output), the locked state and unlocking (by RPC and by
+the unlock key in the environment), and a home without an identity."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import shutil
 import tempfile
@@ -13,17 +15,17 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import nacl.bindings
-import nacl.public
 import nacl.signing
 import orjson
 import pytest
 import trio
 import zmq
 
-from p2pm.common import errors, identity
+from p2pm.common import actor_tokens, errors, identity, wire
 from p2pm.common.actor import ActorRuntime
 from p2pm.common.client import Client, open_client
 from p2pm.common.home import Endpoints, Home
+from p2pm.services.keystore import policy
 from p2pm.services.keystore.actor import LOCKED, Keystore
 
 PASSPHRASE = "tr0ub4dor&3"
@@ -57,14 +59,32 @@ def unlock_key(homes: dict[str, Home]) -> bytes:
     return identity.derive_unlock_key(homes["protected"].identity_file, PASSPHRASE)
 
 
+class Ks:
+    """A client of the keystore that speaks as one actor (gossip unless told), with the
+    token issued for it, as `Actor.call` does; `actor=None` sends no auth at all."""
+
+    def __init__(self, client: Client, endpoints: Endpoints) -> None:
+        self.client, self.endpoints = client, endpoints
+
+    async def call(self, method: str, params: dict | None = None,  # type: ignore[type-arg]
+                   *, actor: str | None = "gossip", token: str | None = None,
+                   **kw: float) -> dict:  # type: ignore[type-arg]
+        auth = None
+        if actor is not None:
+            auth = actor_tokens.auth_for(self.endpoints, actor)
+            if token is not None:
+                auth = wire.Auth(actor, token)
+        return await self.client.call(method, params, auth=auth, **kw)  # type: ignore[arg-type]
+
+
 @asynccontextmanager
-async def keystore(home: Home) -> AsyncIterator[Client]:
+async def keystore(home: Home) -> AsyncIterator[Ks]:
     endpoints = Endpoints.inproc(f"ks-{next(_names)}")
     async with trio.open_nursery() as nursery:
         await nursery.start(ActorRuntime(Keystore(home, {}), endpoints).serve)
         async with open_client(zmq.Context.instance(), endpoints.rpc("keystore"),
                                "keystore") as client:
-            yield client
+            yield Ks(client, endpoints)
         nursery.cancel_scope.cancel()
 
 
@@ -72,10 +92,10 @@ async def keystore(home: Home) -> AsyncIterator[Client]:
 KDF_TIMEOUT = 30.0
 
 
-async def call_error(client: Client, method: str, params: dict | None = None,  # type: ignore[type-arg]
-                     timeout: float = 2.0) -> errors.BusError:
+async def call_error(client: Ks, method: str, params: dict | None = None,  # type: ignore[type-arg]
+                     timeout: float = 2.0, **who: str | None) -> errors.BusError:
     with pytest.raises(errors.BusError) as info:
-        await client.call(method, params, timeout=timeout, retries=0)
+        await client.call(method, params, timeout=timeout, retries=0, **who)  # type: ignore[arg-type]
     return info.value
 
 
@@ -100,7 +120,7 @@ async def test_identity_and_signing(homes: dict[str, Home]) -> None:
         assert not identity.verify(public, "p2pm-record:", b"hello", sig)
 
         reply = await ks.call("sign", {"domain": "libp2p-peer-record", "data": b64(b"rec"),
-                                       "payload_type": b64(b"\x03\x01")})
+                                       "payload_type": b64(b"\x03\x01")}, actor="transport")
         assert identity.verify(public, "libp2p-peer-record", b"rec",
                                base64.b64decode(reply["signature"]), b"\x03\x01")
 
@@ -113,37 +133,167 @@ async def test_identity_and_signing(homes: dict[str, Home]) -> None:
 
 async def test_refused_signing_requests(homes: dict[str, Home]) -> None:
     async with keystore(homes["open"]) as ks:
-        err = await call_error(ks, "sign", {"domain": "ssh-auth:", "data": b64(b"x")})
+        err = await call_error(ks, "sign", {"domain": "ssh-auth:", "data": b64(b"x")},
+                               actor="dht")
         assert err.code == errors.FORBIDDEN
-        assert "p2pm-message:" in err.message and "noise-libp2p-static-key:" in err.message
+        assert "dht" in err.message and "'ssh-auth:'" in err.message
+        assert "p2pm-record:" in err.message  # what dht may use instead
         err = await call_error(ks, "sign", {"domain": "p2pm-record:",
-                                            "data": b64(bytes(1024 * 1024 + 1))})
+                                            "data": b64(bytes(1024 * 1024 + 1))}, actor="dht")
         assert err.code == errors.BAD_PARAMS and "at most" in err.message
-        err = await call_error(ks, "sign", {"domain": "libp2p-peer-record", "data": b64(b"x")})
+        err = await call_error(ks, "sign", {"domain": "libp2p-peer-record", "data": b64(b"x")},
+                               actor="transport")
         assert err.code == errors.BAD_PARAMS and "payload_type" in err.message
-        err = await call_error(ks, "sign", {"domain": "p2pm-record:", "data": "not base64!"})
+        err = await call_error(ks, "sign", {"domain": "p2pm-record:", "data": "not base64!"},
+                               actor="dht")
         assert err.code == errors.BAD_PARAMS
         # the keystore is still serving after all of that
-        assert (await ks.call("sign", {"domain": "p2pm-record:", "data": b64(b"x")}))["signature"]
+        assert (await ks.call("sign", {"domain": "p2pm-record:", "data": b64(b"x")},
+                              actor="dht"))["signature"]
 
 
-async def test_dh(homes: dict[str, Home]) -> None:
+# What each actor signs in its job, in the domains it signs with (imported from the
+# actors, so a domain renamed there and not in the map fails here).
+def _jobs() -> list[tuple[str, str, bytes | None]]:
+    from p2pm.common import invite
+    from p2pm.services.dht.records import RECORD_DOMAIN
+    from p2pm.services.gossip import conversations as cv
+    from p2pm.services.gossip.router.messages import SIGNING_DOMAIN as PUBSUB_DOMAIN
+    from p2pm.services.transport.custody import NOISE_DOMAIN, PEER_RECORD_DOMAIN
+
+    return [("transport", NOISE_DOMAIN, None), ("transport", PEER_RECORD_DOMAIN, b"\x03\x01"),
+            ("dht", RECORD_DOMAIN, None),
+            *[("gossip", d, None) for d in (PUBSUB_DOMAIN, cv.MESSAGE_DOMAIN, cv.RECEIPT_DOMAIN,
+                                            cv.INVITE_DOMAIN, invite.DOMAIN)],
+            ("gateway", invite.DOMAIN, None)]
+
+
+def _sign(domain: str, payload_type: bytes | None) -> dict[str, str]:
+    params = {"domain": domain, "data": b64(b"job \xf0\x9f\x94\x91")}
+    if payload_type is not None:
+        params["payload_type"] = b64(payload_type)
+    return params
+
+
+async def test_each_actor_signs_what_its_job_needs_and_nothing_else(
+        homes: dict[str, Home]) -> None:
+    jobs = _jobs()
     async with keystore(homes["open"]) as ks:
-        theirs = nacl.public.PrivateKey.generate()
-        shared = base64.b64decode(
-            (await ks.call("dh", {"public": b64(bytes(theirs.public_key))}))["shared"])
-        ours = base64.b64decode((await ks.call("identity"))["x25519_public"])
-        assert shared == nacl.bindings.crypto_scalarmult(bytes(theirs), ours)
-        for bad in (bytes(31), bytes(32)):
-            err = await call_error(ks, "dh", {"public": b64(bad)})
-            assert err.code == errors.BAD_PARAMS
+        public = base64.b64decode((await ks.call("identity"))["public_key"])
+        refused = 0
+        for actor in policy.ALLOWED:
+            for _, domain, payload_type in jobs:
+                params = _sign(domain, payload_type)
+                if (actor, domain, payload_type) in jobs:
+                    sig = base64.b64decode((await ks.call("sign", params, actor=actor))["signature"])
+                    assert identity.verify(public, domain, b"job \xf0\x9f\x94\x91", sig,
+                                           payload_type), (actor, domain)
+                elif domain not in policy.ALLOWED[actor].get(policy.SIGN, ()):
+                    err = await call_error(ks, "sign", params, actor=actor)
+                    assert err.code == errors.FORBIDDEN, (actor, domain)
+                    assert actor in err.message and repr(domain) in err.message
+                    refused += 1
+        # every domain of the map is one an actor really signs with, and the reverse
+        mapped = {(a, d) for a, r in policy.ALLOWED.items() for d in r.get(policy.SIGN, ())}
+        assert mapped == {(a, d) for a, d, _ in jobs}
+        assert policy.ALLOWED["storage"] == {policy.SUBKEY: {"storage-at-rest-v1"}}
+        status = await ks.call("sys.status")
+        assert sum(status["refused"].values()) == refused
+        assert status["refused"]["storage"] == len(jobs)  # storage signs nothing
+
+
+async def test_gossip_cannot_sign_a_peer_record_nor_transport_a_message(
+        homes: dict[str, Home]) -> None:
+    async with keystore(homes["open"]) as ks:
+        err = await call_error(ks, "sign", _sign("libp2p-peer-record", b"\x03\x01"),
+                               actor="gossip")
+        assert err.code == errors.FORBIDDEN
+        assert err.message.startswith("gossip may not ask the keystore for sign in domain "
+                                      "'libp2p-peer-record'")
+        err = await call_error(ks, "sign", _sign("p2pm-message:", None), actor="transport")
+        assert err.code == errors.FORBIDDEN
+        assert "transport" in err.message and "'p2pm-message:'" in err.message
+        err = await call_error(ks, "direct_secret", {"peer_id": _peer(b"\x07")},
+                               actor="transport")
+        assert err.code == errors.FORBIDDEN and "transport may not" in err.message
+        assert (await ks.call("sys.status"))["refused"] == {"gossip": 1, "transport": 2}
+
+
+async def test_a_missing_wrong_or_borrowed_token_is_refused(homes: dict[str, Home]) -> None:
+    async with keystore(homes["open"]) as ks:
+        message = _sign("p2pm-message:", None)
+        err = await call_error(ks, "sign", message, actor=None)
+        assert err.code == errors.FORBIDDEN and "names none" in err.message
+        err = await call_error(ks, "sign", message, actor="gossip", token="0" * 64)
+        assert err.code == errors.FORBIDDEN
+        assert "comes from gossip, but its token is not gossip's" in err.message
+        # transport's own token does not make it gossip
+        err = await call_error(ks, "sign", message, actor="gossip",
+                               token=actor_tokens.token_for(ks.endpoints, "transport"))
+        assert err.code == errors.FORBIDDEN and "token is not gossip's" in err.message
+        err = await call_error(ks, "sign", message, actor="mallory", token="1" * 64)
+        assert err.code == errors.FORBIDDEN and "no actor named 'mallory'" in err.message
+        # the same token for another node's keystore (other endpoints) is not this one's
+        other = actor_tokens.token_for(Endpoints.inproc("elsewhere"), "gossip")
+        err = await call_error(ks, "sign", message, actor="gossip", token=other)
+        assert err.code == errors.FORBIDDEN
+        for bad in ({"actor": "gossip"}, {"actor": 3, "token": "x"}, "gossip"):
+            frame = orjson.dumps({"id": "r1", "method": "sign", "params": message,
+                                  "auth": bad})
+            with pytest.raises(errors.BusError) as info:
+                wire.decode_request(frame)
+            assert info.value.code == errors.BAD_REQUEST
+        status = await ks.call("sys.status")
+        assert status["refused"] == {"unknown": 2, "gossip": 3}
+        # identity (public values) needs no token; signing with it still works after
+        assert (await ks.call("identity", actor=None))["peer_id"] == PEER_ID
+        assert (await ks.call("sign", message))["signature"]
+
+
+def _peer(seed_byte: bytes) -> str:
+    key = nacl.signing.SigningKey(seed_byte * 32)
+    return identity.peer_id_from_public_key(bytes(key.verify_key))
+
+
+async def test_direct_secret_is_the_derived_one_and_never_the_raw_dh(
+        homes: dict[str, Home]) -> None:
+    bob_key = nacl.signing.SigningKey(bytes(range(7, 39)))
+    bob = identity.peer_id_from_public_key(bytes(bob_key.verify_key))
+    async with keystore(homes["open"]) as ks:
+        secret = base64.b64decode((await ks.call("direct_secret", {"peer_id": bob}))["secret"])
+        # bob computes the same from his side: both arrive at one conversation
+        from_bob = identity.direct_chat_secret(bob_key, PEER_ID)
+        assert secret == from_bob and len(secret) == 32
+        # the conversation id of this chat is the one p2pm always derived (blake2b of
+        # the X25519 secret, keyed, over both peer IDs): a known value, so no chat moves
+        from p2pm.services.gossip import conversations as cv
+
+        raw = nacl.bindings.crypto_scalarmult(
+            bytes(nacl.signing.SigningKey(SEED).to_curve25519_private_key()),
+            identity.x25519_public(bytes(bob_key.verify_key)))
+        first, second = sorted((PEER_ID, bob))
+        before = hashlib.blake2b(f"{first} {second}".encode(), key=raw, digest_size=32,
+                                 person=b"p2pm-direct").digest()
+        assert cv.Keys.derive("direct", secret).id == cv.Keys.derive("direct", before).id
+        assert secret != raw
+        methods = await ks.call("sys.methods")
+        assert "dh" not in methods and "direct_secret" in methods
+        err = await call_error(ks, "dh", {"public": b64(bytes(32))})
+        assert err.code == errors.UNKNOWN_METHOD
+        for bad, why in ((PEER_ID, "another peer"), ("not a peer id", ""),
+                         ("QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N", "")):
+            err = await call_error(ks, "direct_secret", {"peer_id": bad})
+            assert err.code == errors.BAD_PARAMS and why in err.message, bad
+        for actor in ("gateway", "dht", "storage"):
+            err = await call_error(ks, "direct_secret", {"peer_id": bob}, actor=actor)
+            assert err.code == errors.FORBIDDEN and f"{actor} may not" in err.message
 
 
 async def test_locked_until_unlocked(homes: dict[str, Home],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(identity.UNLOCK_KEY_ENV, raising=False)
     async with keystore(homes["protected"]) as ks:
-        for method, params in (("identity", {}), ("dh", {"public": b64(bytes(32))}),
+        for method, params in (("identity", {}), ("direct_secret", {"peer_id": _peer(b"\x07")}),
                                ("sign", {"domain": "p2pm-message:", "data": b64(b"x")})):
             err = await call_error(ks, method, params)
             assert (err.code, err.message) == (errors.UNAVAILABLE, LOCKED)
@@ -197,6 +347,7 @@ async def test_damaged_identity_is_reported_not_fatal(homes: dict[str, Home]) ->
     home = Home(homes["empty"].root.parent / "damaged").ensure()
     home.identity_file.write_text('{"kind": "p2pm-identity", "version": 1}')
     async with keystore(home) as ks:
-        err = await call_error(ks, "sign", {"domain": "p2pm-record:", "data": b64(b"x")})
+        err = await call_error(ks, "sign", {"domain": "p2pm-record:", "data": b64(b"x")},
+                               actor="dht")
         assert err.code == errors.UNAVAILABLE and "damaged or tampered" in err.message
         assert (await ks.call("sys.ping"))["pong"]

@@ -20,19 +20,19 @@ from tests.unit.test_gossip_shell import gossip
 
 BOB_KEY = nacl.signing.SigningKey(bytes([7]) * 32)
 BOB = identity.peer_id_from_public_key(bytes(BOB_KEY.verify_key))
-SHARED = bytes([9]) * 32  # what the keystore's X25519 with Bob gives (any fixed value)
+SECRET = bytes([9]) * 32  # what the keystore derives for our chat with Bob (any fixed value)
 
 
 def keystore() -> KeystoreClient:
     async def sign(domain: str, data: bytes, payload_type: bytes | None = None) -> bytes:
         return identity.sign(KEY, domain, data, payload_type)
 
-    return fake(KeystoreClient, sign=sign, dh=SHARED, identity=Identity(
+    return fake(KeystoreClient, sign=sign, direct_secret=SECRET, identity=Identity(
         ME, bytes(KEY.verify_key), identity.x25519_public(bytes(KEY.verify_key))))
 
 
 def direct_keys() -> cv.Keys:
-    return cv.Keys.derive("direct", cv.direct_secret(SHARED, ME, BOB))
+    return cv.Keys.derive("direct", SECRET)
 
 
 class Kv:
