@@ -33,6 +33,9 @@ Theory of operation
 * Redelivery is harmless: clients retry with the same request id; a reply is cached
   by id for a while and re-sent, and a duplicate of an in-flight request waits for the
   same reply instead of running the handler twice.
+* A request may say which actor sends it (`auth`: name and token, see actor_tokens);
+  `Actor.call` adds it to requests for the keystore only, and a handler reads it with
+  `request_auth()`. The runtime does not check it: the keystore does.
 * Anything wrong with a request becomes an error reply; nothing a client sends can take
   the actor down. A handler crash is logged and answered with `internal`.
 * Events go out on a PUB socket as `[topic, {epoch, seq, ts, data}]`; `seq` counts per

@@ -40,6 +40,15 @@ def test_fresh_node_comes_up_with_every_actor_healthy(node: Node) -> None:
         assert row["pid"] == pids[name] != 0, (name, row, pids)
         assert row["supervised"] is True, (name, row)
     assert node.call("keystore", "identity")["peer_id"] == node.peer_id
+    # Every actor asked the keystore only for what its job needs: nothing refused while
+    # the node came up, and each that asked did so with its own token, kept private.
+    assert status["actors"]["keystore"]["refused"] == {}
+    tokens = node.home.run / "tokens"
+    assert tokens.stat().st_mode & 0o777 == 0o700
+    issued = {p.name: p.stat().st_mode & 0o777 for p in tokens.iterdir()}
+    assert {"transport.token", "dht.token", "gossip.token"} <= set(issued), issued
+    assert set(issued.values()) == {0o600}, issued
+    assert len({p.read_text() for p in tokens.iterdir()}) == len(issued)
     # supervisord and the actors log where the home says.
     for name in (*ACTORS, "supervisord"):
         assert (node.home.logs / f"{name}.log").exists(), name
