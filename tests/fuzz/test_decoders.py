@@ -62,6 +62,10 @@ requests = st.fixed_dictionaries(
      "method": st.one_of(st.sampled_from(["sys.ping", "sign", "post"]), json_values),
      "params": st.one_of(st.dictionaries(st.text(max_size=8), json_values, max_size=4),
                          json_values)},
+    optional={"auth": st.one_of(
+        st.fixed_dictionaries({"actor": st.one_of(st.sampled_from(["gossip", ""]), json_values),
+                               "token": st.one_of(st.text(max_size=140), json_values)}),
+        json_values)},
 ).map(dumps)
 
 
@@ -75,7 +79,9 @@ def test_bus_request_decoder_accepts_only_well_formed_envelopes(frame: bytes) ->
     assert isinstance(req.id, str) and 1 <= len(req.id) <= 128
     assert isinstance(req.method, str) and req.method
     assert isinstance(req.params, dict)
-    assert wire.decode_request(wire.encode_request(req.id, req.method, req.params)) == req
+    assert req.auth is None or (1 <= len(req.auth.actor) <= 128 and 1 <= len(req.auth.token) <= 128)
+    assert wire.decode_request(wire.encode_request(req.id, req.method, req.params,
+                                                   req.auth)) == req
 
 
 @given(st.one_of(json_values, st.text(alphabet="ABCabc+/=-_ \n", max_size=30)))
