@@ -71,9 +71,8 @@ class Ks:
                    **kw: float) -> dict:  # type: ignore[type-arg]
         auth = None
         if actor is not None:
-            auth = actor_tokens.auth_for(self.endpoints, actor)
-            if token is not None:
-                auth = wire.Auth(actor, token)
+            auth = (wire.Auth(actor, token) if token is not None
+                    else actor_tokens.auth_for(self.endpoints, actor))
         return await self.client.call(method, params, auth=auth, **kw)  # type: ignore[arg-type]
 
 
@@ -351,3 +350,50 @@ async def test_damaged_identity_is_reported_not_fatal(homes: dict[str, Home]) ->
                                actor="dht")
         assert err.code == errors.UNAVAILABLE and "damaged or tampered" in err.message
         assert (await ks.call("sys.ping"))["pong"]
+
+
+def test_tokens_are_private_shared_by_racers_and_renewed(tmp_path: Path) -> None:
+    home = Home(tmp_path / "node").ensure()
+    endpoints = home.endpoints()
+    # Many processes (here threads) asking at once for the same actor's token all get
+    # the one that was written first, complete.
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        seen = set(pool.map(lambda _: actor_tokens.token_for(endpoints, "gossip"), range(32)))
+    assert len(seen) == 1 and len(next(iter(seen))) == 64
+    folder = home.run / actor_tokens.TOKEN_DIR
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert [p.name for p in folder.iterdir()] == ["gossip.token"]  # no leftovers
+    assert (folder / "gossip.token").stat().st_mode & 0o777 == 0o600
+    dht = actor_tokens.token_for(endpoints, "dht")
+    assert dht not in seen
+    actor_tokens.renew(endpoints)
+    assert actor_tokens.token_for(endpoints, "gossip") not in seen
+    # a file edited by hand is an error to fix, not silently replaced
+    (folder / "dht.token").write_text("short")
+    with pytest.raises(ValueError, match="does not hold a token"):
+        actor_tokens.token_for(endpoints, "dht")
+    for bad in ("", "../keystore", "a" * 33, "gössip"):
+        with pytest.raises(ValueError, match="not an actor name"):
+            actor_tokens.token_for(endpoints, bad)
+
+
+async def test_a_damaged_token_file_refuses_that_actor_and_says_so(
+        homes: dict[str, Home], tmp_path: Path) -> None:
+    # Over ipc the keystore reads the token files: a damaged one refuses that actor only.
+    home = Home(tmp_path / "ipc").ensure()
+    shutil.copy(homes["open"].identity_file, home.identity_file)
+    endpoints = home.endpoints()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ActorRuntime(Keystore(home, {}), endpoints).serve)
+        async with open_client(zmq.Context.instance(), endpoints.rpc("keystore"),
+                               "keystore") as client:
+            ipc = Ks(client, endpoints)
+            assert (await ipc.call("sign", _sign("p2pm-record:", None), actor="dht"))["signature"]
+            (home.run / "tokens" / "gossip.token").write_text("garbled")
+            err = await call_error(ipc, "sign", _sign("p2pm-message:", None), actor="gossip",
+                                   token="f" * 64)
+            assert err.code == errors.FORBIDDEN and "token is not gossip's" in err.message
+            assert (await ipc.call("sign", _sign("p2pm-record:", None), actor="dht"))["signature"]
+        nursery.cancel_scope.cancel()

@@ -17,8 +17,8 @@ import trio
 import trio.testing
 import zmq
 
-from p2pm.common import errors
-from p2pm.common.actor import Actor, ActorRuntime, every, on_event, rpc
+from p2pm.common import errors, wire
+from p2pm.common.actor import Actor, ActorRuntime, every, on_event, request_auth, rpc
 from p2pm.common.client import open_client
 from p2pm.common.home import Endpoints
 from p2pm.common.zmqtrio import AsyncSocket
@@ -61,6 +61,13 @@ class Counter(Actor):
     @rpc
     async def echo_bytes(self, data: bytes) -> dict[str, Any]:
         return {"data": data, "length": len(data)}
+
+    @rpc
+    async def who(self, delay: float) -> str | None:
+        """Who the request says it comes from, after a wait (so requests overlap)."""
+        await trio.sleep(delay)
+        auth = request_auth()
+        return None if auth is None else f"{auth.actor}/{auth.token}"
 
     @rpc
     async def boom(self) -> None:
@@ -121,6 +128,26 @@ async def test_rpc_roundtrip_and_validation(clock: trio.testing.MockClock) -> No
             status = await c.call("sys.status")
             assert status["healthy"] is True and status["actor"] == "counter"
             assert status["counters"]["errors"] == len(cases)
+        nursery.cancel_scope.cancel()
+
+
+async def test_each_request_sees_only_its_own_auth(clock: trio.testing.MockClock) -> None:
+    ep = endpoints()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ActorRuntime(Counter(), ep).serve)
+        async with open_client(zmq.Context.instance(), ep.rpc("counter"), "counter") as c:
+            got: dict[str, Any] = {}
+
+            async def ask(name: str | None, delay: float) -> None:
+                auth = None if name is None else wire.Auth(name, f"t-{name}")
+                got[str(name)] = await c.call("who", {"delay": delay}, auth=auth)
+
+            async with trio.open_nursery() as asking:
+                # the first asked answers last: all three are in the handler at once
+                for name, delay in (("gossip", 0.3), (None, 0.2), ("dht", 0.1)):
+                    asking.start_soon(ask, name, delay)
+            assert got == {"gossip": "gossip/t-gossip", "None": None, "dht": "dht/t-dht"}
+            assert await c.call("who", {"delay": 0}) is None  # nothing left behind
         nursery.cancel_scope.cancel()
 
 
