@@ -16,6 +16,11 @@ harnesses and benches that run actors in one process):
   so every run has fresh tokens.
 - inproc endpoints (one process): a table in this module, keyed by the endpoints.
 
+Files rather than per-program `environment=` lines in supervisord.conf: the environment
+would be no narrower (supervisord's would hold every token, and /proc/<pid>/environ is
+readable by the same user as these files are), and it would not reach actors started
+without supervisord.
+
 This tells actors apart and stops one from using another's rights by mistake; it does
 not stop hostile code running as the same user, which can read these files (and
 /proc/<pid>/environ, and the memory of every actor). README: key custody.

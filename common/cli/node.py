@@ -2,7 +2,9 @@
 
 `up` derives the identity's unlock key from the passphrase here, in the CLI, and hands
 it to supervisord in its environment only; nothing secret is written to the home
-beyond the encrypted identity itself.
+beyond the encrypted identity and the actors' keystore tokens (run/tokens/, 0600,
+renewed by each `up`), each of which lets a process of the same user ask the keystore
+only what that actor may (README: key custody).
 """
 
 from __future__ import annotations
