@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from p2pm.common import actor_tokens, clients
+from p2pm.common import actor_tokens, clients, wire
 from p2pm.common.home import Home
 from p2pm.common.log import get_logger
 
@@ -18,6 +18,7 @@ class Actor:
     """Base class. Subclasses set `name` and override the hooks they need."""
 
     name: ClassVar[str] = ""
+    _keystore_auth: wire.Auth | None = None  # set on the first call to the keystore
 
     def __init__(self, home: Home | None = None, config: dict[str, Any] | None = None) -> None:
         self.home = home
@@ -72,5 +73,8 @@ class Actor:
         if actor == "keystore":
             # The keystore answers each actor within its own allow-list, so it must
             # know who asks; no other actor is shown our token (it could replay it).
-            kw.setdefault("auth", actor_tokens.auth_for(self.runtime.endpoints, self.name))
+            # Read once: tokens change only when nothing of the node runs (`p2pm up`).
+            if self._keystore_auth is None:
+                self._keystore_auth = actor_tokens.auth_for(self.runtime.endpoints, self.name)
+            kw.setdefault("auth", self._keystore_auth)
         return await client.call(method, params, **kw)
