@@ -147,7 +147,7 @@ class Keystore(Actor):
         if not self._token_matches(auth.actor, auth.token):
             self._refuse(auth.actor, operation, domain, (
                 f"the request says it comes from {auth.actor}, but its token is not "
-                f"{auth.actor}'s; refused {operation} in domain {domain!r}"))
+                f"{auth.actor}'s; refused {operation} in domain {policy.shown(domain)}"))
         why = policy.refusal(auth.actor, operation, domain)
         if why is not None:
             self._refuse(auth.actor, operation, domain, why)
@@ -169,7 +169,7 @@ class Keystore(Actor):
         self._refused[counted_as] = self._refused.get(counted_as, 0) + 1
         auth = request_auth()
         self.log.warning("keystore.refused", actor=auth.actor if auth else None,
-                         operation=operation, domain=domain, reason=why)
+                         operation=operation, domain=policy.shown(domain), reason=why)
         raise errors.forbidden(why)
 
     @staticmethod
@@ -199,8 +199,9 @@ class Keystore(Actor):
         """{"domain", "data": b64, "payload_type"?: b64} -> {"signature": b64 (64 bytes)}
 
         Signs `identity.signed_bytes(domain, data, payload_type)`. FORBIDDEN for a domain
-        not on the calling actor's allow-list; BAD_PARAMS for data over 1 MiB or a payload_type that
-        does not fit the domain (required for "libp2p-peer-record", refused otherwise).
+        not on the calling actor's allow-list; BAD_PARAMS for data over 1 MiB or a
+        payload_type that does not fit the domain (required for "libp2p-peer-record",
+        refused otherwise).
         """
         self._allow(policy.SIGN, domain)
         key = self._unlocked_key()

@@ -41,16 +41,25 @@ ALLOWED: Mapping[str, Mapping[str, frozenset[str]]] = {
 }
 
 
+# A domain in a refusal (message and log) is cut to this: it comes from the caller.
+SHOWN_CHARS = 80
+
+
+def shown(domain: str) -> str:
+    """`domain` as a refusal shows it: quoted, and cut if a caller sent a long one."""
+    return repr(domain) if len(domain) <= SHOWN_CHARS else repr(domain[:SHOWN_CHARS]) + "..."
+
+
 def refusal(actor: str, operation: str, domain: str) -> str | None:
     """Why `actor` may not `operation` in `domain`; None when it may."""
     rights = ALLOWED.get(actor)
     if rights is None:
         return (f"the keystore serves no actor named {actor!r} (asked for {operation} in "
-                f"domain {domain!r}); it serves {', '.join(sorted(ALLOWED))}")
+                f"domain {shown(domain)}); it serves {', '.join(sorted(ALLOWED))}")
     if domain in rights.get(operation, ()):
         return None
     allowed = rights.get(operation)
-    said = f"{actor} may not ask the keystore for {operation} in domain {domain!r}"
+    said = f"{actor} may not ask the keystore for {operation} in domain {shown(domain)}"
     if not allowed:
         return f"{said}; {actor} may not ask for {operation} at all"
     return f"{said}; {actor} may use {', '.join(sorted(allowed))}"

@@ -137,6 +137,9 @@ async def test_refused_signing_requests(homes: dict[str, Home]) -> None:
         assert err.code == errors.FORBIDDEN
         assert "dht" in err.message and "'ssh-auth:'" in err.message
         assert "p2pm-record:" in err.message  # what dht may use instead
+        err = await call_error(ks, "sign", {"domain": "x" * 100_000, "data": b64(b"x")},
+                               actor="dht")
+        assert err.code == errors.FORBIDDEN and len(err.message) < 300  # a flood is cut
         err = await call_error(ks, "sign", {"domain": "p2pm-record:",
                                             "data": b64(bytes(1024 * 1024 + 1))}, actor="dht")
         assert err.code == errors.BAD_PARAMS and "at most" in err.message
