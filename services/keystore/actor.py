@@ -1,5 +1,6 @@
 """The keystore actor: holds the Ed25519 identity key and signs with it for the other
-actors, only in the allowed signing domains. The secret key never leaves this process:
+actors, only in the allowed signing domains, and derives purpose-bound subkeys from it
+(`subkey`: the storage actor's at-rest key). The secret key never leaves this process:
 not in a reply, an event or a log line.
 
 States: *no identity* (the file is missing or damaged: every RPC answers UNAVAILABLE
@@ -45,6 +46,11 @@ class Signature:
 @dataclass(frozen=True, slots=True)
 class SharedSecret:
     shared: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Subkey:
+    key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +176,20 @@ class Keystore(Actor):
             return SharedSecret(identity.x25519_shared(key, public))
         except ValueError as exc:
             raise errors.bad_params(str(exc)) from None
+
+    @rpc
+    async def subkey(self, purpose: str) -> Subkey:
+        """{"purpose": "storage-at-rest-v1"} -> {"key": b64 (32 bytes)}
+
+        A key derived one-way from the identity for one purpose (identity.derive_subkey),
+        never the identity key itself. FORBIDDEN for a purpose not on
+        identity.SUBKEY_PURPOSES; UNAVAILABLE while locked.
+        """
+        key = self._unlocked_key()
+        try:
+            return Subkey(identity.derive_subkey(key, purpose))
+        except identity.SigningDomainError as exc:
+            raise errors.forbidden(str(exc)) from None
 
     @rpc
     async def unlock(self, passphrase: str) -> Unlocked:

@@ -139,12 +139,32 @@ async def test_dh(homes: dict[str, Home]) -> None:
             assert err.code == errors.BAD_PARAMS
 
 
+async def test_subkey_is_bound_to_its_purpose_and_never_the_identity_key(
+        homes: dict[str, Home]) -> None:
+    async with keystore(homes["open"]) as ks:
+        reply = await ks.call("subkey", {"purpose": "storage-at-rest-v1"})
+        key = base64.b64decode(reply["key"])
+        assert len(key) == 32
+        assert key == identity.derive_subkey(nacl.signing.SigningKey(SEED), "storage-at-rest-v1")
+        # Stable across calls (the database must open again), other seeds give another.
+        again = await ks.call("subkey", {"purpose": "storage-at-rest-v1"})
+        assert base64.b64decode(again["key"]) == key
+        other = identity.derive_subkey(nacl.signing.SigningKey(bytes(32)), "storage-at-rest-v1")
+        assert other != key and key not in (SEED, bytes(nacl.signing.SigningKey(SEED)))
+        for purpose in ("storage-at-rest-v2", "", "p2pm-message:"):
+            err = await call_error(ks, "subkey", {"purpose": purpose})
+            assert err.code == errors.FORBIDDEN and "storage-at-rest-v1" in err.message
+        seen = orjson.dumps([reply, await ks.call("sys.status")])
+        assert b64(SEED).encode() not in seen and SEED.hex().encode() not in seen
+
+
 async def test_locked_until_unlocked(homes: dict[str, Home],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(identity.UNLOCK_KEY_ENV, raising=False)
     async with keystore(homes["protected"]) as ks:
         for method, params in (("identity", {}), ("dh", {"public": b64(bytes(32))}),
-                               ("sign", {"domain": "p2pm-message:", "data": b64(b"x")})):
+                               ("sign", {"domain": "p2pm-message:", "data": b64(b"x")}),
+                               ("subkey", {"purpose": "storage-at-rest-v1"})):
             err = await call_error(ks, method, params)
             assert (err.code, err.message) == (errors.UNAVAILABLE, LOCKED)
         status = await ks.call("sys.status")
