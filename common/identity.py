@@ -26,7 +26,9 @@ later without breaking existing identities.
 
 Signatures are domain-separated (see SIGNING_DOMAINS): the keystore signs only for
 domains on that list, and `signed_bytes` gives the exact bytes signed for each, so a
-signature made for one protocol can never be replayed in another.
+signature made for one protocol can never be replayed in another. Likewise the keystore
+hands out keys only through `derive_subkey`, one per purpose on SUBKEY_PURPOSES (the
+storage actor's at-rest key), never the seed itself.
 """
 
 from __future__ import annotations
