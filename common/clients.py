@@ -193,6 +193,11 @@ class KeystoreClient(RpcClient):
         got = await self._rpc("direct_secret", {"peer_id": peer_id})
         return wire.b64d(got["secret"], "secret")
 
+    async def subkey(self, purpose: str) -> bytes:
+        """The 32-byte key the keystore derives for `purpose` (identity.SUBKEY_PURPOSES)."""
+        got = await self._rpc("subkey", {"purpose": purpose})
+        return wire.b64d(got["key"], "subkey")
+
 
 # -- storage -------------------------------------------------------------------------
 

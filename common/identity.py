@@ -26,7 +26,9 @@ later without breaking existing identities.
 
 Signatures are domain-separated (see SIGNING_DOMAINS): the keystore signs only for
 domains on that list, and `signed_bytes` gives the exact bytes signed for each, so a
-signature made for one protocol can never be replayed in another.
+signature made for one protocol can never be replayed in another. Likewise the keystore
+hands out keys only through `derive_subkey`, one per purpose on SUBKEY_PURPOSES (the
+storage actor's at-rest key), never the seed itself.
 """
 
 from __future__ import annotations
@@ -87,6 +89,12 @@ PREFIX_DOMAINS = frozenset({
     "p2pm-receipt:",
 })
 SIGNING_DOMAINS = ENVELOPE_DOMAINS | PREFIX_DOMAINS
+
+# Purposes the keystore derives a subkey for (`derive_subkey`); each is versioned, so a
+# later format gets a new key instead of reusing this one.
+SUBKEY_PURPOSES = frozenset({"storage-at-rest-v1"})
+SUBKEY_BYTES = 32
+_SUBKEY_PERSON = b"p2pm-subkey"  # BLAKE2b personalisation: no other hash of the seed matches
 
 
 class IdentityError(Exception):
@@ -263,6 +271,21 @@ def direct_chat_secret(signing_key: nacl.signing.SigningKey, peer_id: str) -> by
 
 
 # -- signing domains -----------------------------------------------------------------
+
+
+def derive_subkey(signing_key: nacl.signing.SigningKey, purpose: str) -> bytes:
+    """A 32-byte key for `purpose`, derived one-way from the identity's secret seed.
+
+    BLAKE2b keyed with the seed over the purpose, personalised for p2pm: knowing a
+    subkey gives neither the seed nor the subkey of another purpose, and the seed is
+    only readable from the identity file with its passphrase. Raises SigningDomainError
+    for a purpose not on SUBKEY_PURPOSES.
+    """
+    if purpose not in SUBKEY_PURPOSES:
+        raise SigningDomainError(
+            f"no subkey for purpose {purpose!r}; known: {', '.join(sorted(SUBKEY_PURPOSES))}")
+    return hashlib.blake2b(purpose.encode(), key=bytes(signing_key), digest_size=SUBKEY_BYTES,
+                           person=_SUBKEY_PERSON).digest()
 
 
 def signed_bytes(domain: str, data: bytes, payload_type: bytes | None = None) -> bytes:

@@ -1,7 +1,8 @@
 """The keystore actor: holds the Ed25519 identity key and uses it for the other actors,
 each only for what its job needs. The secret key never leaves this process: not in a
 reply, an event or a log line; nor does any raw X25519 output (a direct chat's secret
-is derived here and only that is handed out).
+is derived here and only that is handed out; nor is a subkey handed out for a purpose
+not on the list: `subkey` gives the storage actor its at-rest key).
 
 Who may ask what is the allow-list in policy.py. Each request for a key operation must
 say which actor asks (the request's `auth`, with the token actor_tokens.py issued for
@@ -58,6 +59,11 @@ class Signature:
 @dataclass(frozen=True, slots=True)
 class DirectSecret:
     secret: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Subkey:
+    key: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +238,22 @@ class Keystore(Actor):
             return DirectSecret(identity.direct_chat_secret(key, peer_id))
         except identity.IdentityError as exc:
             raise errors.bad_params(str(exc)) from None
+
+    @rpc
+    async def subkey(self, purpose: str) -> Subkey:
+        """{"purpose": "storage-at-rest-v1"} -> {"key": b64 (32 bytes)}
+
+        A key derived one-way from the identity for one purpose (identity.derive_subkey),
+        never the identity key itself. FORBIDDEN for a purpose not on
+        identity.SUBKEY_PURPOSES or outside the caller's allow-list; UNAVAILABLE while
+        locked.
+        """
+        self._allow(policy.SUBKEY, purpose)
+        key = self._unlocked_key()
+        try:
+            return Subkey(identity.derive_subkey(key, purpose))
+        except identity.SigningDomainError as exc:
+            raise errors.forbidden(str(exc)) from None
 
     @rpc
     async def unlock(self, passphrase: str) -> Unlocked:

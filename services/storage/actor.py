@@ -4,6 +4,11 @@ Everything the node keeps lives here: key/value state (identity metadata, routin
 snapshots), contacts, conversations, messages and the delivery outbox. Other actors
 never open the database; they call these RPCs.
 
+The database is sealed at rest (`sealing.py`): at start the actor asks the keystore for
+its at-rest subkey and opens the database only with it. Until then (keystore locked,
+down, or not there yet) it is unhealthy and every RPC answers `unavailable` with the
+reason; it asks again with a backoff capped at 2 s.
+
 Promises:
 * A write is committed (and with `synchronous=FULL`, on disk) before its reply is
   sent: an acknowledged write survives `kill -9` of this process.
@@ -34,9 +39,10 @@ import trio
 
 from p2pm.common import errors, validate
 from p2pm.common.actor import Actor, rpc
+from p2pm.common.clients import KeystoreClient
 from p2pm.common.config import settings_of
 
-from . import schema
+from . import schema, sealing
 from .store import MESSAGE_STATES, Message, Result, Store, capture
 
 MAX_ID = validate.MAX_ID_CHARS  # message, conversation and peer ids
@@ -51,6 +57,9 @@ MAX_ERROR = 1024
 MAX_LIMIT = 1000
 MAX_SEQ = 2**63 - 1
 MAX_BATCH = 256  # writes per commit; bounds how long one transaction holds the lock
+# A request that arrives before the keystore first answered waits this long for the
+# database (at start the key comes within milliseconds), then gets the reason.
+OPEN_WAIT_S = 1.0
 
 
 @dataclass
@@ -143,6 +152,7 @@ def _cursor_in(text: str) -> tuple[float, str]:
 
 class Storage(Actor):
     name = "storage"
+    keystore = KeystoreClient.dependency()
 
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
@@ -153,14 +163,36 @@ class Storage(Actor):
         self.writes = 0  # write operations run
         self.commits = 0  # batches they ran in (one commit each)
         self._messages = 0  # kept in memory: status() must not touch the database
+        self._waiting = "waiting for the keystore's at-rest key"  # why there is no store
+        self._settled = trio.Event()  # the keystore answered (key or reason), or we failed
 
     async def setup(self) -> None:
         assert self.home is not None, "storage needs a home"
-        sync = self.synchronous
         self.home.data.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    async def run(self) -> None:
+        await self.open_sealed()
+
+    def _keystore_waits(self, reason: str) -> None:
+        self._waiting = f"waiting for the keystore's at-rest key: {reason}"
+        self._settled.set()
+
+    async def open_sealed(self) -> None:
+        """Get the at-rest key from the keystore (waiting while it is locked or down),
+        then open the database with it; an error opening it stops the actor."""
+        try:
+            key = await self.keystore.until_answered(self._keystore_waits).subkey(
+                sealing.PURPOSE)
+            await self._open(key)
+        finally:
+            self._settled.set()
+
+    async def _open(self, key: bytes) -> None:
+        assert self.home is not None
+        sync = self.synchronous
         path = self.home.data / "node.db"
         try:
-            store = await trio.to_thread.run_sync(Store.open, path, sync)
+            store = await trio.to_thread.run_sync(Store.open, path, sync, key)
             try:
                 self._messages = await trio.to_thread.run_sync(store.message_count)
             except BaseException:
@@ -168,31 +200,41 @@ class Storage(Actor):
                 raise
         except (schema.SchemaError, sqlite3.Error) as exc:
             # One readable line for whoever reads the log; the actor does not start.
+            self._waiting = f"the database cannot be opened: {exc}"
             self.log.error("storage.cannot_open", db=str(path), error=str(exc))
             raise
         self.store = store
         self.log.info("storage.open", db=str(path), synchronous=sync,
                       schema_from=store.migrated_from, schema=schema.LATEST,
-                      messages=self._messages)
+                      messages=self._messages, sealed_now=store.sealed_now)
 
     async def teardown(self) -> None:
         async with self._lock:
             # Writers still queued find no store and answer unavailable.
             store, self.store = self.store, None
+            self._waiting = "the storage actor is stopping"
             if store is not None:
                 await trio.to_thread.run_sync(store.close)
 
     def status(self) -> dict[str, Any]:
         if self.store is None:
-            return {"db": None, "schema_version": None, "messages": None}
+            return {"db": None, "schema_version": None, "messages": None,
+                    "waiting": self._waiting}
         return {"db": str(self.store.path), "schema_version": schema.LATEST,
                 "messages": self._messages, "writes": self.writes, "commits": self.commits}
 
     def healthy(self) -> bool:
         return self.store is not None
 
+    async def _opened(self) -> None:
+        """Let a request made in the moment the actor starts wait for the key."""
+        if self.store is None and not self._settled.is_set():
+            with trio.move_on_after(OPEN_WAIT_S):
+                await self._settled.wait()
+
     async def _read(self, op: str, *args: Any) -> Any:
         """Run `Store.<op>` in a worker thread, one database call at a time."""
+        await self._opened()
         async with self._lock:
             store = self._open_store()
             result = await trio.to_thread.run_sync(capture, getattr(store, op), args)
@@ -207,6 +249,7 @@ class Storage(Actor):
         share the next one. A writer whose operation an earlier lock holder already
         ran just collects its result.
         """
+        await self._opened()
         slot = _Slot(op, args)
         self._queue.append(slot)
         try:
@@ -238,7 +281,7 @@ class Storage(Actor):
 
     def _open_store(self) -> Store:
         if self.store is None:
-            raise errors.unavailable("the database is not open")
+            raise errors.unavailable(f"the database is not open ({self._waiting})")
         return self.store
 
     def _unwrap(self, op: str, result: Result) -> Any:

@@ -91,6 +91,15 @@ MIGRATIONS: list[Migration] = [
         """CREATE INDEX outbox_due ON outbox(next_attempt_at)
             WHERE state = 'pending'""",
     )),
+    # The values themselves are sealed after this step, in Python (sealing.py): its
+    # one row appears in the transaction that seals them, so until then they are clear.
+    Migration("at_rest: kv values, conversation secrets, message bodies sealed", (
+        """CREATE TABLE at_rest (
+            id        INTEGER PRIMARY KEY CHECK (id = 1),
+            key_check BLOB NOT NULL,
+            vacuumed  INTEGER NOT NULL DEFAULT 0 CHECK (vacuumed IN (0, 1))
+        )""",
+    )),
 ]
 
 LATEST = len(MIGRATIONS)

@@ -7,6 +7,9 @@ here. Every write runs in its own `BEGIN IMMEDIATE ... COMMIT`, so a method eith
 commits all it changes or nothing; with `synchronous=FULL` the commit has reached the
 disk when the method returns.
 
+Secrets, bodies and kv values are sealed on their way in and opened on their way out
+(`sealing.py`): callers see clear values, the file holds only ciphertext of them.
+
 Not thread-safe by itself: the actor serialises all calls (see `actor.py`).
 """
 
@@ -23,7 +26,7 @@ from typing import Any
 from p2pm.common import errors
 from p2pm.common.settings import SYNCHRONOUS_MODES
 
-from . import schema
+from . import schema, sealing
 
 
 BUSY_TIMEOUT_MS = 5000
@@ -79,11 +82,6 @@ _MESSAGE_COLS = "id, conversation, author, seq, ts, body, state, received_at"
 _OUTBOX_COLS = "message_id, recipient, state, attempts, next_attempt_at, last_error, created_at"
 
 
-def _message(row: sqlite3.Row) -> Message:
-    return Message(row["id"], row["conversation"], row["author"], row["seq"], row["ts"],
-                   bytes(row["body"]), row["state"], row["received_at"])
-
-
 def _contact(row: sqlite3.Row) -> Contact:
     return Contact(row["name"], row["peer_id"], json.loads(row["addrs"]), row["added_at"],
                    bool(row["verified"]))
@@ -117,15 +115,21 @@ class Store:
     """The node database. Open with `Store.open`; close with `close`."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path | str,
-                 migrated_from: int | None = None) -> None:
+                 migrated_from: int | None = None,
+                 sealer: sealing.Sealer | None = None, sealed_now: int = 0) -> None:
         conn.row_factory = sqlite3.Row
         self.conn = conn
         self.path = Path(path)
         self.migrated_from = migrated_from  # schema version found on open
+        self.sealer = sealer  # None: a clear database (benchmarks, older-format tests)
+        self.sealed_now = sealed_now  # clear values this open sealed (an upgrade)
 
     @classmethod
-    def open(cls, path: Path, synchronous: str = "FULL") -> "Store":
-        """Open (creating if needed) and migrate the database at `path`."""
+    def open(cls, path: Path, synchronous: str, key: bytes | None) -> "Store":
+        """Open (creating if needed) and migrate the database at `path`, sealed under
+        `key` (the keystore's at-rest subkey): clear rows left by an older p2pm are
+        sealed now. `key=None` keeps a never-sealed database in clear and refuses a
+        sealed one. Raises schema.SchemaError (with the reason) if it cannot be used."""
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(
                 f"storage.synchronous must be one of {', '.join(SYNCHRONOUS_MODES)}, "
@@ -141,11 +145,22 @@ class Store:
                 raise schema.SchemaError(f"{path}: cannot switch to WAL (journal_mode={mode})")
             conn.execute(f"PRAGMA synchronous = {synchronous}")
             conn.execute("PRAGMA foreign_keys = ON")
+            # Deleted and overwritten rows are zeroed, not left in free pages.
+            conn.execute("PRAGMA secure_delete = ON")
             before, _ = schema.migrate(conn)
+            sealer = None if key is None else sealing.Sealer(key)
+            sealed_now = 0
+            if sealer is not None:
+                sealed_now = sealing.seal_existing(conn, sealer)
+            elif sealing.is_sealed(conn):
+                raise schema.SchemaError(f"{path} is sealed: it opens only with its key")
+        except sealing.WrongKey as exc:
+            conn.close()
+            raise schema.SchemaError(f"{path}: {exc}") from None
         except BaseException:
             conn.close()
             raise
-        return cls(conn, path, before)
+        return cls(conn, path, before, sealer, sealed_now)
 
     def close(self) -> None:
         self.conn.close()
@@ -203,6 +218,19 @@ class Store:
     def _one(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Row | None:
         return self.conn.execute(sql, args).fetchone()
 
+    # -- sealing: the column name and the row's id are the associated data ------------
+    def _seal(self, column: str, row: str, plain: bytes) -> bytes:
+        return plain if self.sealer is None else self.sealer.seal(column, row, plain)
+
+    def _unseal(self, column: str, row: str, stored: Any) -> bytes:
+        raw = bytes(stored)
+        return raw if self.sealer is None else self.sealer.open(column, row, raw)
+
+    def _message(self, row: sqlite3.Row) -> Message:
+        return Message(row["id"], row["conversation"], row["author"], row["seq"], row["ts"],
+                       self._unseal("messages.body", row["id"], row["body"]), row["state"],
+                       row["received_at"])
+
     # -- info ------------------------------------------------------------------------
     def schema_version(self) -> int:
         return schema.version(self.conn)
@@ -218,13 +246,14 @@ class Store:
         row = self._one("SELECT value, updated_at FROM kv WHERE key = ?", (key,))
         if row is None:
             raise errors.not_found(f"no value under key {key!r}")
-        return bytes(row["value"]), row["updated_at"]
+        return self._unseal("kv.value", key, row["value"]), row["updated_at"]
 
     def kv_put(self, key: str, value: bytes, now: float) -> None:
         with self._write() as c:
             c.execute("INSERT INTO kv(key, value, updated_at) VALUES (?, ?, ?) "
                       "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
-                      "updated_at = excluded.updated_at", (key, value, now))
+                      "updated_at = excluded.updated_at",
+                      (key, self._seal("kv.value", key, value), now))
 
     def kv_delete(self, key: str) -> bool:
         with self._write() as c:
@@ -277,11 +306,13 @@ class Store:
             row = self._one("SELECT kind, name, secret FROM conversations WHERE id = ?", (id,))
             if row is None:
                 c.execute("INSERT INTO conversations(id, kind, name, secret, created_at) "
-                          "VALUES (?, ?, ?, ?, ?)", (id, kind, name, secret, created_at))
+                          "VALUES (?, ?, ?, ?, ?)", (id, kind, name, self._seal(
+                              "conversations.secret", id, secret), created_at))
                 c.executemany("INSERT INTO conversation_members(conversation, peer_id) "
                               "VALUES (?, ?)", [(id, m) for m in members])
                 return True, True
-            if row["kind"] != kind or bytes(row["secret"]) != secret:
+            if row["kind"] != kind or self._unseal(
+                    "conversations.secret", id, row["secret"]) != secret:
                 raise errors.BusError(errors.CONFLICT, f"conversation {id} exists with a "
                                       "different kind or secret")
             old = set(self._members(id))
@@ -308,7 +339,8 @@ class Store:
         row = self._one("SELECT * FROM conversations WHERE id = ?", (id,))
         if row is None:
             raise errors.not_found(f"no conversation {id!r}")
-        return Conversation(row["id"], row["kind"], row["name"], bytes(row["secret"]),
+        return Conversation(row["id"], row["kind"], row["name"],
+                            self._unseal("conversations.secret", id, row["secret"]),
                             row["created_at"], self._members(id))
 
     def conversation_list(self, member: str | None = None) -> list[dict[str, Any]]:
@@ -334,7 +366,7 @@ class Store:
         with self._write() as c:
             row = self._one(f"SELECT {_MESSAGE_COLS} FROM messages WHERE id = ?", (m.id,))
             if row is not None:
-                old = _message(row)
+                old = self._message(row)
                 if (old.conversation, old.author, old.seq, old.ts, old.body) != (
                         m.conversation, m.author, m.seq, m.ts, m.body):
                     raise errors.BusError(errors.CONFLICT, f"message {m.id} is already "
@@ -349,8 +381,8 @@ class Store:
                     f"{m.conversation} (message {row['id']}); refusing {m.id}")
             self._require_conversation(m.conversation)
             c.execute(f"INSERT INTO messages({_MESSAGE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                      (m.id, m.conversation, m.author, m.seq, m.ts, m.body, m.state,
-                       m.received_at))
+                      (m.id, m.conversation, m.author, m.seq, m.ts,
+                       self._seal("messages.body", m.id, m.body), m.state, m.received_at))
             self._queue(c, m, outbox)
             return True
 
@@ -365,7 +397,7 @@ class Store:
         row = self._one(f"SELECT {_MESSAGE_COLS} FROM messages WHERE id = ?", (id,))
         if row is None:
             raise errors.not_found(f"no message {id!r}")
-        return _message(row)
+        return self._message(row)
 
     def message_set_state(self, id: str, state: str) -> tuple[bool, str]:
         """Move message `id` to `state`; returns (changed, state now).
@@ -403,7 +435,7 @@ class Store:
                 f"SELECT {_MESSAGE_COLS} FROM messages WHERE conversation = ? "
                 "AND (ts, id) < (?, ?) ORDER BY ts DESC, id DESC LIMIT ?",
                 (conversation, before[0], before[1], limit + 1)).fetchall()
-        page = [_message(r) for r in rows[:limit]]
+        page = [self._message(r) for r in rows[:limit]]
         page.reverse()
         cursor = (page[0].ts, page[0].id) if len(rows) > limit else None
         return page, cursor
@@ -441,7 +473,7 @@ class Store:
             f"SELECT {_MESSAGE_COLS} FROM messages WHERE conversation = ? AND author = ? "
             "AND seq BETWEEN ? AND ? ORDER BY seq LIMIT ?",
             (conversation, author, from_seq, to_seq, limit + 1)).fetchall()
-        return [_message(r) for r in rows[:limit]], len(rows) > limit
+        return [self._message(r) for r in rows[:limit]], len(rows) > limit
 
     def unqueued(self, conversation: str, author: str, from_seq: int,
                  limit: int) -> tuple[list[Message], bool]:
@@ -453,7 +485,7 @@ class Store:
             "AND author = ? AND seq >= ? AND state IN ('pending', 'sent') "
             "AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.message_id = m.id) "
             "ORDER BY seq LIMIT ?", (conversation, author, from_seq, limit + 1)).fetchall()
-        return [_message(r) for r in rows[:limit]], len(rows) > limit
+        return [self._message(r) for r in rows[:limit]], len(rows) > limit
 
     # -- outbox ----------------------------------------------------------------------
     def outbox_add(self, message_id: str, recipients: list[str], next_attempt_at: float,

@@ -4,7 +4,8 @@
 
 Baselines from the same run: the store called directly (no bus, no process hop), and
 synchronous=NORMAL next to the default FULL (FULL pays an fsync per commit; group
-commit shares it between concurrent writers).
+commit shares it between concurrent writers); and the cost of sealing at rest, a
+message put and read back through the store sealed next to the same in clear.
 """
 
 from __future__ import annotations
@@ -22,19 +23,20 @@ from typing import Any
 import trio
 import zmq
 
-from p2pm.common import wire
+from p2pm.common import identity, wire
 from p2pm.common.client import open_client
 from p2pm.common.home import Home
 from p2pm.services.storage.store import Message, Store
 
 WRITES = 2000
 BODY = b"x" * 512
+KEY = bytes(range(32))  # the at-rest key; any 32 bytes cost the same
 
 
 def direct(sync: str) -> float:
     folder = tempfile.mkdtemp(prefix="p2pm-", dir="/tmp")
     try:
-        store = Store.open(Path(folder) / "node.db", sync)
+        store = Store.open(Path(folder) / "node.db", sync, KEY)
         store.conversation_put("c", "room", "", bytes(32), ["a"], 0.0)
         started = time.perf_counter()
         for i in range(WRITES):
@@ -46,12 +48,32 @@ def direct(sync: str) -> float:
         shutil.rmtree(folder)
 
 
+def put_get_us(key: bytes | None) -> float:
+    """Microseconds per message stored and read back (synchronous=OFF, so the figure
+    is SQL and sealing, not the disk), sealed under `key` or in clear (None)."""
+    folder = tempfile.mkdtemp(prefix="p2pm-", dir="/tmp")
+    try:
+        store = Store.open(Path(folder) / "node.db", "OFF", key)
+        store.conversation_put("c", "room", "", bytes(32), ["a"], 0.0)
+        started = time.perf_counter()
+        for i in range(WRITES):
+            store.message_put(Message(f"m{i}", "c", "a", i + 1, float(i), BODY, "received", 0.0))
+            assert store.message_get(f"m{i}").body == BODY
+        cost = (time.perf_counter() - started) / WRITES * 1e6
+        store.close()
+        return cost
+    finally:
+        shutil.rmtree(folder)
+
+
 def over_bus(sync: str, writers: int) -> float:
     home = Home(Path(tempfile.mkdtemp(prefix="p2pm-", dir="/tmp"))).ensure()
     home.config_file.write_text(f'[storage]\nsynchronous = "{sync}"\n')
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "p2pm.common.service", "storage", "--home", str(home.root)],
-        stderr=subprocess.DEVNULL, start_new_session=True)
+    # The storage actor opens the database with the keystore's at-rest key.
+    identity.create_identity(home.identity_file, None)
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "p2pm.common.service", actor, "--home", str(home.root)],
+        stderr=subprocess.DEVNULL, start_new_session=True) for actor in ("keystore", "storage")]
     result: dict[str, float] = {}
 
     async def main() -> None:
@@ -81,8 +103,9 @@ def over_bus(sync: str, writers: int) -> float:
     try:
         trio.run(main)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        for proc in procs:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         shutil.rmtree(home.root)
     return result["rate"]
 
@@ -100,6 +123,9 @@ def run() -> list[dict[str, Any]]:
                  "value": rows[-1]["value"], "unit": "writes/s",
                  "baseline": "Store called directly, 1 writer, FULL",
                  "baseline_value": round(direct_full)})
+    rows.append({"name": "storage message put + get, sealed at rest", "value":
+                 round(put_get_us(KEY), 1), "unit": "us/message",
+                 "baseline": "same in clear", "baseline_value": round(put_get_us(None), 1)})
     return rows
 
 

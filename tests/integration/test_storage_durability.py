@@ -3,7 +3,8 @@
 Several writers store messages over the bus as fast as the actor acknowledges them;
 the process is killed at a random moment with writes in flight, restarted, and every
 acknowledged message must be there, byte for byte, in a database that passes
-SQLite's integrity check. Several rounds run on the same database.
+SQLite's integrity check. Several rounds run on the same database. A keystore process
+runs beside it: the storage actor opens its sealed database with the keystore's key.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 import trio
 import zmq
 
-from p2pm.common import errors, wire
+from p2pm.common import errors, identity, wire
 from p2pm.common.client import Client, open_client
 from p2pm.common.home import Home
 from tests.helpers import ActorProcesses, make_home
@@ -37,7 +38,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def procs() -> Iterator[ActorProcesses]:
     home = make_home().ensure()
+    identity.create_identity(home.identity_file, None)
     p = ActorProcesses(home)
+    p.start("keystore")
     try:
         yield p
     finally:

@@ -291,13 +291,42 @@ async def test_direct_secret_is_the_derived_one_and_never_the_raw_dh(
             assert err.code == errors.FORBIDDEN and f"{actor} may not" in err.message
 
 
+async def test_subkey_is_bound_to_its_purpose_and_never_the_identity_key(
+        homes: dict[str, Home]) -> None:
+    async with keystore(homes["open"]) as ks:
+        reply = await ks.call("subkey", {"purpose": "storage-at-rest-v1"}, actor="storage")
+        key = base64.b64decode(reply["key"])
+        assert len(key) == 32
+        assert key == identity.derive_subkey(nacl.signing.SigningKey(SEED), "storage-at-rest-v1")
+        # Stable across calls (the database must open again), other seeds give another.
+        again = await ks.call("subkey", {"purpose": "storage-at-rest-v1"}, actor="storage")
+        assert base64.b64decode(again["key"]) == key
+        other = identity.derive_subkey(nacl.signing.SigningKey(bytes(32)), "storage-at-rest-v1")
+        assert other != key and key not in (SEED, bytes(nacl.signing.SigningKey(SEED)))
+        for purpose in ("storage-at-rest-v2", "", "p2pm-message:"):
+            err = await call_error(ks, "subkey", {"purpose": purpose}, actor="storage")
+            assert err.code == errors.FORBIDDEN and "storage-at-rest-v1" in err.message
+        # only storage gets its key: no other actor, and no caller without a token
+        for actor in ("gossip", "gateway", "transport", "dht"):
+            err = await call_error(ks, "subkey", {"purpose": "storage-at-rest-v1"},
+                                   actor=actor)
+            assert err.code == errors.FORBIDDEN and f"{actor} may not" in err.message
+        err = await call_error(ks, "subkey", {"purpose": "storage-at-rest-v1"}, actor=None)
+        assert err.code == errors.FORBIDDEN
+        seen = orjson.dumps([reply, await ks.call("sys.status")])
+        assert b64(SEED).encode() not in seen and SEED.hex().encode() not in seen
+
+
 async def test_locked_until_unlocked(homes: dict[str, Home],
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(identity.UNLOCK_KEY_ENV, raising=False)
     async with keystore(homes["protected"]) as ks:
-        for method, params in (("identity", {}), ("direct_secret", {"peer_id": _peer(b"\x07")}),
-                               ("sign", {"domain": "p2pm-message:", "data": b64(b"x")})):
-            err = await call_error(ks, method, params)
+        for method, params, actor in (
+                ("identity", {}, "gossip"),
+                ("direct_secret", {"peer_id": _peer(b"\x07")}, "gossip"),
+                ("sign", {"domain": "p2pm-message:", "data": b64(b"x")}, "gossip"),
+                ("subkey", {"purpose": "storage-at-rest-v1"}, "storage")):
+            err = await call_error(ks, method, params, actor=actor)
             assert (err.code, err.message) == (errors.UNAVAILABLE, LOCKED)
         status = await ks.call("sys.status")
         assert not status["healthy"] and not status["unlocked"]

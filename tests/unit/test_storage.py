@@ -1,6 +1,8 @@
 """The storage actor: schema migrations, message rules, paging, sync ranges, outbox,
-validation and write failures. Methods are called directly after setup(); the tests
-that need the bus (parameter binding, events, liveness) run the actor in-process."""
+validation and write failures. Methods are called directly after setup() and
+open_sealed() (the keystore is a fake handing out KEY); the tests that need the bus
+(parameter binding, events, liveness) run the actor in-process. Sealing at rest itself
+is tested in test_storage_sealing.py."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import zmq
 from p2pm.common import errors, wire
 from p2pm.common.actor import ActorRuntime
 from p2pm.common.client import Client, open_client
+from p2pm.common.clients import KeystoreClient, fake
 from p2pm.common.home import Endpoints, Home
 from p2pm.common.zmqtrio import AsyncSocket
 from p2pm.services.storage import schema
@@ -27,6 +30,7 @@ from p2pm.services.storage.store import Store
 from tests.helpers import make_home
 
 SECRET = bytes(range(32))
+KEY = bytes(range(100, 132))  # the at-rest key the fake keystore hands out
 ALICE, BOB, CAROL = "12D3KooWAlice", "12D3KooWBob", "12D3KooWCarol"
 ROOM_PARAMS = {"id": "room1", "kind": "room", "secret": wire.b64e(SECRET), "members": [ALICE]}
 
@@ -46,7 +50,9 @@ def run(fn: Callable[[Storage], Awaitable[None]], home: Home,
 
     async def main() -> None:
         actor = Storage(home, config or {})
+        actor.keystore = fake(KeystoreClient, subkey=KEY)
         await actor.setup()
+        await actor.open_sealed()
         try:
             await fn(actor)
         finally:
@@ -59,8 +65,12 @@ def run(fn: Callable[[Storage], Awaitable[None]], home: Home,
 async def on_bus(home: Home) -> AsyncIterator[tuple[Storage, Client, Endpoints]]:
     endpoints = Endpoints.inproc(f"storage-{uuid.uuid4().hex[:8]}")
     actor = Storage(home, {})
+    actor.keystore = fake(KeystoreClient, subkey=KEY)
     async with trio.open_nursery() as nursery:
         await nursery.start(ActorRuntime(actor, endpoints).serve)
+        with trio.fail_after(5):
+            while actor.store is None:
+                await trio.sleep(0.01)
         async with open_client(zmq.Context.instance(), endpoints.rpc("storage"),
                                "storage") as client:
             yield actor, client, endpoints
@@ -127,7 +137,7 @@ def test_upgrade_from_v1_keeps_data_and_adds_later_tables(home: Home) -> None:
     conn.execute("INSERT INTO messages VALUES ('m1', 'c', 'a', 1, 5.0, x'01', 'sent', 6)")
     conn.close()
 
-    store = Store.open(path)
+    store = Store.open(path, "FULL", KEY)
     try:
         assert store.migrated_from == 1
         assert store.schema_version() == schema.LATEST
@@ -144,7 +154,7 @@ def test_newer_schema_is_refused_untouched(home: Home) -> None:
     conn.execute(f"PRAGMA user_version = {schema.LATEST + 1}")
     conn.close()
     with pytest.raises(schema.SchemaError, match="newer"):
-        Store.open(path)
+        Store.open(path, "FULL", KEY)
     conn = sqlite3.connect(path)
     assert schema.version(conn) == schema.LATEST + 1
     assert conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0] == 0
@@ -507,7 +517,7 @@ def test_read_only_database_gives_storage_error_and_actor_keeps_answering(
             actor.store.close()
             ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None,
                                  check_same_thread=False)
-            actor.store = Store(ro, path)
+            actor.store = Store(ro, path, sealer=actor.store.sealer)
             with pytest.raises(errors.BusError) as info:
                 await client.call("kv_put", {"key": "k", "value": wire.b64e(b"after")})
             assert info.value.code == errors.STORAGE
