@@ -21,7 +21,12 @@ add a contact today. An invite lives from MIN_TTL_S to MAX_TTL_S (its issuer's
 (services/gossip/conversations.py) follow the same time rules through `time_problem`.
 
 A safety number is what two contacts read to each other to rule out a man in the
-middle: 60 digits derived from both public keys, the same on both sides.
+middle. It is built like Signal's NumericFingerprint: for each party, SHA-512 iterated
+SAFETY_ITERATIONS times over version || Ed25519 public key || peer ID bytes (each round
+hashing the previous digest with the key again), whose first 30 bytes give six 5-digit
+chunks; the 60 digits shown are both halves, the lower first, so both sides read the
+same. The iterations make searching for a key whose half collides with a given one
+cost 5200 hashes per try.
 """
 
 from __future__ import annotations
@@ -54,8 +59,11 @@ MIN_TTL_S, MAX_TTL_S = INVITE_TTL  # the settings' bounds (gateway.invite_ttl_s)
 # Clock skew allowed to an issuer: an invite whose `ts` is further ahead of our clock
 # than this was made on a wrong clock (or forged to outlive its window) and is refused.
 MAX_FUTURE_S = 600.0
-SAFETY_DOMAIN = b"p2pm-safety-number-v1"
-SAFETY_GROUPS = 12  # of 5 digits each
+# Signal's NumericFingerprint with a p2pm version of its own, so these numbers can
+# never be confused with the v1 ones (one SHA-512 over both keys).
+SAFETY_VERSION = b"p2pm-safety-number-v2"
+SAFETY_ITERATIONS = 5200
+SAFETY_HALF_CHUNKS = 6  # of 5 digits each, per party
 
 
 class InviteError(ValueError):
@@ -231,10 +239,22 @@ def _from_doc(doc: object) -> NodeInvite:
                       float(exp))
 
 
+# -- safety numbers ----------------------------------------------------------------
+
+
+def safety_half(peer_id: str) -> str:
+    """One party's 30 digits: SHA-512 iterated over version || key || peer ID bytes,
+    each round over the last digest and the key (as Signal's NumericFingerprint)."""
+    key = identity.public_key_from_peer_id(peer_id)
+    digest = SAFETY_VERSION + key + identity.peer_id_bytes(peer_id)
+    for _ in range(SAFETY_ITERATIONS):
+        digest = hashlib.sha512(digest + key).digest()
+    return "".join(f"{int.from_bytes(digest[i:i + 5], 'big') % 100_000:05d}"
+                   for i in range(0, SAFETY_HALF_CHUNKS * 5, 5))
+
+
 def safety_number(peer_a: str, peer_b: str) -> str:
-    """60 digits in 12 groups of 5, from both peers' public keys; symmetric."""
-    keys = sorted(identity.public_key_from_peer_id(p) for p in (peer_a, peer_b))
-    digest = hashlib.sha512(SAFETY_DOMAIN + keys[0] + keys[1]).digest()
-    groups = [int.from_bytes(digest[i * 5:i * 5 + 5], "big") % 100_000
-              for i in range(SAFETY_GROUPS)]
-    return " ".join(f"{g:05d}" for g in groups)
+    """60 digits in 12 groups of 5: both parties' halves, the lower first, so it
+    reads the same on either side."""
+    digits = "".join(sorted((safety_half(peer_a), safety_half(peer_b))))
+    return " ".join(digits[i:i + 5] for i in range(0, len(digits), 5))

@@ -1,10 +1,12 @@
 """Node invites: a signed invite round-trips; anything altered, truncated or forged is
 refused with a message; one past its expiry or from the future is refused saying when;
-safety numbers agree on both sides and differ between pairs."""
+safety numbers follow Signal's construction, agree on both sides and differ between
+pairs."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import nacl.signing
 import orjson
@@ -214,7 +216,36 @@ def test_safety_number_is_the_same_on_both_sides_and_differs_per_pair() -> None:
     a, b, c = (_peer(_key()) for _ in range(3))
     ab = invite.safety_number(a, b)
     assert ab == invite.safety_number(b, a)
-    assert ab != invite.safety_number(a, c)
+    assert ab != invite.safety_number(a, c)  # the other party's key changed
+    assert ab != invite.safety_number(c, b)  # our key changed
     groups = ab.split(" ")
     assert len(groups) == 12 and all(len(g) == 5 and g.isdigit() for g in groups)
 
+
+def _signal_half(seed: bytes) -> str:
+    """Signal's NumericFingerprintGenerator, written out from its description with
+    nothing of p2pm's: the peer ID bytes are built by hand (identity multihash of the
+    protobuf PublicKey {Type: Ed25519, Data: key})."""
+    key = bytes(nacl.signing.SigningKey(seed).verify_key)
+    peer_id_bytes = b"\x00\x24" + b"\x08\x01\x12\x20" + key
+    h = b"p2pm-safety-number-v2" + key + peer_id_bytes
+    for _ in range(5200):
+        h = hashlib.sha512(h + key).digest()
+    return "".join("%05d" % (int.from_bytes(h[i:i + 5], "big") % 100000)
+                   for i in (0, 5, 10, 15, 20, 25))
+
+
+def test_safety_number_matches_an_independent_computation() -> None:
+    seed_a, seed_b = bytes(range(32)), bytes(range(32, 64))
+    a = _peer(nacl.signing.SigningKey(seed_a))
+    b = _peer(nacl.signing.SigningKey(seed_b))
+    assert identity.peer_id_bytes(a)[:6] == b"\x00\x24\x08\x01\x12\x20"
+    half_a, half_b = _signal_half(seed_a), _signal_half(seed_b)
+    low, high = sorted((half_a, half_b))
+    want = " ".join((low + high)[i:i + 5] for i in range(0, 60, 5))
+    assert invite.safety_number(a, b) == want == invite.safety_number(b, a)
+    # Pinned, so a change of the construction cannot pass unnoticed.
+    assert want == VECTOR
+
+
+VECTOR = "21748 01496 77095 78618 12667 38436 57634 47715 21508 83089 26694 15279"
