@@ -210,10 +210,16 @@ class DhtSettings:
                               f"({self.bucket_size}), not {self.alpha}", "dht.alpha")
 
 
+# How long an invite lives; common/invite.py applies the same bounds to the CLI's
+# --expires and to what a received invite may claim.
+INVITE_TTL = (3600.0, 365 * DAY)
+
+
 @dataclass(frozen=True)
 class GossipSettings:
     # Below 0.1 s the heartbeat's own work would take a core.
     heartbeat_s: float = _rule(seconds(0.1, 60))
+    room_invite_ttl_s: float = _rule(seconds(*INVITE_TTL))
 
 
 @dataclass(frozen=True)
@@ -225,6 +231,7 @@ class StorageSettings:
 class GatewaySettings:
     tcp: str = _rule(tcp_endpoint_or_empty)
     tcp_allow_remote: bool = _rule(boolean)
+    invite_ttl_s: float = _rule(seconds(*INVITE_TTL))
 
     def __post_init__(self) -> None:
         if self.tcp and not self.tcp_allow_remote and not _is_loopback_endpoint(self.tcp):

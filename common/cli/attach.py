@@ -43,6 +43,7 @@ from typing import Any
 import click
 
 from .. import errors
+from .. import invite as invites
 from ..home import Home
 from . import pane
 from .base import Ctx, main
@@ -285,7 +286,9 @@ class AttachModel:
             self.chat.end()
             await self.refresh()
         elif word == "invite":
-            self.show("your invite", (await self.call("invite"))["invite"])
+            got = await self.call("invite")
+            self.show(f"your invite (good until {invites.format_time(got['expires'])})",
+                      got["invite"])
         elif word == "add":
             name, invite_text = _two(rest, "/add NAME INVITE")
             got = await self.call("contact_add", {"name": name, "invite": invite_text})

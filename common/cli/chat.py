@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from .. import errors
+from .. import invite as invites
 from .. import supervisor as supmod
 from ..home import Home
 from . import bus
@@ -97,19 +98,42 @@ def format_message(m: dict[str, Any], prefix: str = "") -> str:
 # -- invites and contacts ------------------------------------------------------------
 
 
+def _duration(ctx: click.Context, param: click.Parameter,
+              value: str | None) -> float | None:
+    """--expires as seconds; a bad one is a usage error naming the option (exit 2)."""
+    if value is None:
+        return None
+    try:
+        return invites.parse_duration(value)
+    except invites.InviteError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def expires_option(default_key: str) -> Any:
+    return click.option(
+        "--expires", "ttl_s", default=None, metavar="DURATION", callback=_duration,
+        help=f"How long the invite is good for: 1h to 365d, e.g. 12h, 2d, 1w "
+             f"(default: the setting {default_key}, 7 days unless changed).")
+
+
 @main.command()
 @click.option("--name", default=None, help="The name your contacts see (remembered).")
+@expires_option("gateway.invite_ttl_s")
 @click.option("--qr", is_flag=True, help="Also show the invite as a QR code.")
 @click.pass_obj
-def invite(obj: Ctx, name: str | None, qr: bool) -> None:
-    """Print a signed invite for this node: give it to someone to add you."""
-    params = {"name": name} if name is not None else {}
+def invite(obj: Ctx, name: str | None, ttl_s: float | None, qr: bool) -> None:
+    """Print a signed invite for this node: give it to someone to add you. It
+    expires (7 days unless --expires or gateway.invite_ttl_s say otherwise)."""
+    params: dict[str, Any] = {"name": name} if name is not None else {}
+    if ttl_s is not None:
+        params["ttl_s"] = ttl_s
     got = _call(obj, "invite", params)
     if obj.json:
         obj.out({"invite": got["invite"], "peer_id": got["peer_id"], "name": got["name"],
-                 "addrs": got["addrs"]}, "")
+                 "addrs": got["addrs"], "expires": got["expires"]}, "")
         return
     click.echo(got["invite"])
+    click.echo(f"good until {invites.format_time(got['expires'])}", err=True)
     if qr:
         import segno
 
@@ -266,10 +290,15 @@ def rooms_join(obj: Ctx, invite_text: str) -> None:
 
 @rooms.command(name="invite")
 @click.argument("room")
+@expires_option("gossip.room_invite_ttl_s")
 @click.pass_obj
-def rooms_invite(obj: Ctx, room: str) -> None:
-    """Print the invite of ROOM again."""
-    got = _call(obj, "room_invite", {"conversation": room})
+def rooms_invite(obj: Ctx, room: str, ttl_s: float | None) -> None:
+    """Print a new invite to ROOM (it expires: 7 days unless --expires or
+    gossip.room_invite_ttl_s say otherwise)."""
+    params: dict[str, Any] = {"conversation": room}
+    if ttl_s is not None:
+        params["ttl_s"] = ttl_s
+    got = _call(obj, "room_invite", params)
     obj.out(got, got["invite"])
 
 

@@ -70,6 +70,7 @@ class Invite:
     peer_id: str
     name: str
     addrs: list[str]
+    expires: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,13 @@ def check_text(text: str) -> str:
         raise errors.bad_params(str(exc)) from None
 
 
+def _check_ttl(ttl_s: float) -> float:
+    try:
+        return invites.check_ttl(ttl_s)
+    except invites.InviteError as exc:
+        raise errors.bad_params(f"ttl_s: {exc}") from None
+
+
 def _check_ref(ref: str, what: str) -> str:
     try:
         return validate.check_ref(ref, what)
@@ -126,6 +134,7 @@ class Gateway(People, Actor):
         gateway = settings_of(self.config).gateway  # checked in settings.py
         self.tcp = gateway.tcp
         self.tcp_allow_remote = gateway.tcp_allow_remote
+        self.invite_ttl_s = gateway.invite_ttl_s
         self.tcp_bound: str | None = None
         self.door = DoorGuard()
         self._token: bytes | None = None
@@ -303,28 +312,30 @@ class Gateway(People, Actor):
         return {"peer_id": peer_id, "name": await self._display_name(), "addrs": addrs}
 
     @rpc
-    async def invite(self, name: str | None = None) -> Invite:
-        """{"name"?} -> {"invite", "peer_id", "name", "addrs"}
+    async def invite(self, name: str | None = None, ttl_s: float | None = None) -> Invite:
+        """{"name"?, "ttl_s"?} -> {"invite", "peer_id", "name", "addrs", "expires"}
 
         A node invite signed by the keystore (`p2pm-invite:`) with the current
         addresses. A given name is remembered for later invites; without one, the
-        remembered name, else the short peer ID.
+        remembered name, else the short peer ID. It expires `ttl_s` from now
+        (`gateway.invite_ttl_s` unless given; 1 hour to 365 days).
         """
         if name is not None:
             try:
                 invites.check_name(name)
             except invites.InviteError as exc:
                 raise errors.bad_params(str(exc)) from None
+        ttl_s = _check_ttl(self.invite_ttl_s if ttl_s is None else ttl_s)
         peer_id = await self._peer_id()
         addrs = list((await self.transport.addrs()).addrs)
         if name is not None:
             await self.storage.kv_put(NAME_KEY, name.encode())
         shown = name or await self._display_name() or peer_id[-8:]
-        inv = invites.NodeInvite(peer_id, shown, tuple(addrs[:invites.MAX_ADDRS]),
-                                 time.time())
+        inv = invites.NodeInvite.issue(peer_id, shown, tuple(addrs[:invites.MAX_ADDRS]),
+                                       time.time(), ttl_s)
         signature = await self.keystore.sign(invites.DOMAIN, inv.payload())
         text = invites.encode(inv, signature)
-        return Invite(text, peer_id, shown, list(inv.addrs))
+        return Invite(text, peer_id, shown, list(inv.addrs), inv.exp)
 
     # -- contacts ----------------------------------------------------------------------
     @rpc
@@ -341,7 +352,9 @@ class Gateway(People, Actor):
         text = invite.strip()
         if invites.looks_like_invite(text):
             try:
-                inv = invites.decode(text)
+                inv = invites.decode(text, now=time.time())
+            except invites.InviteExpired as exc:
+                raise errors.forbidden(str(exc)) from None  # nothing is added
             except invites.InviteError as exc:
                 # Refused, not bad input: an invite that does not verify was
                 # tampered with, forged or garbled (exit 1 in the CLI).
@@ -431,10 +444,15 @@ class Gateway(People, Actor):
         return await self._call("gossip", "room_create", {"name": name})
 
     @rpc
-    async def room_invite(self, conversation: str) -> dict[str, Any]:
-        """{"conversation"} -> {"invite"} for a room, by id or name."""
+    async def room_invite(self, conversation: str,
+                          ttl_s: float | None = None) -> dict[str, Any]:
+        """{"conversation", "ttl_s"?} -> {"invite"} for a room, by id or name; it
+        expires `ttl_s` from now (else after gossip.room_invite_ttl_s)."""
         conv = await self.resolve(conversation)
-        return await self._call("gossip", "room_invite", {"conversation": conv["id"]})
+        params: dict[str, Any] = {"conversation": conv["id"]}
+        if ttl_s is not None:
+            params["ttl_s"] = _check_ttl(ttl_s)
+        return await self._call("gossip", "room_invite", params)
 
     @rpc
     async def room_join(self, invite: str) -> dict[str, Any]:

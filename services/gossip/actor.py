@@ -79,7 +79,8 @@ class Gossip(StrangerRpcs, Actor):
 
     def __init__(self, home: Any = None, config: dict[str, Any] | None = None) -> None:
         super().__init__(home, config)
-        self.params = GossipParams(heartbeat_s=settings_of(config).gossip.heartbeat_s)
+        settings = settings_of(config).gossip
+        self.params = GossipParams(heartbeat_s=settings.heartbeat_s)
         self.ctx = Context(self, self.spawn, self.publish, self.log)
         self.registry = Registry()
         self.delivery = Delivery(self.ctx, self.registry)
@@ -90,7 +91,7 @@ class Gossip(StrangerRpcs, Actor):
                            self._sync_with)
         self.reach = Reach(self.ctx, self.links.connected, self.membership, self._prove)
         self.conversations = Conversations(self.ctx, self.registry, self.membership,
-                                           self.reach)
+                                           self.reach, settings.room_invite_ttl_s)
         self.strangers = Strangers(self.ctx, self.registry, self.conversations,
                                    self.receive, self.delivery, self.links, self.reach)
         self.streams: Any = None
@@ -233,12 +234,14 @@ class Gossip(StrangerRpcs, Actor):
         return await self.conversations.create_room(name)
 
     @rpc
-    async def room_invite(self, conversation: str) -> dict[str, Any]:
-        """{"conversation"} -> {"invite"}: signed by us, carrying the room's id, name
-        and secret and our peer id and addresses."""
+    async def room_invite(self, conversation: str,
+                          ttl_s: float | None = None) -> dict[str, Any]:
+        """{"conversation", "ttl_s"?} -> {"invite"}: signed by us, carrying the room's
+        id, name and secret and our peer id and addresses, good for `ttl_s` seconds
+        (else gossip.room_invite_ttl_s)."""
         await self._ready()
         conv = self.registry.require(conversation)
-        return {"invite": await self.conversations.invite(conv)}
+        return {"invite": await self.conversations.invite(conv, ttl_s)}
 
     @rpc
     async def room_join(self, invite: str) -> dict[str, Any]:

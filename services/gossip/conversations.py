@@ -24,6 +24,18 @@ conflict storage refuses.
 
 Signing needs the keystore (asynchronous, over the bus), so sealing is split: build
 the plaintext, have it signed, then `seal`.
+
+A room invite is one line, `p2pm-invite2:<base64url(payload)>.<base64url(signature)>`,
+signed by the inviter (domain "p2pm-room-invite:"):
+
+    payload = canonical JSON {"v": 2, "id": room id, "name": room name,
+                              "secret": base64(room secret), "peer": inviter,
+                              "addrs": [inviter's multiaddrs], "ts": issued, "exp": expiry}
+
+It lives from 1 hour to 365 days (gossip.room_invite_ttl_s, 7 days unless changed);
+past `exp`, or issued from the future, it is refused with the time rules of
+common/invite.py. A version 1 invite (`p2pm-invite1:`, no expiry) comes from an older
+p2pm and is refused with a message saying so.
 """
 
 from __future__ import annotations
@@ -41,11 +53,15 @@ import nacl.utils
 import orjson
 
 from p2pm.common import identity, validate
+from p2pm.common import invite as node_invites
 
 MESSAGE_DOMAIN = "p2pm-message:"
 RECEIPT_DOMAIN = "p2pm-receipt:"
 INVITE_DOMAIN = "p2pm-room-invite:"
-INVITE_PREFIX = "p2pm-invite1:"
+INVITE_VERSION = 2
+INVITE_PREFIX = f"p2pm-invite{INVITE_VERSION}:"
+_INVITE_FIELDS = {"v", "id", "name", "secret", "peer", "addrs", "ts", "exp"}
+DEFAULT_INVITE_TTL_S = node_invites.DEFAULT_TTL_S  # as gossip.room_invite_ttl_s
 SECRET_BYTES = 32
 MAX_TEXT = validate.MAX_TEXT_BYTES  # bytes of UTF-8
 MAX_NAME = validate.MAX_NAME_CHARS
@@ -67,6 +83,10 @@ class EnvelopeError(ValueError):
 
 class InviteError(ValueError):
     """A malformed or tampered invite."""
+
+
+class InviteExpired(InviteError):
+    """A genuine invite outside its time window; the message says when."""
 
 
 # The clock skew taken from an author: a message's timestamp further ahead of the
@@ -227,13 +247,22 @@ class Invite:
     secret: bytes
     inviter: str
     addrs: tuple[str, ...]
+    ts: float
+    exp: float
 
 
-def invite_payload(name: str, secret: bytes, inviter: str, addrs: list[str]) -> bytes:
+def invite_payload(name: str, secret: bytes, inviter: str, addrs: list[str], now: float,
+                   ttl_s: float) -> bytes:
+    """The signed part of an invite made at `now`, good for `ttl_s` (InviteError
+    when that is outside 1 hour..365 days)."""
     keys = Keys.derive("room", secret)
-    return orjson.dumps({"v": 1, "id": keys.id, "name": name,
+    try:
+        exp = now + node_invites.check_ttl(ttl_s)
+    except node_invites.InviteError as exc:
+        raise InviteError(str(exc)) from None
+    return orjson.dumps({"v": INVITE_VERSION, "id": keys.id, "name": name,
                          "secret": base64.b64encode(secret).decode(), "peer": inviter,
-                         "addrs": list(addrs)[:MAX_INVITE_ADDRS]},
+                         "addrs": list(addrs)[:MAX_INVITE_ADDRS], "ts": now, "exp": exp},
                         option=orjson.OPT_SORT_KEYS)
 
 
@@ -247,11 +276,29 @@ def _b64url(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def decode_invite(text: str) -> Invite:
-    """Parse and verify an invite; InviteError says what is wrong."""
+OLDER = ("this room invite comes from an older p2pm (invite version {v}), which this "
+         "one no longer accepts; ask for a new invite")
+
+
+def _older_prefix(text: str) -> int | None:
+    """The version of a `p2pm-inviteN:` line older than ours, else None."""
+    head, colon, _ = text.partition(":")
+    number = head.removeprefix("p2pm-invite")
+    if colon and number != head and number.isdigit() and len(number) < 4 \
+            and int(number) < INVITE_VERSION:
+        return int(number)
+    return None
+
+
+def decode_invite(text: str, now: float | None = None) -> Invite:
+    """Parse and verify an invite; InviteError says what is wrong. With `now`, one
+    outside its time window raises InviteExpired."""
     if not isinstance(text, str):
         raise InviteError("an invite is a string")
     text = text.strip()
+    older = _older_prefix(text)
+    if older is not None:
+        raise InviteError(OLDER.format(v=older))
     if len(text) > MAX_INVITE or not text.startswith(INVITE_PREFIX):
         raise InviteError(f"not an invite (it starts with {INVITE_PREFIX!r})")
     body, dot, sig_text = text[len(INVITE_PREFIX):].partition(".")
@@ -262,8 +309,11 @@ def decode_invite(text: str) -> Invite:
         doc = orjson.loads(payload)
     except (ValueError, binascii.Error, orjson.JSONDecodeError):
         raise InviteError("the invite is garbled (copied incompletely?)") from None
-    if not isinstance(doc, dict) or doc.get("v") != 1 or set(doc) != {
-            "v", "id", "name", "secret", "peer", "addrs"}:
+    version = doc.get("v") if isinstance(doc, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) \
+            and 1 <= version < INVITE_VERSION:
+        raise InviteError(OLDER.format(v=version))
+    if version != INVITE_VERSION or set(doc) != _INVITE_FIELDS:
         raise InviteError("unknown invite version or fields")
     inviter, name, addrs = doc["peer"], doc["name"], doc["addrs"]
     if not isinstance(inviter, str) or not isinstance(name, str) or len(name) > MAX_NAME:
@@ -285,4 +335,12 @@ def decode_invite(text: str) -> Invite:
         raise InviteError(str(exc)) from None
     if keys.id != doc["id"]:
         raise InviteError("the invite's room id does not match its secret")
-    return Invite(keys.id, name, secret, inviter, tuple(addrs))
+    ts, exp = doc["ts"], doc["exp"]
+    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
+               for t in (ts, exp)) or not 0 <= ts < exp <= ts + node_invites.MAX_TTL_S:
+        raise InviteError("the invite's time or expiry is not valid")
+    problem = None if now is None else node_invites.time_problem(ts, exp, now,
+                                                                 "room invite")
+    if problem:
+        raise InviteExpired(problem)
+    return Invite(keys.id, name, secret, inviter, tuple(addrs), float(ts), float(exp))

@@ -148,8 +148,9 @@ class Conversations:
     listing, reading. Storage is written first, the registry after."""
 
     def __init__(self, ctx: Context, registry: Registry, membership: Membership,
-                 reach: Reach) -> None:
+                 reach: Reach, invite_ttl_s: float = cv.DEFAULT_INVITE_TTL_S) -> None:
         self.ctx = ctx
+        self.invite_ttl_s = invite_ttl_s  # gossip.room_invite_ttl_s
         self.registry = registry
         self.membership = membership
         self.reach = reach
@@ -201,11 +202,16 @@ class Conversations:
         return {"id": keys.id, "name": name, "kind": "room",
                 "invite": await self.invite(conv)}
 
-    async def invite(self, conv: Conversation) -> str:
+    async def invite(self, conv: Conversation, ttl_s: float | None = None) -> str:
+        """A room invite signed now, good for `ttl_s` (else the setting's)."""
         if conv.kind != "room":
             raise errors.bad_params("only rooms have invites")
-        payload = cv.invite_payload(conv.name, conv.secret, self.ctx.me,
-                                    await self.reach.my_addrs())
+        try:
+            payload = cv.invite_payload(conv.name, conv.secret, self.ctx.me,
+                                        await self.reach.my_addrs(), time.time(),
+                                        self.invite_ttl_s if ttl_s is None else ttl_s)
+        except cv.InviteError as exc:
+            raise errors.bad_params(f"ttl_s: {exc}") from None
         signature = await self.ctx.keystore.sign(cv.INVITE_DOMAIN, payload)
         return cv.encode_invite(payload, signature)
 
@@ -213,7 +219,9 @@ class Conversations:
         if not isinstance(invite, str) or not invite.strip():
             raise errors.bad_params("the invite is empty")
         try:
-            inv = cv.decode_invite(invite)
+            inv = cv.decode_invite(invite, now=time.time())
+        except cv.InviteExpired as exc:
+            raise errors.forbidden(str(exc)) from None  # nothing joined or stored
         except cv.InviteError as exc:
             # Refused, not bad input: an invite that does not verify was tampered
             # with, forged or garbled (exit 1 in the CLI).

@@ -141,7 +141,7 @@ class Strangers:
             self._my_profile = (self.ctx.now(), "")
             return ""
         addrs = tuple((await self.reach.my_addrs())[:invites.MAX_ADDRS])
-        inv = invites.NodeInvite(self.ctx.me, name, addrs, time.time())
+        inv = invites.NodeInvite.issue(self.ctx.me, name, addrs, time.time())
         text = invites.encode(inv, await self.ctx.keystore.sign(invites.DOMAIN,
                                                                  inv.payload()))
         self._my_profile = (self.ctx.now(), text)

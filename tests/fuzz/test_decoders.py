@@ -329,11 +329,12 @@ def test_envelope_opening_raises_only_envelope_error(envelope: bytes) -> None:
 
 
 room_invites = st.builds(
-    lambda name, addrs, secret: cv.encode_invite(
-        p := cv.invite_payload(name, secret, SIGNER_ID, addrs),
+    lambda name, addrs, secret, ts, ttl: cv.encode_invite(
+        p := cv.invite_payload(name, secret, SIGNER_ID, addrs, ts, ttl),
         identity.sign(SIGNER, cv.INVITE_DOMAIN, p)),
     st.text(max_size=20), st.lists(st.text(min_size=1, max_size=30), max_size=3),
-    st.binary(min_size=16, max_size=64))
+    st.binary(min_size=16, max_size=64), st.floats(0, 2e9),
+    st.floats(3600, 365 * 86400))
 
 
 @given(st.one_of(st.text(max_size=300), room_invites,
@@ -341,16 +342,16 @@ room_invites = st.builds(
                  .map(lambda b: b.decode("utf-8", "replace"))))
 def test_room_invite_decoder_raises_only_invite_error(text: str) -> None:
     try:
-        inv = cv.decode_invite(text)
+        inv = cv.decode_invite(text, now=1e9)
     except cv.InviteError:
         return
-    assert inv.inviter == SIGNER_ID
+    assert inv.inviter == SIGNER_ID and inv.ts <= 1e9 + 600 and inv.exp > 1e9
     assert cv.Keys.derive("room", inv.secret).id == inv.id
 
 
 node_invites = st.builds(
     lambda name, addrs, ts: invite.encode(
-        inv := invite.NodeInvite(SIGNER_ID, name, tuple(addrs), ts),
+        inv := invite.NodeInvite.issue(SIGNER_ID, name, tuple(addrs), ts),
         identity.sign(SIGNER, invite.DOMAIN, inv.payload())),
     st.text(min_size=1, max_size=20), st.lists(st.text(min_size=1, max_size=30).map(
         lambda s: "/" + s), max_size=3), st.floats(0, 2e9))
@@ -361,10 +362,10 @@ node_invites = st.builds(
                  .map(lambda b: b.decode("utf-8", "replace"))))
 def test_node_invite_decoder_raises_only_invite_error(text: str) -> None:
     try:
-        inv = invite.decode(text)
+        inv = invite.decode(text, now=1e9)
     except invite.InviteError:
         return
-    assert inv.peer_id == SIGNER_ID and invite.check_name(inv.name)
+    assert inv.peer_id == SIGNER_ID and invite.check_name(inv.name) and inv.exp > 1e9
     assert math.isfinite(inv.ts) and all(a.startswith("/") for a in inv.addrs)
 
 # -- config files --------------------------------------------------------------------

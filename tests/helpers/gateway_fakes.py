@@ -43,7 +43,7 @@ from p2pm.services.gateway.actor import Gateway
 # The gossip RPCs the gateway calls, with their parameter names, as agreed with the
 # gossip actor; the fake implements exactly these (a test checks it against the real one).
 GOSSIP_CONTRACT = {
-    "room_create": ("name",), "room_invite": ("conversation",), "room_join": ("invite",),
+    "room_create": ("name",), "room_invite": ("conversation", "ttl_s"), "room_join": ("invite",),
     "direct_open": ("peer_id", "addrs", "name"), "conversation_leave": ("conversation",),
     "conversation_list": (), "post": ("conversation", "text"),
     "history": ("conversation", "limit", "before"), "message_state": ("id",),
@@ -193,7 +193,8 @@ class FakeGossip(Actor):
                 "invite": ROOM_INVITE_PREFIX + cid}
 
     @rpc
-    async def room_invite(self, conversation: str) -> dict[str, Any]:
+    async def room_invite(self, conversation: str,
+                          ttl_s: float | None = None) -> dict[str, Any]:
         if self._conv(conversation).kind != "room":
             raise errors.bad_params("not a room")
         return {"invite": ROOM_INVITE_PREFIX + conversation}

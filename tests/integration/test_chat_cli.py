@@ -5,13 +5,18 @@ homes' ipc sockets). Against real gossip: test_gateway_nodes.py."""
 
 from __future__ import annotations
 
+import base64
+import time
 from collections.abc import Iterator
 from typing import Any
 
+import nacl.signing
 import orjson
 import pytest
 from click.testing import CliRunner
 
+from p2pm.common import identity
+from p2pm.common import invite as invites
 from p2pm.common.cli import main
 from p2pm.common.home import Home
 from p2pm.services.gateway.actor import MAX_TEXT_BYTES
@@ -178,3 +183,82 @@ def test_inbox_shows_only_what_others_wrote(pair: tuple[FakeNode, FakeNode]) -> 
     (conv,) = wait_for(lambda: [c for c in ok_json(alice.home, "inbox") if c["unread"] == 2],
                        15, "two unread")
     assert [m["body"] for m in conv["messages"]] == ["one", "two"]
+
+
+# -- invites that expire -------------------------------------------------------------
+
+DAY = 86400.0
+CAROL = nacl.signing.SigningKey(b"\x0c" * 32)
+CAROL_ID = identity.peer_id_from_public_key(bytes(CAROL.verify_key))
+
+
+def _carol_invite(doc: dict[str, Any]) -> str:
+    """An invite Carol really signed, with whatever times (and version) it says."""
+    payload = orjson.dumps({"peer_id": CAROL_ID, "name": "Carol",
+                            "addrs": ["/ip4/127.0.0.1/tcp/9"], **doc})
+    signature = identity.sign(CAROL, invites.DOMAIN, payload)
+    return invites.PREFIX + ".".join(
+        base64.urlsafe_b64encode(b).decode().rstrip("=") for b in (payload, signature))
+
+
+def test_an_invite_lasts_seven_days_unless_asked_otherwise(
+        pair: tuple[FakeNode, FakeNode]) -> None:
+    alice = pair[0]
+    made = ok_json(alice.home, "invite")
+    got = invites.decode(made["invite"])
+    assert got.exp - got.ts == 7 * DAY and made["expires"] == got.exp
+    assert abs(got.ts - time.time()) < 60
+    two_days = ok_json(alice.home, "invite", "--expires", "2d")
+    got = invites.decode(two_days["invite"])
+    assert got.exp - got.ts == 2 * DAY and two_days["expires"] == got.exp
+    code, out, err = p2pm(alice.home, "invite", "--expires", "36h")
+    assert code == 0 and invites.decode(out.strip()).exp - invites.decode(out.strip()).ts \
+        == 36 * 3600
+    assert err.startswith("good until ") and err.strip().endswith("UTC")
+
+
+@pytest.mark.parametrize("value, words", [
+    ("0", "from 1h to 365d, not 0s"), ("30m", "not 30m"), ("400d", "not 400d"),
+    ("soon", "'soon' is not a duration"), ("-2d", "not a duration")])
+def test_a_bad_expiry_option_is_refused_naming_it(
+        pair: tuple[FakeNode, FakeNode], value: str, words: str) -> None:
+    for args in (("invite",), ("rooms", "invite", "anything")):
+        code, out, err = p2pm(pair[0].home, *args, "--expires", value)
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert "'--expires'" in err and words in err, err
+
+
+def test_an_invite_past_its_time_adds_nothing(pair: tuple[FakeNode, FakeNode]) -> None:
+    alice = pair[0]
+    now = time.time()
+    before = ok_json(alice.home, "contacts", "list")
+    expired_at = now - DAY
+    for text, words in (
+            (_carol_invite({"v": 2, "ts": now - 8 * DAY, "exp": expired_at}),
+             f"expired on {invites.format_time(expired_at)}; ask for a new one"),
+            (_carol_invite({"v": 1, "ts": now - 8 * DAY}),
+             f"expired on {invites.format_time(now - DAY)}; ask for a new one"),
+            (_carol_invite({"v": 2, "ts": now + 3600, "exp": now + 2 * DAY}),
+             "issued in the future")):
+        code, out, err = p2pm(alice.home, "contacts", "add", "carol", text)
+        assert code == 1 and out == "" and err.count("\n") == 1, err
+        assert err.startswith("p2pm: this invite ") and words in err, err
+        assert ok_json(alice.home, "contacts", "list") == before
+    # The same signer's fresh invites work, of either version.
+    for doc in ({"v": 1, "ts": now - 3600}, {"v": 2, "ts": now, "exp": now + 3600}):
+        got = ok_json(alice.home, "contacts", "add", "carol", _carol_invite(doc))
+        assert got["peer_id"] == CAROL_ID
+        ok_json(alice.home, "contacts", "remove", "carol")
+    assert ok_json(alice.home, "contacts", "list") == before
+
+
+def test_the_setting_sets_how_long_invites_last() -> None:
+    with FakeNetwork().run("dora") as (dora,):
+        dora.stop()
+        dora.config["gateway"]["invite_ttl_s"] = 7200.0
+        dora.start()
+        got = invites.decode(ok_json(dora.home, "invite")["invite"])
+        assert got.exp - got.ts == 7200
+        # An explicit --expires still wins over the setting.
+        got = invites.decode(ok_json(dora.home, "invite", "--expires", "1w")["invite"])
+        assert got.exp - got.ts == 7 * DAY

@@ -5,12 +5,17 @@ clear errors for bad input and for a node that is down."""
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
+import time
 from typing import Any
 
+import nacl.signing
 import orjson
 
+from p2pm.common import identity
+from p2pm.services.gossip import conversations as cv
 from tests.helpers import Node, wait_for
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -31,6 +36,20 @@ def state_of(node: Node, conversation: str, message_id: str) -> str | None:
         if m["id"] == message_id:
             return str(m["state"])
     return None
+
+
+def room_invite_of(prefix: str, doc: dict[str, Any]) -> str:
+    """A room invite really signed by its (made-up) inviter, saying what `doc` says."""
+    key = nacl.signing.SigningKey(b"\x05" * 32)
+    secret = cv.new_room_secret()
+    doc = {"v": 2, "id": cv.Keys.derive("room", secret).id, "name": "old",
+           "secret": base64.b64encode(secret).decode(), "addrs": [],
+           "peer": identity.peer_id_from_public_key(bytes(key.verify_key)), **doc}
+    payload = orjson.dumps({k: v for k, v in doc.items() if v is not None},
+                           option=orjson.OPT_SORT_KEYS)
+    signature = identity.sign(key, cv.INVITE_DOMAIN, payload)
+    return prefix + ".".join(base64.urlsafe_b64encode(b).decode().rstrip("=")
+                             for b in (payload, signature))
 
 
 def test_two_nodes_chat_through_the_cli(node_factory: Any) -> None:
@@ -58,6 +77,12 @@ def test_two_nodes_chat_through_the_cli(node_factory: Any) -> None:
     posted = ok_json(bob, "post", "lab", "hi lab")
     assert set(posted) >= {"id", "state"}
     wait_for(lambda: has_message(alice, room["id"], "hi lab"), 30, "alice seeing the post")
+    # A room invite lasts 7 days, or what --expires asks.
+    default = cv.decode_invite(room["invite"], now=time.time())
+    assert default.exp - default.ts == 7 * 86400
+    hour = cv.decode_invite(ok_json(alice, "rooms", "invite", "lab", "--expires", "1h")[
+        "invite"], now=time.time())
+    assert (hour.id, hour.exp - hour.ts) == (room["id"], 3600)
     history = ok_json(alice, "history", "lab", "--limit", "5")
     assert [m["body"] for m in history] == ["hi lab"]
     assert set(history[0]) >= {"id", "author", "body", "ts", "state"}
@@ -78,7 +103,14 @@ def test_two_nodes_chat_through_the_cli(node_factory: Any) -> None:
             (("send", "bob", ""), 2, "the message is empty"),
             (("post", "lab", "x" * 20000), 2, "at most"),
             (("contacts", "add", "eve", inv["invite"][:-6] + "AAAAAA"), 1, "invalid invite"),
-            (("rooms", "join", "p2pm-invite1:broken"), 1, "invalid invite")):
+            (("rooms", "join", "p2pm-invite1:broken"), 1, "invalid invite"),
+            (("rooms", "join", room_invite_of("p2pm-invite2:", {
+                "ts": time.time() - 8 * 86400, "exp": time.time() - 86400})), 1,
+             "this room invite expired on"),
+            (("rooms", "join", room_invite_of("p2pm-invite1:", {"v": 1})), 1,
+             "comes from an older p2pm (invite version 1), which this one no longer "
+             "accepts; ask for a new invite"),
+            (("rooms", "invite", "lab", "--expires", "20m"), 2, "'--expires'")):
         proc = alice.p2pm(*args)
         assert proc.returncode == code and words in proc.stderr, (args, proc.stderr)
         assert proc.stderr.count("\n") == 1 and proc.stdout == ""

@@ -22,7 +22,7 @@ from tests.helpers.transport_node import make_home
 
 async def _room_of_two(alice: GossipNode, bob: GossipNode) -> dict[str, Any]:
     room = await alice.call("gossip", "room_create", {"name": "garden"})
-    assert room["kind"] == "room" and room["invite"].startswith("p2pm-invite1:")
+    assert room["kind"] == "room" and room["invite"].startswith("p2pm-invite2:")
     joined = await bob.call("gossip", "room_join", {"invite": room["invite"]})
     assert joined == {"id": room["id"], "name": "garden", "kind": "room"}
     return room

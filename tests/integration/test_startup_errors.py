@@ -46,6 +46,8 @@ def fresh(short_tmp: Path) -> Home:
     ('[storage]\nsynchronous = "SOMETIMES"', "storage.synchronous"),
     ("[gossip]\nheartbeat_s = 0", "gossip.heartbeat_s"),
     ("[gossip]\nheartbeat = 1.0", "gossip.heartbeat"),
+    ("[gateway]\ninvite_ttl_s = 60", "gateway.invite_ttl_s"),
+    ("[gossip]\nroom_invite_ttl_s = 0", "gossip.room_invite_ttl_s"),
 ])
 def test_up_with_a_bad_setting_starts_nothing_and_names_the_key(
         fresh: Home, setting: str, key: str) -> None:

@@ -134,17 +134,81 @@ def test_text_limits() -> None:
     cv.check_text("é" * (cv.MAX_TEXT // 2))  # 2 bytes each: exactly the limit
 
 
-def _invite(key: nacl.signing.SigningKey, secret: bytes, name: str = "ops") -> str:
-    payload = cv.invite_payload(name, secret, _peer(key), ["/ip4/127.0.0.1/tcp/4001"])
+NOW = 1_800_000_000.0
+DAY = 86400.0
+
+
+def _invite(key: nacl.signing.SigningKey, secret: bytes, name: str = "ops",
+            now: float = NOW, ttl_s: float = 7 * DAY) -> str:
+    payload = cv.invite_payload(name, secret, _peer(key), ["/ip4/127.0.0.1/tcp/4001"],
+                                now, ttl_s)
     return cv.encode_invite(payload, identity.sign(key, cv.INVITE_DOMAIN, payload))
+
+
+def _signed_invite(key: nacl.signing.SigningKey, doc: dict, prefix: str) -> str:
+    """Any payload under any prefix, genuinely signed (an old or lying inviter)."""
+    payload = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    sig = identity.sign(key, cv.INVITE_DOMAIN, payload)
+    return prefix + base64.urlsafe_b64encode(payload).decode().rstrip("=") + "." + \
+        base64.urlsafe_b64encode(sig).decode().rstrip("=")
+
+
+def _doc(text: str) -> dict:
+    body = text[len(cv.INVITE_PREFIX):].split(".")[0]
+    return orjson.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
 
 
 def test_invite_round_trip() -> None:
     alice, secret = _key(), cv.new_room_secret()
-    got = cv.decode_invite("  " + _invite(alice, secret) + "\n")
-    assert (got.id, got.name, got.secret, got.inviter, got.addrs) == (
+    text = _invite(alice, secret)
+    assert text.startswith("p2pm-invite2:")
+    got = cv.decode_invite("  " + text + "\n", now=NOW + 60)
+    assert (got.id, got.name, got.secret, got.inviter, got.addrs, got.ts, got.exp) == (
         cv.Keys.derive("room", secret).id, "ops", secret, _peer(alice),
-        ("/ip4/127.0.0.1/tcp/4001",))
+        ("/ip4/127.0.0.1/tcp/4001",), NOW, NOW + 7 * DAY)
+
+
+def test_an_expired_room_invite_is_refused_saying_when() -> None:
+    alice, secret = _key(), cv.new_room_secret()
+    text = _invite(alice, secret, now=NOW - 3 * DAY, ttl_s=2 * DAY)
+    assert cv.decode_invite(text, now=NOW - DAY - 1).exp == NOW - DAY
+    with pytest.raises(cv.InviteExpired) as info:
+        cv.decode_invite(text, now=NOW - DAY)
+    assert str(info.value) == ("this room invite expired on 2027-01-14 08:00 UTC; "
+                               "ask for a new one")
+
+
+def test_a_room_invite_from_the_future_is_refused() -> None:
+    text = _invite(_key(), cv.new_room_secret(), now=NOW + DAY)
+    with pytest.raises(cv.InviteExpired, match="room invite was issued in the future"):
+        cv.decode_invite(text, now=NOW)
+
+
+def test_an_invite_of_the_older_version_says_it_comes_from_an_older_p2pm() -> None:
+    alice, secret = _key(), cv.new_room_secret()
+    doc = _doc(_invite(alice, secret))
+    v1 = {k: v for k, v in doc.items() if k not in ("ts", "exp")} | {"v": 1}
+    for text in (_signed_invite(alice, v1, "p2pm-invite1:"),
+                 _signed_invite(alice, v1, cv.INVITE_PREFIX), "p2pm-invite1:garbage"):
+        with pytest.raises(cv.InviteError, match="comes from an older p2pm .*ask for a "
+                                                 "new invite"):
+            cv.decode_invite(text, now=NOW)
+
+
+@pytest.mark.parametrize("change", [
+    {"exp": NOW}, {"exp": NOW - 1}, {"exp": NOW + 365 * DAY + 1}, {"exp": "later"},
+    {"ts": None}, {"ts": True}, {"ts": -5.0, "exp": 1.0}])
+def test_bad_times_are_refused_even_when_signed(change: dict) -> None:
+    alice = _key()
+    doc = _doc(_invite(alice, cv.new_room_secret())) | change
+    with pytest.raises(cv.InviteError, match="time or expiry"):
+        cv.decode_invite(_signed_invite(alice, doc, cv.INVITE_PREFIX))
+
+
+@pytest.mark.parametrize("ttl", [0, 3599, 365 * DAY + 1, float("nan")])
+def test_an_invite_cannot_be_made_for_a_lifetime_outside_the_bounds(ttl: float) -> None:
+    with pytest.raises(cv.InviteError, match="an invite lives from 1h to 365d"):
+        _invite(_key(), cv.new_room_secret(), ttl_s=ttl)
 
 
 def test_tampered_truncated_and_garbled_invites_are_refused() -> None:
@@ -155,7 +219,7 @@ def test_tampered_truncated_and_garbled_invites_are_refused() -> None:
     payload["name"] = "evil"
     altered = cv.INVITE_PREFIX + base64.urlsafe_b64encode(
         orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).decode().rstrip("=") + "." + sig
-    bad_id = cv.invite_payload("ops", secret, _peer(mallory), [])
+    bad_id = cv.invite_payload("ops", secret, _peer(mallory), [], NOW, DAY)
     doc = orjson.loads(bad_id)
     doc["id"] = "r" + "0" * 32
     bad_id = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)

@@ -5,11 +5,15 @@ before anything is written, and an unknown message or conversation is named."""
 from __future__ import annotations
 
 import random
+import time
 from typing import Any
+
+import nacl.signing
+import orjson
 
 import pytest
 
-from p2pm.common import errors
+from p2pm.common import errors, identity
 from p2pm.common.clients import Addresses, StorageClient, TransportClient, build_actor, fake
 from p2pm.services.gossip import conversations as cv
 from p2pm.services.gossip.actor import Gossip
@@ -18,12 +22,15 @@ from p2pm.services.gossip.router.core import Router
 from p2pm.services.gossip.router.signing import verify_ed25519
 from tests.helpers.identities import ADDRS, ME, signing_keystore
 
+KEY2 = nacl.signing.SigningKey(b"\x07" * 32)
+OTHER = identity.peer_id_from_public_key(bytes(KEY2.verify_key))
 
-def gossip(**fakes: Any) -> Gossip:
+
+def gossip(config: dict[str, Any] | None = None, **fakes: Any) -> Gossip:
     """A gossip actor past its start (identity known, router up, state loaded)."""
     fakes.setdefault("keystore", signing_keystore())
     fakes.setdefault("transport", fake(TransportClient, addrs=Addresses(ME, ADDRS)))
-    actor = build_actor(Gossip, None, {}, **fakes)
+    actor = build_actor(Gossip, None, config or {}, **fakes)
     actor.ctx.start(ME, Router(peer_bytes(ME), verify=verify_ed25519, rng=random.Random(1),
                                validate=actor.receive.validate, params=actor.params))
     actor.loaded.set()
@@ -49,6 +56,48 @@ async def test_a_new_room_is_stored_with_us_alone_and_its_invite_is_ours() -> No
     assert list(invite.addrs) == list(ADDRS)
     assert node.convs[room["id"]].members == {ME}
     assert (await node.room_invite(room["id"]))["invite"].startswith(cv.INVITE_PREFIX)
+
+
+async def test_a_room_invite_lasts_the_setting_or_what_was_asked() -> None:
+    async def conversation_put(id: str, *rest: Any, **kw: Any) -> dict[str, Any]:
+        return {"id": id}
+
+    stored = fake(StorageClient, conversation_put=conversation_put, author_ranges={})
+    node = gossip({"gossip": {"room_invite_ttl_s": 7200}}, storage=stored)
+    room = await node.room_create("ops")
+    made = cv.decode_invite(room["invite"], now=time.time())
+    assert made.exp - made.ts == 7200
+    again = cv.decode_invite((await node.room_invite(room["id"], ttl_s=3 * 86400))["invite"])
+    assert again.exp - again.ts == 3 * 86400
+    for bad in (60, 400 * 86400):
+        with pytest.raises(errors.BusError, match="ttl_s: an invite lives from 1h to 365d") \
+                as info:
+            await node.room_invite(room["id"], ttl_s=bad)
+        assert info.value.code == errors.BAD_PARAMS
+
+
+def _room_invite(now: float, ttl_s: float, version: int = cv.INVITE_VERSION) -> str:
+    """A room invite from another member (KEY2), made at `now`."""
+    payload = cv.invite_payload("garden", cv.new_room_secret(), OTHER, [], now, ttl_s)
+    if version != cv.INVITE_VERSION:
+        doc = orjson.loads(payload)
+        payload = orjson.dumps({k: v for k, v in doc.items() if k not in ("ts", "exp")}
+                               | {"v": version}, option=orjson.OPT_SORT_KEYS)
+    return cv.encode_invite(payload, identity.sign(KEY2, cv.INVITE_DOMAIN, payload))
+
+
+@pytest.mark.parametrize("invite, words", [
+    (lambda: _room_invite(time.time() - 8 * 86400, 7 * 86400), "room invite expired on"),
+    (lambda: _room_invite(time.time() + 3600, 7 * 86400), "issued in the future"),
+    (lambda: _room_invite(time.time(), 7 * 86400, version=1), "from an older p2pm"),
+])
+async def test_an_expired_future_or_old_room_invite_joins_nothing(invite: Any,
+                                                                 words: str) -> None:
+    node = gossip()  # storage answers nothing: any write would fail the test
+    with pytest.raises(errors.BusError, match=words) as info:
+        await node.room_join(invite())
+    assert info.value.code == errors.FORBIDDEN
+    assert not node.convs
 
 
 @pytest.mark.parametrize("name", ["", "   ", "a\x00b", "x" * 257])
