@@ -68,6 +68,7 @@ from .strangers import StrangerRpcs, Strangers
 SYNC_INTERVAL_S = 30.0  # anti-entropy with one member per conversation
 HINTS_PER_ROOM = 32  # peers named by members, proven per maintenance tick at most
 STORAGE_TIMEOUT = 5.0
+LOAD_WAIT_S = 10.0  # an inbound sync or request waits this long for the conversations to load
 
 
 class Gossip(StrangerRpcs, Actor):
@@ -119,7 +120,9 @@ class Gossip(StrangerRpcs, Actor):
 
     # -- lifecycle ---------------------------------------------------------------------
     def healthy(self) -> bool:
-        return self.ctx.started
+        # Healthy once its conversations are loaded: before that a member's sync or a
+        # stranger's request would be answered as if we held no conversation.
+        return self.ctx.started and self.loaded.is_set()
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {"heartbeat_s": self.params.heartbeat_s,
@@ -214,7 +217,7 @@ class Gossip(StrangerRpcs, Actor):
             elif stream.protocol in MESH_PROTOCOLS:
                 self.spawn(self.links.serve_inbound, stream)
             elif stream.protocol == rq.PROTOCOL:
-                self.spawn(self.strangers.serve, stream)
+                self.spawn(self._serve_request, stream)
             else:
                 await stream.reset()
 
@@ -334,7 +337,23 @@ class Gossip(StrangerRpcs, Actor):
         await self.syncer.sync_with(peer, conv, force)
 
     async def _serve_sync(self, stream: Any) -> None:
-        await self.syncer.serve(stream)
+        if await self._loaded_in_time(stream):
+            await self.syncer.serve(stream)
+
+    async def _loaded_in_time(self, stream: Any) -> bool:
+        """Streams are accepted from the start, so that none is refused by the transport
+        while storage is read; one that arrives before our conversations are loaded
+        waits for them (bounded: a peer gives up on a silent stream anyway), since
+        answering it then would refuse a member as a stranger, and penalise it."""
+        with trio.move_on_after(LOAD_WAIT_S):
+            await self.loaded.wait()
+            return True
+        await stream.reset()
+        return False
+
+    async def _serve_request(self, stream: Any) -> None:
+        if await self._loaded_in_time(stream):
+            await self.strangers.serve(stream)
 
     async def _prove(self, peer: str, conv: Conversation) -> None:
         """A peer named by a hint (a DHT provider record): reach it and sync, which

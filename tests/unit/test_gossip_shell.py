@@ -183,3 +183,55 @@ async def test_a_message_is_delivered_once_every_recipient_holds_it_whichever_wa
                        {"id": "m1", "conversation": room.id, "state": "delivered"})]
     assert [c.kwargs or c.args for c in storage.outbox_done.await_args_list] == [
         ("m1", "alice"), ("m1", "bob")]
+
+
+class _Stream:
+    peer = ME
+    protocol = "/p2pm/sync/2.0.0"
+
+    def __init__(self) -> None:
+        self.was_reset = False
+
+    async def reset(self) -> None:
+        self.was_reset = True
+
+
+async def test_a_sync_or_request_that_comes_before_the_load_waits_for_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Streams are accepted from the start; a member's sync that arrives while storage
+    is still being read is served once the conversations are loaded (answering it
+    earlier would refuse the member as a stranger), and healthy waits for the load."""
+    import trio
+
+    from p2pm.services.gossip import actor as gossip_actor
+
+    node = gossip()
+    node.loaded = trio.Event()  # started, not loaded yet
+    assert not node.healthy()
+    served: list[tuple[str, Any]] = []
+
+    async def serve_sync(stream: Any) -> None:
+        served.append(("sync", stream))
+
+    async def serve_request(stream: Any) -> None:
+        served.append(("request", stream))
+
+    monkeypatch.setattr(node.syncer, "serve", serve_sync)
+    monkeypatch.setattr(node.strangers, "serve", serve_request)
+    early_sync, early_request = _Stream(), _Stream()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node._serve_sync, early_sync)
+        nursery.start_soon(node._serve_request, early_request)
+        await trio.sleep(0.05)
+        assert served == []  # nothing answered before the load
+        node.loaded.set()
+    assert sorted(kind for kind, _ in served) == ["request", "sync"]
+    assert node.healthy() and not early_sync.was_reset and not early_request.was_reset
+
+    # A load that never finishes: the stream is reset after the bound, not held forever.
+    monkeypatch.setattr(gossip_actor, "LOAD_WAIT_S", 0.05)
+    node.loaded = trio.Event()
+    served.clear()
+    late = _Stream()
+    await node._serve_sync(late)
+    assert late.was_reset and served == []
