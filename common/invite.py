@@ -136,6 +136,17 @@ def format_time(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(min(ts, 253402300799.0)))
 
 
+def _moment(t: object) -> bool:
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) \
+        and t >= 0
+
+
+def valid_window(ts: object, exp: object) -> bool:
+    """The one shape rule for an invite's times (node and room invites alike): both
+    real moments, and it expires after it was issued, within MAX_TTL_S."""
+    return _moment(ts) and _moment(exp) and ts < exp <= ts + MAX_TTL_S  # type: ignore[operator]
+
+
 def time_problem(ts: float, exp: float, now: float, what: str = "invite") -> str | None:
     """Why an invite made at `ts`, expiring at `exp`, is not good at `now` (one
     line, for the person who pasted it), or None while it is."""
@@ -231,8 +242,7 @@ def _from_doc(doc: object) -> NodeInvite:
             or ts < 0:
         raise InviteError("the invite's time is not a valid timestamp")
     exp = doc.get("exp") if version == VERSION else ts + LEGACY_TTL_S
-    if not isinstance(exp, (int, float)) or isinstance(exp, bool) \
-            or not math.isfinite(exp) or not ts < exp <= ts + MAX_TTL_S:
+    if not valid_window(ts, exp):
         raise InviteError("the invite's expiry is missing or not within "
                           f"{format_duration(MAX_TTL_S)} after its time")
     return NodeInvite(peer_id, name, tuple(addrs), float(ts),  # type: ignore[arg-type]

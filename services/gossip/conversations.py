@@ -336,8 +336,7 @@ def decode_invite(text: str, now: float | None = None) -> Invite:
     if keys.id != doc["id"]:
         raise InviteError("the invite's room id does not match its secret")
     ts, exp = doc["ts"], doc["exp"]
-    if not all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t)
-               for t in (ts, exp)) or not 0 <= ts < exp <= ts + node_invites.MAX_TTL_S:
+    if not node_invites.valid_window(ts, exp):
         raise InviteError("the invite's time or expiry is not valid")
     problem = None if now is None else node_invites.time_problem(ts, exp, now,
                                                                  "room invite")
