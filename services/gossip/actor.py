@@ -165,11 +165,15 @@ class Gossip(StrangerRpcs, Actor):
 
     def spawn(self, fn: Any, *args: Any) -> None:
         """A background task whose failure is logged, never fatal to the actor: peer
-        input and other actors' errors must not take gossip down."""
+        input and other actors' errors must not take gossip down. `except*`: a task whose
+        nursery saw a peer's reset while the actor was being stopped ends in a group of
+        that error and Cancelled; the error is logged here and Cancelled goes on up
+        (with `except Exception` the whole group escaped, and the actor's stop raised
+        the peer's reset)."""
         async def guarded() -> None:
             try:
                 await fn(*args)
-            except Exception:
+            except* Exception:
                 self.ctx.counters["task_crashed"] += 1
                 self.log.error("gossip.task_crashed", exc=True, task=fn.__name__)
         super().spawn(guarded)

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import random
 import time
+import types
 from typing import Any
 
 import nacl.signing
 import orjson
 
 import pytest
+import trio
 
 from p2pm.common import errors, identity
 from p2pm.common.clients import Addresses, StorageClient, TransportClient, build_actor, fake
@@ -235,3 +237,31 @@ async def test_a_sync_or_request_that_comes_before_the_load_waits_for_it(
     late = _Stream()
     await node._serve_sync(late)
     assert late.was_reset and served == []
+
+
+async def test_a_task_that_fails_while_the_actor_stops_is_logged_and_the_stop_stays_clean() -> None:
+    """A sync whose stream is reset as the actor stops ends in a group of that reset and
+    Cancelled; the actor's stop must neither raise the peer's error nor hang."""
+    node = gossip()
+
+    async def sync_cut_by_the_stop() -> None:
+        async def receive() -> None:
+            await trio.sleep_forever()
+
+        async def send() -> None:
+            try:
+                await trio.sleep_forever()
+            except trio.Cancelled:
+                raise errors.unavailable("the owner closed its stream client") from None
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(receive)
+            inner.start_soon(send)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            node.runtime = types.SimpleNamespace(_nursery=nursery)  # type: ignore[assignment]
+            node.spawn(sync_cut_by_the_stop)
+            await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert node.ctx.counters["task_crashed"] == 1
