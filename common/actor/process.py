@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import trio
@@ -75,6 +76,13 @@ def _exit_after(seconds: float, actor: Actor) -> None:
     timer.start()
 
 
+# How long a starting actor waits for its lock. `p2pm status`/`up` find live actors
+# by taking each lock shared for an instant; an actor starting in that instant must
+# not take the probe for a second instance (`up` once failed with "dht is already
+# running" in a fresh home). A real second instance holds it for good: still refused.
+LOCK_WAIT_S = 1.0
+
+
 def _lock_actor(name: str, endpoints: Endpoints) -> Any:
     """One process per actor and home: binding an ipc endpoint silently steals it from
     a live process, so a second instance must be refused before it binds."""
@@ -84,11 +92,16 @@ def _lock_actor(name: str, endpoints: Endpoints) -> Any:
     if run_dir is None:
         return open(os.devnull)  # inproc: nothing to guard
     f = open(run_dir / f"{name}.lock", "a+")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        return None
+    deadline = time.monotonic() + LOCK_WAIT_S
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                f.close()
+                return None
+            time.sleep(0.01)
     f.truncate(0)
     f.write(str(os.getpid()))
     f.flush()
