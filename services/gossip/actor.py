@@ -57,7 +57,7 @@ from .context import Context, peer_bytes
 from .delivery import Delivery
 from .links import MESH_PROTOCOLS, Links
 from .membership import Membership, Why
-from .reach import Reach
+from .reach import TARGET_MEMBER_PEERS, Reach
 from .receive import Receive
 from .router.core import Backpressure, Router
 from .router.params import GossipParams
@@ -390,11 +390,23 @@ class Gossip(StrangerRpcs, Actor):
                 self._last_sync[("*", conv.id)] = now
                 self.spawn(self._sync_with, random.choice(here), conv)
             self.reach.announce(conv, not here, now)
-            # Peers a proven member named in a sync: reached and asked for their own
-            # proof (a sync), so a room's members find each other without going
-            # through the one who invited them. Bounded per room (HINTS_PER_ROOM) and
-            # by the dial backoff and the per-pair sync gap.
-            for peer in self.hints.pop(conv.id, set()) - conv.members:
+            self._prove_hints(conv, len(here))
+
+    def _prove_hints(self, conv: Conversation, connected_members: int) -> None:
+        """Peers a proven member named in a sync are asked for their own proof (a
+        sync), so a room's members find each other without going through the one who
+        invited them. One already connected is synced with on that connection; others
+        are dialled only while the room has fewer than TARGET_MEMBER_PEERS members
+        connected, as call_members dials: every new connection widens the room's mesh,
+        and with it the duplicates and the CPU every message costs. The rest wait for
+        a later sync to name them again. Bounded per room (HINTS_PER_ROOM), by the dial
+        backoff and by the per-pair sync gap."""
+        dials = max(0, TARGET_MEMBER_PEERS - connected_members)
+        for peer in sorted(self.hints.pop(conv.id, set()) - conv.members):
+            if self.reach.is_connected(peer):
+                self.spawn(self._sync_with, peer, conv)
+            elif dials > 0:
+                dials -= 1
                 self.spawn(self._prove, peer, conv)
 
 

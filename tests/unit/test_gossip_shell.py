@@ -20,6 +20,7 @@ from p2pm.common.clients import Addresses, StorageClient, TransportClient, build
 from p2pm.services.gossip import conversations as cv
 from p2pm.services.gossip.actor import Gossip
 from p2pm.services.gossip.context import peer_bytes
+from p2pm.services.gossip.reach import TARGET_MEMBER_PEERS
 from p2pm.services.gossip.router.core import Router
 from p2pm.services.gossip.router.signing import verify_ed25519
 from tests.helpers.identities import ADDRS, ME, signing_keystore
@@ -203,8 +204,6 @@ async def test_a_sync_or_request_that_comes_before_the_load_waits_for_it(
     """Streams are accepted from the start; a member's sync that arrives while storage
     is still being read is served once the conversations are loaded (answering it
     earlier would refuse the member as a stranger), and healthy waits for the load."""
-    import trio
-
     from p2pm.services.gossip import actor as gossip_actor
 
     node = gossip()
@@ -265,3 +264,35 @@ async def test_a_task_that_fails_while_the_actor_stops_is_logged_and_the_stop_st
             await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
     assert node.ctx.counters["task_crashed"] == 1
+
+
+async def test_hinted_peers_are_proven_on_the_connections_there_are_and_few_are_dialled(
+        ) -> None:
+    """Peers a member named in a sync: one already connected is synced with at once;
+    the others are dialled only while the room lacks connected members, so proving
+    hints never widens a room's mesh beyond what call_members keeps."""
+    async def conversation_put(id: str, *rest: Any, **kw: Any) -> dict[str, Any]:
+        return {"id": id}
+
+    node = gossip(storage=fake(StorageClient, conversation_put=conversation_put,
+                               author_ranges={}))
+    room = node.convs[(await node.room_create("ops"))["id"]]
+    peers = sorted(identity.peer_id_from_public_key(bytes(
+        nacl.signing.SigningKey(bytes([i]) * 32).verify_key)) for i in range(1, 9))
+    connected = set(peers[:2])
+    node.reach.connected |= connected
+    synced: list[str] = []
+    dialled: list[str] = []
+    node.spawn = lambda fn, *args: (synced if fn == node._sync_with else dialled).append(
+        args[0])  # type: ignore[method-assign]
+
+    node.hints[room.id] = set(peers)
+    node._prove_hints(room, connected_members=1)
+    assert sorted(synced) == sorted(connected)  # proven on the connections there are
+    assert len(dialled) == TARGET_MEMBER_PEERS - 1 and not set(dialled) & connected
+    assert room.id not in node.hints  # the rest wait for a later sync to name them
+
+    synced.clear(), dialled.clear()
+    node.hints[room.id] = set(peers)
+    node._prove_hints(room, connected_members=TARGET_MEMBER_PEERS)
+    assert sorted(synced) == sorted(connected) and dialled == []  # enough: no dial
