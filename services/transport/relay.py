@@ -432,6 +432,10 @@ class RelayClient:
             log.info("relay.inbound_upgrade_failed", peer_id=str(src), error=str(exc))
             await _reset(stream)
             return
+        except BaseExceptionGroup as group:  # the swarm's nurseries, as the host stops
+            await _reset(stream)  # shielded: still happens, as on the path above
+            handle_beside_cancel(group, lambda exc: log.info(
+                "relay.inbound_upgrade_failed", peer_id=str(src), error=str(exc)))
         _RELAYED.add(muxed)
         self.counters["circuits_in"] += 1
         log.info("relay.inbound_circuit", peer_id=str(muxed.peer_id), relay=str(relay))
