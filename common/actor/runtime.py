@@ -18,6 +18,7 @@ import zmq
 
 from p2pm.common import errors, wire
 from p2pm.common.client import Client, open_client
+from p2pm.common.groups import handle_beside_cancel
 from p2pm.common.home import Endpoints
 from p2pm.common.zmqtrio import AsyncSocket
 
@@ -218,16 +219,23 @@ class ActorRuntime:
         try:
             result = await method.fn(**method.bind(req.params))
             return wire.encode_ok(req.id, result)
-        except errors.BusError as exc:
-            self.counters["errors"] += 1
-            return wire.encode_error(req.id, exc)
         except Exception as exc:  # a handler bug must not take the actor down
-            self.counters["errors"] += 1
-            self.log.error("rpc.crashed", exc=True, method=req.method)
-            return wire.encode_error(req.id, errors.BusError(
-                errors.INTERNAL, f"{req.method} failed: {type(exc).__name__}: {exc}"))
+            return self._failed(req, exc)
+        except BaseExceptionGroup as group:
+            # Cancelled (the actor stops) while a nursery in the handler saw an error:
+            # the error is counted and logged as ever, the Cancelled goes on up.
+            handle_beside_cancel(group, lambda exc: self._failed(req, exc))
         finally:
             _request_auth.reset(reset)
+
+    def _failed(self, req: wire.Request, exc: Exception) -> bytes:
+        """The error reply to a request whose handler raised `exc`."""
+        self.counters["errors"] += 1
+        if isinstance(exc, errors.BusError):
+            return wire.encode_error(req.id, exc)
+        self.log.error("rpc.crashed", exc=True, method=req.method)
+        return wire.encode_error(req.id, errors.BusError(
+            errors.INTERNAL, f"{req.method} failed: {type(exc).__name__}: {exc}"))
 
     async def _heartbeat(self) -> None:
         while True:
@@ -242,7 +250,7 @@ class ActorRuntime:
             await trio.sleep(period)
             try:
                 await fn()
-            except Exception:
+            except* Exception:  # a group with Cancelled: see common/groups.py
                 self.log.error("timer.crashed", exc=True, timer=fn.__name__)
 
     # -- subscribing -------------------------------------------------------------------
@@ -305,7 +313,7 @@ class ActorRuntime:
             if matches(topic, pfx):
                 try:
                     await fn(topic, data)
-                except Exception:
+                except* Exception:  # a group with Cancelled: see common/groups.py
                     self.log.error("event.handler_crashed", exc=True, topic=topic)
 
     async def _resync(self, source: str, reason: str) -> None:
@@ -313,7 +321,7 @@ class ActorRuntime:
         self.log.info("bus.resync", source=source, reason=reason)
         try:
             await self.actor.resync(source, reason)
-        except Exception:
+        except* Exception:  # a group with Cancelled: see common/groups.py
             self.log.error("resync.crashed", exc=True, source=source)
 
 

@@ -34,6 +34,7 @@ from p2pm.common import errors, identity
 from p2pm.common.actor import Actor, every, rpc
 from p2pm.common.clients import DhtClient, Identity, KeystoreClient
 from p2pm.common.config import settings_of
+from p2pm.common.groups import handle_beside_cancel
 from p2pm.common.streams import streams_endpoint
 from p2pm.common.zmqtrio import AsyncSocket
 
@@ -172,15 +173,20 @@ class Transport(Actor):
                     nursery.start_soon(self._keepalive_one, node, peer)
 
     async def _keepalive_one(self, node: NodeHost, peer: ID) -> None:
+        def answered(exc: Exception) -> None:
+            # An answer, even a refusal of the ping protocol, proves the peer is there.
+            self.log.debug("transport.keepalive_error", peer_id=str(peer), error=_why(exc))
+
         try:
             await ping_rtt_ms(node.host, peer, timeout=self.keepalive_timeout_s)
             return
         except trio.TooSlowError:
             pass
         except Exception as exc:
-            # An answer, even a refusal of the ping protocol, proves the peer is there.
-            self.log.debug("transport.keepalive_error", peer_id=str(peer), error=_why(exc))
+            answered(exc)
             return
+        except BaseExceptionGroup as group:  # the stream's nursery, as the actor stops
+            handle_beside_cancel(group, answered)
         self.log.info("transport.keepalive_timeout", peer_id=str(peer),
                       timeout_s=self.keepalive_timeout_s)
         if self.hub is not None:
@@ -190,7 +196,7 @@ class Transport(Actor):
             with trio.move_on_after(5):
                 try:
                     await conn.close()
-                except Exception:
+                except* Exception:  # the swarm's notifee nursery: see common/groups.py
                     pass
 
     def _set_problem(self, problem: str) -> None:
@@ -331,14 +337,19 @@ class Transport(Actor):
             return
         self.log.info("transport.redialing", peers=len(targets))
 
+        def failed(pid: str, exc: Exception) -> None:
+            self.log.warning("transport.redial_failed", peer_id=pid,
+                             error=getattr(exc, "message", str(exc)))
+
         async def one(pid: str, addrs: list[str]) -> None:
             try:
                 await self._connect(ID.from_base58(pid),
                                     [multiaddr.Multiaddr(a) for a in addrs])
                 self.log.info("transport.redialed", peer_id=pid)
             except Exception as exc:
-                self.log.warning("transport.redial_failed", peer_id=pid,
-                                 error=getattr(exc, "message", str(exc)))
+                failed(pid, exc)
+            except BaseExceptionGroup as group:  # the dial's nursery, as the actor stops
+                handle_beside_cancel(group, lambda exc: failed(pid, exc))
 
         async with trio.open_nursery() as nursery:
             for pid, addrs in targets.items():
@@ -400,6 +411,11 @@ class Transport(Actor):
                 problems.insert(0, f"no answer in {DIAL_TIMEOUT_S:g}s")
             except Exception as exc:
                 problems.insert(0, _why(exc))
+            except BaseExceptionGroup as group:
+                # dial_direct's nursery, cancelled as the other dial won (or the actor
+                # stops) while one address failed: without this the failure would
+                # escape, and a dial that connected through a relay would raise it.
+                handle_beside_cancel(group, lambda exc: problems.insert(0, _why(exc)))
             finally:
                 direct_over.set()
                 # The swarm remembers failures for a while; an explicit dial must retry.
@@ -419,6 +435,9 @@ class Transport(Actor):
                 problems.append(f"through relays: no answer in {DIAL_TIMEOUT_S:g}s")
             except Exception as exc:
                 problems.append(f"through relays: {_why(exc)}")
+            except BaseExceptionGroup as group:  # as in direct_first
+                handle_beside_cancel(group,
+                                     lambda exc: problems.append(f"through relays: {_why(exc)}"))
 
         with self.nat.dialling_circuits(peer) if self.nat and circuits else nullcontext():
             async with trio.open_nursery() as nursery:

@@ -34,6 +34,7 @@ from libp2p.io.trio import TrioTCPStream
 from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
 
+from p2pm.common.groups import handle_beside_cancel
 from p2pm.common.log import get_logger
 
 from .pbio import close_quietly, read_message, write_message
@@ -233,6 +234,10 @@ class AutoNAT:
         return False
 
     # client --------------------------------------------------------------------------
+    def _no_answer(self, peer: ID, exc: Exception) -> None:
+        self.counters["probe_no_answer"] += 1
+        log.info("autonat.no_answer", peer_id=str(peer), error=str(exc) or type(exc).__name__)
+
     def servers(self) -> list[ID]:
         """Connected peers that speak AutoNAT over a direct connection."""
         network = self.host.get_network()
@@ -264,9 +269,10 @@ class AutoNAT:
                 finally:
                     await close_quietly(stream)
         except Exception as exc:
-            self.counters["probe_no_answer"] += 1
-            log.info("autonat.no_answer", peer_id=str(peer), error=str(exc) or type(exc).__name__)
+            self._no_answer(peer, exc)
             return None
+        except BaseExceptionGroup as group:  # the swarm's dial nursery, as the actor stops
+            handle_beside_cancel(group, lambda exc: self._no_answer(peer, exc))
         status = reply.dialResponse.status
         if status == pb.Message.OK:
             self.counters["probe_ok"] += 1

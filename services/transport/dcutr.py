@@ -42,6 +42,7 @@ from libp2p.abc import INetConn, INetStream
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.pb import dcutr_pb2 as pb
 
+from p2pm.common.groups import first_error, handle_beside_cancel
 from p2pm.common.log import get_logger
 
 from .host import dial_addr_once
@@ -196,7 +197,8 @@ class DCUtR:
             ok = False
             try:
                 ok = await self._attempt(peer)
-            except Exception as exc:
+            except* Exception as group:  # the punch's nursery: see common/groups.py
+                exc = first_error(group)
                 log.info("dcutr.attempt_error", peer_id=str(peer), attempt=attempt,
                          error=str(exc) or type(exc).__name__)
             log.info("dcutr.attempt", peer_id=str(peer), attempt=attempt, ok=ok)
@@ -292,6 +294,12 @@ class DCUtR:
             except Exception as exc:
                 log.debug("dcutr.dial_failed", addr=str(addr), error=str(exc))
                 return
+            except BaseExceptionGroup as group:
+                # Cancelled as another address won, while this dial failed: without
+                # this the failure would come out of the punch, and a punch that won
+                # would end in an error.
+                handle_beside_cancel(group, lambda exc: log.debug(
+                    "dcutr.dial_failed", addr=str(addr), error=str(exc)))
             won.append(conn)
             scope.cancel()
 

@@ -11,6 +11,8 @@ import trio
 from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 
+from p2pm.common.groups import handle_beside_cancel
+
 from .reuseport import is_circuit
 
 DIAL_STAGGER_S = 0.25  # head start of each direct address over the next one
@@ -33,12 +35,19 @@ async def dial_direct(network: Any, peer: ID, given: list[multiaddr.Multiaddr],
 
     async def one(addr: multiaddr.Multiaddr, failed: trio.Event,
                   scope: trio.CancelScope) -> None:
+        def failure(exc: Exception) -> None:
+            failures.append(f"{addr}: {why(exc)}")
+            failed.set()
+
         try:
             won.append(await network.dial_addr(addr, peer))
             scope.cancel()
         except Exception as exc:
-            failures.append(f"{addr}: {why(exc)}")
-            failed.set()
+            failure(exc)
+        except BaseExceptionGroup as group:
+            # Cancelled as another address won, while this one failed (the swarm's
+            # nurseries): the failure would otherwise come out of a dial that won.
+            handle_beside_cancel(group, failure)
 
     async with trio.open_nursery() as nursery:
         for addr in order[:MAX_DIRECT_ADDRS]:

@@ -30,6 +30,7 @@ from libp2p.abc import INetStream
 from libp2p.peer.id import ID
 
 from p2pm.common import errors, identity
+from p2pm.common.groups import first_error, handle_beside_cancel
 from p2pm.common.log import get_logger
 from p2pm.common.streams import frames as fr
 from p2pm.common.streams.frames import (Frame, FrameError, MessageDecoder, MessageTooLarge,
@@ -160,7 +161,10 @@ class StreamHub:
                 with trio.move_on_after(PUSH_TIMEOUT_S):
                     await self.node.host.push_identify_to_all()
                 log.info("streams.identify_pushed", peers=peers)
-            except Exception as exc:  # best effort: peers re-identify on reconnect
+            except* Exception as group:  # best effort: peers re-identify on reconnect
+                # (except*: the push's nursery can end in its error and Cancelled as
+                # the transport stops; see common/groups.py)
+                exc = first_error(group)
                 log.info("streams.identify_push_failed", error=str(exc) or type(exc).__name__)
 
     async def send(self, owner: Owner, parts: list[bytes]) -> None:
@@ -314,6 +318,11 @@ class StreamHub:
                 "code": errors.UNAVAILABLE,
                 "message": f"cannot open {body.get('protocol')}: {type(exc).__name__}: {exc}"}))
             return
+        except BaseExceptionGroup as group:
+            # The dial's nurseries, cancelled as the transport stops while an address
+            # failed: no RESET to send (the owner hears the transport went), and the
+            # failure must not come out of the hub's nursery as the stop's error.
+            handle_beside_cancel(group, lambda exc: None)
         if self.owners.get(owner.name) is not owner:
             await net.reset()
             return

@@ -26,6 +26,7 @@ from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 
 from p2pm.common.clients import DhtClient
+from p2pm.common.groups import handle_beside_cancel
 from p2pm.common.log import get_logger
 from p2pm.common.settings import TransportSettings
 
@@ -283,6 +284,9 @@ class NatManager:
             self._reserve_now = trio.Event()
 
     async def _reserve(self, peer: ID, addr: multiaddr.Multiaddr | None) -> bool:
+        def failed(exc: Exception) -> None:
+            log.info("relay.reserve_failed", relay=str(peer), error=_why(exc))
+
         try:
             if self.finder is not None and addr is None:
                 self._learn_addrs(peer)
@@ -299,9 +303,10 @@ class NatManager:
             await self.relay_client.reserve(peer, remote)
             return True
         except Exception as exc:
-            log.info("relay.reserve_failed", relay=str(peer),
-                     error=_why(exc))
+            failed(exc)
             return False
+        except BaseExceptionGroup as group:  # the dial's nurseries, as the actor stops
+            handle_beside_cancel(group, failed)
 
     # relays through the DHT -------------------------------------------------------------
     def _reservations_short(self) -> bool:

@@ -32,7 +32,7 @@ async def close_quietly(stream: INetStream | None) -> None:
     with trio.CancelScope(shield=True), trio.move_on_after(2):
         try:
             await stream.close()
-        except Exception:
+        except* Exception:  # the swarm's notifee nursery: see common/groups.py
             pass
 
 
@@ -42,5 +42,5 @@ async def reset_quietly(stream: INetStream | None) -> None:
     with trio.CancelScope(shield=True), trio.move_on_after(2):
         try:
             await stream.reset()
-        except Exception:
+        except* Exception:  # as in close_quietly
             pass

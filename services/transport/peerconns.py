@@ -44,6 +44,7 @@ from libp2p.abc import INetConn
 from libp2p.peer.id import ID
 
 from p2pm.common import errors
+from p2pm.common.groups import handle_beside_cancel
 from p2pm.common.log import get_logger
 
 log = get_logger("transport")
@@ -144,14 +145,23 @@ class DialJoin:
                    connected: Callable[[], bool]) -> None:
         entry.addrs |= addrs
         failure: errors.BusError | None = None
+
+        def failed(exc: Exception) -> None:
+            nonlocal failure
+            failure = exc if isinstance(exc, errors.BusError) \
+                else errors.unavailable(str(exc) or type(exc).__name__)
+
         with trio.CancelScope() as scope:
             entry.scopes.add(scope)
             try:
                 await dial(addrs)
-            except errors.BusError as exc:
-                failure = exc
             except Exception as exc:
-                failure = errors.unavailable(str(exc) or type(exc).__name__)
+                failed(exc)
+            except BaseExceptionGroup as group:
+                # The dial's nurseries, cancelled as another dial connected while an
+                # address failed: this scope strips the Cancelled, and the failure
+                # would come out as an ExceptionGroup to a caller that is connected.
+                handle_beside_cancel(group, failed)
             finally:
                 entry.scopes.discard(scope)
                 if failure is not None:
@@ -244,7 +254,7 @@ class ConnectionKeeper:
         with trio.move_on_after(5):
             try:
                 await conn.close()
-            except Exception:
+            except* Exception:  # the swarm's notifee nursery: see common/groups.py
                 pass
 
 

@@ -36,6 +36,7 @@ from libp2p.network.connection.raw_connection import RawConnection
 from libp2p.peer.id import ID
 from libp2p.relay.circuit_v2.pb import circuit_pb2 as pb
 
+from p2pm.common.groups import handle_beside_cancel
 from p2pm.common.log import get_logger
 
 from .pbio import close_quietly as _close
@@ -213,14 +214,25 @@ class RelayService:
                 return  # _connect owns the stream from here
             else:
                 raise RelayRefused(pb.UNEXPECTED_MESSAGE, f"hop message type {msg.type}")
-        except RelayRefused as exc:
-            log.info("relay.refused", peer_id=str(peer), status=exc.status, reason=exc.reason)
-            await self._status(stream, exc.status)
         except Exception as exc:
-            self.counters["bad_requests"] += 1
-            log.info("relay.bad_request", peer_id=str(peer), error=str(exc) or type(exc).__name__)
-            await self._status(stream, pb.MALFORMED_MESSAGE)
+            await self._status(stream, self._refused(peer, exc))
+        except BaseExceptionGroup as group:
+            # A circuit's stream (opened through the swarm's nurseries) failed as the
+            # relay stopped: counted and logged, and the Cancelled goes on up instead
+            # of the whole group escaping into the host (see common/groups.py). The
+            # close is shielded, so it still happens, as on the other paths.
+            await _close(stream)
+            handle_beside_cancel(group, lambda exc: self._refused(peer, exc))
         await _close(stream)
+
+    def _refused(self, peer: ID, exc: Exception) -> int:
+        """Count and log why a hop request failed; the status that answers it."""
+        if isinstance(exc, RelayRefused):
+            log.info("relay.refused", peer_id=str(peer), status=exc.status, reason=exc.reason)
+            return exc.status
+        self.counters["bad_requests"] += 1
+        log.info("relay.bad_request", peer_id=str(peer), error=str(exc) or type(exc).__name__)
+        return pb.MALFORMED_MESSAGE
 
     async def _status(self, stream: INetStream, status: int) -> None:
         with trio.move_on_after(2):
@@ -420,6 +432,10 @@ class RelayClient:
             log.info("relay.inbound_upgrade_failed", peer_id=str(src), error=str(exc))
             await _reset(stream)
             return
+        except BaseExceptionGroup as group:  # the swarm's nurseries, as the host stops
+            await _reset(stream)  # shielded: still happens, as on the path above
+            handle_beside_cancel(group, lambda exc: log.info(
+                "relay.inbound_upgrade_failed", peer_id=str(src), error=str(exc)))
         _RELAYED.add(muxed)
         self.counters["circuits_in"] += 1
         log.info("relay.inbound_circuit", peer_id=str(muxed.peer_id), relay=str(relay))

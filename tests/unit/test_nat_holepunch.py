@@ -19,8 +19,10 @@ from trio.testing import MockClock
 
 from p2pm.common import errors
 from p2pm.services.transport.dcutr import FAILED, OK, YIELDED, HolePunchTracker, punch_addrs
+from p2pm.services.transport.dialing import dial_direct
 from p2pm.services.transport.peerconns import (ConnView, DialJoin, initiator_wins, kept,
                                                punch_initiator, surplus)
+from tests.helpers.stopping import nursery_cut_by_the_stop
 
 SMALL = "12D3KooWA"  # compared as text: only the order matters
 LARGE = "12D3KooWZ"
@@ -282,5 +284,70 @@ def test_a_failure_is_a_bus_error_for_everyone(exc: Exception) -> None:
             nursery.start_soon(one)
         code = exc.code if isinstance(exc, errors.BusError) else errors.UNAVAILABLE
         assert seen == [code, code] and not joiner.dialling("peer")
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
+
+
+def test_a_dial_cut_short_by_another_that_connected_ends_connected_not_in_its_error() -> None:
+    """The home-address dial is a race of its own (a nursery per address): stopped
+    because the circuit connected, one of its attempts fails as it is cancelled, and
+    the race ends in a group of that failure and Cancelled. Its caller is connected
+    all the same and must return, not raise the failure of a dial nobody needs."""
+    async def main() -> None:
+        joiner = DialJoin()
+        up = {"connected": False}
+
+        async def dial(addrs: frozenset[str]) -> None:
+            if "home" not in addrs:
+                await trio.sleep(0.1)  # a relay circuit
+                up["connected"] = True
+                return
+            await nursery_cut_by_the_stop(OSError("socket closed while connecting"))
+
+        outcomes: list[str] = []
+
+        async def caller(addrs: set[str]) -> None:
+            await joiner.dial("peer", frozenset(addrs), dial, lambda: up["connected"])
+            outcomes.append("connected")
+
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(caller, {"home"})
+                await trio.sleep(0.01)
+                nursery.start_soon(caller, {"home", "circuit"})
+        assert outcomes == ["connected", "connected"] and not joiner.dialling("peer")
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
+
+
+class RacingNetwork:
+    """A swarm whose dial of `lan` waits until cancelled and then fails (its socket
+    closed under it), while `wan` connects after 0.3 s."""
+
+    def __init__(self) -> None:
+        self.conns: list[str] = []
+
+    async def dial_addr(self, addr: multiaddr.Multiaddr, peer: object) -> str:
+        if "10.0.0.2" in str(addr):
+            await nursery_cut_by_the_stop(OSError("socket closed while connecting"))
+        await trio.sleep(0.3)
+        self.conns.append(str(addr))
+        return str(addr)
+
+    def get_connections(self, peer: object) -> list[str]:
+        return self.conns
+
+
+def test_the_direct_address_that_connects_wins_though_a_slower_one_fails_as_it_stops() -> None:
+    """The first address (a home LAN one) is still dialling when the public one
+    connects; stopped, its dial fails as it is cancelled. The dial has won and must
+    return, not raise that address's failure."""
+    async def main() -> None:
+        network = RacingNetwork()
+        lan = multiaddr.Multiaddr("/ip4/10.0.0.2/tcp/4001")
+        wan = multiaddr.Multiaddr("/ip4/203.0.113.7/tcp/4001")
+        with trio.fail_after(5):
+            await dial_direct(network, "peer", [lan], [wan])
+        assert network.conns == ["/ip4/203.0.113.7/tcp/4001"]
 
     trio.run(main, clock=MockClock(autojump_threshold=0))

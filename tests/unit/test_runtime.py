@@ -21,7 +21,9 @@ from p2pm.common import errors, wire
 from p2pm.common.actor import Actor, ActorRuntime, every, on_event, request_auth, rpc
 from p2pm.common.client import open_client
 from p2pm.common.home import Endpoints
+from p2pm.common.streams import StreamReset
 from p2pm.common.zmqtrio import AsyncSocket
+from tests.helpers.stopping import nursery_cut_by_the_stop
 
 _names = itertools.count()
 
@@ -369,3 +371,81 @@ async def test_the_heartbeat_period_is_the_runtime_s(clock: trio.testing.MockClo
         asock.close(linger_ms=0)
     with pytest.raises(ValueError, match="heartbeat_s"):
         ActorRuntime(Counter(), endpoints(), heartbeat_s=0)
+
+
+# -- a handler whose nursery is cut by the actor's stop ----------------------------------
+# A sync's receiving half is cancelled while its sending half finds the stream reset by
+# the closing stream client: the handler ends in a group of that reset and Cancelled.
+# The runtime logs the reset and lets the Cancelled go on up; the stop stays clean.
+
+async def exchange_cut_by_the_stop(in_flight: trio.Event) -> None:
+    await nursery_cut_by_the_stop(
+        StreamReset(errors.UNAVAILABLE, "the owner closed its stream client"), in_flight)
+
+
+class SyncsOnRequest(Actor):
+    name = "syncer"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = trio.Event()
+
+    @rpc
+    async def sync(self) -> None:
+        await exchange_cut_by_the_stop(self.in_flight)
+
+
+class SyncsOnTimer(SyncsOnRequest):
+    @every(0.5)
+    async def _sync_now_and_then(self) -> None:
+        await exchange_cut_by_the_stop(self.in_flight)
+
+
+class SyncsOnEvent(SyncsOnRequest):
+    @on_event("counter.value")
+    async def _sync_on_change(self, topic: str, data: dict[str, Any]) -> None:
+        await exchange_cut_by_the_stop(self.in_flight)
+
+
+async def test_a_request_cut_by_the_stop_is_logged_and_the_stop_stays_clean(
+        clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    ep = endpoints()
+    syncer = SyncsOnRequest()
+    runtime = ActorRuntime(syncer, ep)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(runtime.serve)
+            async with open_client(zmq.Context.instance(), ep.rpc("syncer"), "syncer") as c:
+                nursery.start_soon(c.call, "sync")
+                await syncer.in_flight.wait()
+                nursery.cancel_scope.cancel()
+    assert runtime.counters["errors"] == 1
+    assert "rpc.crashed method=sync" in caplog.text
+    assert "the owner closed its stream client" in caplog.text
+
+
+async def test_a_timer_cut_by_the_stop_is_logged_and_the_stop_stays_clean(
+        clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    syncer = SyncsOnTimer()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ActorRuntime(syncer, endpoints()).serve)
+            await syncer.in_flight.wait()
+            nursery.cancel_scope.cancel()
+    assert "timer.crashed timer=_sync_now_and_then" in caplog.text
+
+
+async def test_an_event_handler_cut_by_the_stop_is_logged_and_the_stop_stays_clean(
+        clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture) -> None:
+    ep = endpoints()
+    counter, syncer = Counter(), SyncsOnEvent()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(ActorRuntime(counter, ep).serve)
+            await nursery.start(ActorRuntime(syncer, ep).serve)
+            while not syncer.in_flight.is_set():  # until the subscription is up
+                await counter.add(1)
+                with trio.move_on_after(0.1):
+                    await syncer.in_flight.wait()
+            nursery.cancel_scope.cancel()
+    assert "event.handler_crashed topic=counter.value.changed" in caplog.text

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.peer.id import ID
+
 from p2pm.common import errors
 from p2pm.common.streams import frames as fr
 from p2pm.services.transport.hub import StreamHub
+from tests.helpers.stopping import nursery_cut_by_the_stop
 
 
 class FakeSocket:
@@ -56,3 +61,30 @@ async def test_an_unregistered_owner_cannot_open_a_stream() -> None:
         "peer": None, "addrs": [], "protocol": "/t/1", "spec": {}})))
     ((who, f),) = sock.sent
     assert who == b"dht/abc" and f.kind == fr.RESET and f.sid == 1
+
+
+async def test_a_stream_whose_dial_is_cut_by_the_stop_leaves_the_stop_clean() -> None:
+    """An owner asks for a stream as the transport stops: the dial's race (a nursery
+    per address) is cancelled while one attempt fails, and ends in a group of that
+    failure and Cancelled. The hub's stop must neither raise the failure nor hang."""
+    in_flight = trio.Event()
+
+    async def dial_cut_by_the_stop(peer: Any, addrs: Any) -> None:
+        await nursery_cut_by_the_stop(OSError("socket closed while connecting"), in_flight)
+
+    sock = FakeSocket()
+    hub = StreamHub(None, sock, "epoch-2", max_streams_per_peer=8,  # type: ignore[arg-type]
+                    connect=dial_cut_by_the_stop)
+    ident = b"gossip/abc"
+    peer = ID.from_pubkey(create_new_key_pair().public_key)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            hub._nursery = nursery
+            await hub._on_frame(ident, fr.parse(fr.frame(fr.REGISTER, 0, {
+                "owner": "gossip", "instance": "abc", "window": fr.DEFAULT_WINDOW,
+                "protocols": {}})))
+            await hub._on_frame(ident, fr.parse(fr.frame(fr.OPEN, 1, {
+                "peer": str(peer), "addrs": [], "protocol": "/t/1", "spec": {}})))
+            await in_flight.wait()
+            nursery.cancel_scope.cancel()
+    assert [f.kind for _, f in sock.sent] == [fr.WELCOME]  # the stream never opened
