@@ -348,6 +348,17 @@ class Asking:
         self.next_at[peer] = now + delay
         self.last[peer] = (now, status)
 
+    def still_refused(self, peer: str, conversation: str, owed: list[str]) -> list[str]:
+        """Our messages owed to a peer whose last answer was `refused`, not yet shown
+        refused: marked refused now, and returned. They blocked us, and we ask again
+        only after RETRY_REFUSED_S; without this, a message written after their answer
+        stayed "pending" for that hour, the sender never learning it was refused."""
+        if self.last.get(peer, (0.0, ""))[1] != "refused":
+            return []
+        marks = self.marked.get(conversation, {})
+        return self.mark(conversation, [i for i in owed if marks.get(i) != "refused"],
+                         "refused")
+
     def forget(self, peer: str) -> None:
         self.next_at.pop(peer, None)
         self.last.pop(peer, None)

@@ -301,6 +301,9 @@ class Strangers:
                 self.asking.forget(peer)
                 continue
             owed = self.delivery.outbox.owed_to(conv.id, peer)
+            refused = self.asking.still_refused(peer, conv.id, [mid for mid, _ in owed])
+            if refused:
+                self.ctx.spawn(self._show_marks, conv, refused, "refused")
             if owed and self.asking.due(peer, conv.id, [mid for mid, _ in owed], now):
                 self.asking.asked(peer, now)
                 self.ctx.spawn(self._ask, peer, conv, owed)
@@ -338,11 +341,15 @@ class Strangers:
             else mids if answer.status == "refused" else []
         changed = self.asking.mark(conv.id, ids, answer.status)
         if changed:
-            await self._put_json(f"gossip.requested.{conv.id}",
-                                 self.asking.marked.get(conv.id, {}))
-            for mid in changed:
-                self.ctx.publish("gossip.message.state", {
-                    "id": mid, "conversation": conv.id, "state": answer.status})
+            await self._show_marks(conv, changed, answer.status)
+
+    async def _show_marks(self, conv: Conversation, changed: list[str], status: str) -> None:
+        """Keep the marks (they outlive a restart) and tell the user's screens."""
+        await self._put_json(f"gossip.requested.{conv.id}",
+                             self.asking.marked.get(conv.id, {}))
+        for mid in changed:
+            self.ctx.publish("gossip.message.state", {
+                "id": mid, "conversation": conv.id, "state": status})
 
     async def _ask_profile(self, peer: str) -> None:
         try:

@@ -112,6 +112,24 @@ def test_a_refusal_is_shown_and_not_asked_again_soon() -> None:
     assert asking.due("bob", "d1", ["m3"], now=0.1 + rq.RETRY_REFUSED_S)
 
 
+def test_a_message_written_after_a_refusal_shows_refused_at_once() -> None:
+    """Bob blocked us; our next message must not stay pending until the next ask, an
+    hour away: it shows refused as soon as it is owed, once."""
+    asking = rq.Asking()
+    assert asking.still_refused("bob", "d1", ["m1"]) == []  # no answer yet: asked
+    asking.asked("bob", now=0.0)
+    asking.answered("bob", "requested", now=0.1)
+    assert asking.still_refused("bob", "d1", ["m1"]) == []  # held, not refused
+    asking.answered("bob", "refused", now=20.0)
+    asking.mark("d1", ["m1"], "refused")
+    assert asking.still_refused("bob", "d1", ["m1", "m2"]) == ["m2"]
+    assert asking.shown("d1", "m2", "pending") == "refused"
+    assert asking.still_refused("bob", "d1", ["m1", "m2"]) == []  # told once
+    assert asking.still_refused("carol", "d2", ["m9"]) == []  # only that peer's chat
+    asking.answered("bob", "requested", now=20.0 + rq.RETRY_REFUSED_S)  # unblocked us
+    assert asking.still_refused("bob", "d1", ["m3"]) == []
+
+
 def test_marks_per_conversation_are_bounded() -> None:
     asking = rq.Asking()
     ids = [f"m{i}" for i in range(rq.MAX_REQUESTED_IDS + 50)]
