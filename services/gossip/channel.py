@@ -13,12 +13,17 @@ One stream per exchange; the caller writes and reads one length-prefixed frame e
 and closes it:
 
     initiator                                        responder
-    PUSH {v, items: [{id, m: {t, b}}], bundle?}  ->
+    PUSH {v, items: [{id, m: {t, b}}], bundle?, want?}  ->
                                                      decrypts each item (Book),
                                                      hands new ones to the
                                                      application (Seen), answers
-                                                 <-  ACK {v, ok: [id], bad: {id: why}}
+                                  <-  ACK {v, ok: [id], bad: {id: why}, bundle?}
     close                                            close
+
+A PUSH with `want` asks for the responder's bundle in the ACK; it may carry no items
+(a first contact: we need the peer's identity and one-time key before we can encrypt
+anything for it). The stream is the transport's, so the bundle comes from the peer
+itself; the actor still checks its signature against the peer id.
 
 Sending: the application `Queue.put`s a payload for a peer (its id is a hash of the
 plaintext, `payload_id`). When the peer is `due`, `prepare_push` takes up to MAX_ITEMS
@@ -106,7 +111,7 @@ from p2pm.common import errors, wire
 PROTOCOL = "/p2pm/keys/1.0.0"
 VERSION = 1
 MAX_FRAME = 64 * 1024  # a PUSH
-MAX_ACK_FRAME = 4 * 1024  # an ACK: at most MAX_ITEMS ids and reasons
+MAX_ACK_FRAME = 8 * 1024  # an ACK: at most MAX_ITEMS ids and reasons, and a bundle
 MAX_ITEMS = 32  # payloads per PUSH
 MAX_PAYLOAD = 1024  # plaintext bytes of one payload
 MAX_BODY = MAX_PAYLOAD + 256  # an Olm message: padding, MAC and PreKey header
@@ -240,12 +245,14 @@ class PushItem:
 class Push:
     items: tuple[PushItem, ...]
     bundle: bytes | None = None  # the initiator's prekey bundle, opaque here
+    want_bundle: bool = False  # asks the responder for its bundle in the ACK
 
 
 @dataclass(frozen=True, slots=True)
 class Ack:
     ok: tuple[str, ...] = ()
     bad: Mapping[str, Bad] = field(default_factory=dict)
+    bundle: bytes | None = None  # the responder's bundle, when the PUSH asked for it
 
     def ids(self) -> set[str]:
         return set(self.ok) | set(self.bad)
@@ -282,8 +289,9 @@ def _frame(data: bytes, limit: int, frame: str, keys: set[str]) -> dict[str, Any
 
 def encode_push(push: Push) -> bytes:
     """The PUSH frame; LocalProtocolError if it breaks a bound (a bug in the caller)."""
-    if not 0 < len(push.items) <= MAX_ITEMS:
-        raise LocalProtocolError(f"a PUSH carries 1 to {MAX_ITEMS} items")
+    least = 0 if push.want_bundle else 1
+    if not least <= len(push.items) <= MAX_ITEMS:
+        raise LocalProtocolError(f"a PUSH carries {least} to {MAX_ITEMS} items")
     if len({item.id for item in push.items}) != len(push.items):
         raise LocalProtocolError("a PUSH names each id once")
     for item in push.items:
@@ -296,10 +304,9 @@ def encode_push(push: Push) -> bytes:
     doc: dict[str, Any] = {"v": VERSION, "items": [
         {"id": item.id, "m": {"t": item.message.type, "b": wire.b64e(item.message.body)}}
         for item in push.items]}
-    if push.bundle is not None:
-        if not 0 < len(push.bundle) <= MAX_BUNDLE:
-            raise LocalProtocolError(f"a bundle is 1 to {MAX_BUNDLE} bytes")
-        doc["bundle"] = wire.b64e(push.bundle)
+    _put_bundle(doc, push.bundle)
+    if push.want_bundle:
+        doc["want"] = True
     data = _canonical(doc)
     if len(data) > MAX_FRAME:  # cannot happen within the bounds above; kept as a guard
         raise LocalProtocolError(f"PUSH of {len(data)} bytes > {MAX_FRAME}")
@@ -309,10 +316,14 @@ def encode_push(push: Push) -> bytes:
 def decode_push(data: bytes) -> Push:
     """A PUSH from the peer; ChannelError says what is wrong with it. The size is
     checked before anything is parsed."""
-    doc = _frame(data, MAX_FRAME, "PUSH", {"v", "items", "bundle"})
+    doc = _frame(data, MAX_FRAME, "PUSH", {"v", "items", "bundle", "want"})
+    want = doc.get("want", False)
+    if want is not True and "want" in doc:
+        raise ChannelError('PUSH "want" is true or absent')
     raw = doc.get("items")
-    if not isinstance(raw, list) or not 0 < len(raw) <= MAX_ITEMS:
-        raise ChannelError(f"PUSH items must be a list of 1 to {MAX_ITEMS}")
+    least = 0 if want else 1
+    if not isinstance(raw, list) or not least <= len(raw) <= MAX_ITEMS:
+        raise ChannelError(f"PUSH items must be a list of {least} to {MAX_ITEMS}")
     items = []
     for entry in raw:
         if not isinstance(entry, dict) or set(entry) != {"id", "m"}:
@@ -332,12 +343,23 @@ def decode_push(data: bytes) -> Push:
         items.append(PushItem(entry["id"], OlmMessage(kind, body)))
     if len({item.id for item in items}) != len(items):
         raise ChannelError("a PUSH names each id once")
-    bundle = None
-    if "bundle" in doc:
-        bundle = _unb64(doc["bundle"], "bundle")
+    return Push(tuple(items), _get_bundle(doc), want)
+
+
+def _put_bundle(doc: dict[str, Any], bundle: bytes | None) -> None:
+    if bundle is not None:
         if not 0 < len(bundle) <= MAX_BUNDLE:
-            raise ChannelError(f"a bundle is 1 to {MAX_BUNDLE} bytes")
-    return Push(tuple(items), bundle)
+            raise LocalProtocolError(f"a bundle is 1 to {MAX_BUNDLE} bytes")
+        doc["bundle"] = wire.b64e(bundle)
+
+
+def _get_bundle(doc: dict[str, Any]) -> bytes | None:
+    if "bundle" not in doc:
+        return None
+    bundle = _unb64(doc["bundle"], "bundle")
+    if not 0 < len(bundle) <= MAX_BUNDLE:
+        raise ChannelError(f"a bundle is 1 to {MAX_BUNDLE} bytes")
+    return bundle
 
 
 def encode_ack(ack: Ack) -> bytes:
@@ -347,14 +369,16 @@ def encode_ack(ack: Ack) -> bytes:
         raise LocalProtocolError(f"an ACK answers at most {MAX_ITEMS} ids, each once")
     if not all(_valid_id(i) for i in ids):
         raise LocalProtocolError("an ACK names only valid payload ids")
-    return _canonical({"v": VERSION, "ok": list(ack.ok),
-                       "bad": {i: Bad(why).value for i, why in ack.bad.items()}})
+    doc = {"v": VERSION, "ok": list(ack.ok),
+           "bad": {i: Bad(why).value for i, why in ack.bad.items()}}
+    _put_bundle(doc, ack.bundle)
+    return _canonical(doc)
 
 
 def decode_ack(data: bytes) -> Ack:
     """An ACK from the peer; ChannelError says what is wrong with it. Whether it
     answers the PUSH we sent is `apply_ack`'s check."""
-    doc = _frame(data, MAX_ACK_FRAME, "ACK", {"v", "ok", "bad"})
+    doc = _frame(data, MAX_ACK_FRAME, "ACK", {"v", "ok", "bad", "bundle"})
     ok, bad = doc.get("ok", []), doc.get("bad", {})
     if not isinstance(ok, list) or not isinstance(bad, dict):
         raise ChannelError('an ACK has "ok": [ids] and "bad": {id: reason}')
@@ -369,7 +393,7 @@ def decode_ack(data: bytes) -> Ack:
         if not isinstance(why, str) or why not in _BAD:
             raise ChannelError(f"unknown reason {str(why)[:32]!r} (known: {sorted(_BAD)})")
         reasons[i] = _BAD[why]
-    return Ack(tuple(ok), reasons)
+    return Ack(tuple(ok), reasons, _get_bundle(doc))
 
 
 # -- sessions ----------------------------------------------------------------------

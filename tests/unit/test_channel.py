@@ -277,6 +277,8 @@ BAD_PUSHES = {
     "version true": orjson.dumps(_push_doc(v=True)),
     "unknown field": orjson.dumps(_push_doc(extra=1)),
     "no items": orjson.dumps(_push_doc(0)),
+    "want false": orjson.dumps(_push_doc(0, want=False)),
+    "want a string": orjson.dumps(_push_doc(1, want="yes")),
     "items not a list": orjson.dumps(_push_doc(items={})),
     "33 items": orjson.dumps(_push_doc(33)),
     "item not an object": orjson.dumps(_push_doc(items=["x"])),
@@ -326,6 +328,8 @@ BAD_ACKS = {
     "bad id": orjson.dumps({"v": 1, "ok": ["xyz"]}),
     "unhashable id": orjson.dumps({"v": 1, "ok": [[1]]}),
     "33 ids": orjson.dumps({"v": 1, "ok": ["%032x" % i for i in range(33)]}),
+    "garbage bundle": orjson.dumps({"v": 1, "ok": [], "bundle": "%%%"}),
+    "empty bundle": orjson.dumps({"v": 1, "ok": [], "bundle": ""}),
     "oversize frame": b" " * (ch.MAX_ACK_FRAME + 1),
 }
 
@@ -364,6 +368,18 @@ def test_frames_round_trip_and_a_full_push_fits_in_a_frame():
     assert ch.decode_push(frame) == push
     with pytest.raises(ch.LocalProtocolError):
         ch.encode_push(ch.Push(tuple(items) + (ch.PushItem("f" * 32, items[0].message),)))
+
+
+def test_a_first_contact_asks_for_the_bundle_with_no_items_and_gets_it_in_the_ack():
+    ask = ch.Push((), bundle=b"mine", want_bundle=True)
+    assert ch.decode_push(ch.encode_push(ask)) == ask
+    with pytest.raises(ch.LocalProtocolError):
+        ch.encode_push(ch.Push(()))  # without asking, an empty PUSH is pointless
+    ack = ch.Ack(bundle=b"\xfe" * ch.MAX_BUNDLE,
+                 ok=tuple("%032x" % i for i in range(ch.MAX_ITEMS)))
+    frame = ch.encode_ack(ack)
+    assert len(frame) <= ch.MAX_ACK_FRAME
+    assert ch.decode_ack(frame) == ack
 
 
 def test_a_full_queue_raises_and_keeps_what_it_holds(alice, bob):
