@@ -271,7 +271,12 @@ class ActorRuntime:
         task_status.started()
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._watch_sources, sub, sources)
+                # Only an inproc pipe needs watching; over ipc the watch would wake
+                # every heartbeat to do nothing.
+                inproc = [s for s in sources
+                          if self.endpoints.events(s).startswith("inproc://")]
+                if inproc:
+                    nursery.start_soon(self._watch_sources, sub, inproc)
                 while True:
                     frames = await asock.recv_multipart()
                     self._heard[frames[0].split(b".", 1)[0].decode(errors="replace")] = \

@@ -43,6 +43,7 @@ log = get_logger("transport")
 
 PUSH_COALESCE_S = 0.2
 PUSH_TIMEOUT_S = 10.0  # a stalled peer must not hold back later pushes
+REAP_SLACK_S = 0.01
 
 # (peer_id, addrs) -> connected, or raises BusError; the actor's dial with its limits.
 Connector = Callable[[ID, list[multiaddr.Multiaddr]], Awaitable[None]]
@@ -102,6 +103,7 @@ class StreamHub:
                          "streams_inbound": 0, "streams_reset": 0, "owners_lost": 0}
         self._nursery: trio.Nursery | None = None
         self._protocols_changed = trio.Event()
+        self._owner_registered = trio.Event()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -134,8 +136,14 @@ class StreamHub:
                     log.warning("streams.bad_frame", error=str(exc))
 
     async def _reap_owners(self) -> None:
+        """Drop an owner not heard from for OWNER_TIMEOUT_S. Sleeps until the owner
+        heard from longest ago would be due (each heartbeat pushes that back), or
+        until an owner registers: an idle transport does not wake every heartbeat."""
         while True:
-            await trio.sleep(fr.HEARTBEAT_S)
+            if not self.owners:
+                await self._owner_registered.wait()
+                self._owner_registered = trio.Event()
+                continue
             now = time.monotonic()
             for owner in list(self.owners.values()):
                 if now - owner.last_seen > fr.OWNER_TIMEOUT_S:
@@ -143,6 +151,10 @@ class StreamHub:
                     log.warning("streams.owner_lost", owner=owner.name,
                                 streams=len(owner.streams))
                     self._drop_owner(owner, "owner stopped answering")
+            if self.owners:
+                due = min(o.last_seen for o in self.owners.values()) + fr.OWNER_TIMEOUT_S
+                # A hair past due: at due exactly the owner is not yet overdue.
+                await trio.sleep(max(due - time.monotonic(), 0.0) + REAP_SLACK_S)
 
     async def _push_identify_on_change(self) -> None:
         """identify-push to connected peers when the set of served protocols changes
@@ -236,6 +248,7 @@ class StreamHub:
         if owner is None:
             owner = Owner(name, instance, ident, window)
             self.owners[name] = owner
+            self._owner_registered.set()
             log.info("streams.owner_registered", owner=name, protocols=len(wanted))
         if owner.ident != ident:
             self.by_ident.pop(owner.ident, None)

@@ -105,6 +105,7 @@ class NatManager:
         self._nursery: trio.Nursery | None = None
         self._probe_now = trio.Event()
         self._reserve_now = trio.Event()
+        self._reachability_changed = trio.Event()
         discovery = settings.relay_discovery and dht is not None
         self.finder = RelayFinder(str(node.peer_id)) if discovery else None
         self.announcer = RelayAnnouncer() if discovery and settings.relay_service else None
@@ -232,6 +233,14 @@ class NatManager:
                 "reachability": self.reachability, "previous": previous,
                 "confirmed_addrs": list(self.autonat.confirmed)})
             self._reserve_now.set()
+            self._reachability_changed.set()
+            self._reachability_changed = trio.Event()
+
+    async def _wait_reachability(self, wanted: str) -> None:
+        """Until AutoNAT's verdict is `wanted`: the loops that act only then sleep
+        meanwhile instead of looking every second."""
+        while self.reachability != wanted:
+            await self._reachability_changed.wait()
 
     # relay client ----------------------------------------------------------------------
     def _relay_candidates(self) -> list[tuple[ID, multiaddr.Multiaddr | None]]:
@@ -258,6 +267,7 @@ class NatManager:
     async def _reservation_loop(self) -> None:
         backoff: dict[ID, tuple[float, float]] = {}  # relay -> (next try, delay)
         while True:
+            await self._wait_reachability(autonat.PRIVATE)
             if self.reachability == autonat.PRIVATE:
                 held = 0
                 for peer, addr in self._relay_candidates():
@@ -337,6 +347,7 @@ class NatManager:
         waits here, in its own task: the transport never waits on the dht."""
         assert self.finder is not None
         while True:
+            await self._wait_reachability(autonat.PRIVATE)
             now = time.time()
             if self.reachability == autonat.PRIVATE \
                     and self.finder.lookup_due(now, self._reservations_short()):
@@ -359,6 +370,7 @@ class NatManager:
         (a private one cannot be reached, so it stays quiet)."""
         assert self.announcer is not None
         while True:
+            await self._wait_reachability(autonat.PUBLIC)
             now = time.time()
             if self.reachability == autonat.PUBLIC and self.announcer.due(now):
                 try:

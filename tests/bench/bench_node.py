@@ -8,6 +8,9 @@
   the same two transports.
 * Whole-node RSS: the six actors plus supervisord, next to one bare
   `python -c "import trio, zmq"` process and one py-libp2p host process.
+* Idle CPU: CPU seconds of the six actors and supervisord over IDLE_S seconds in
+  which nothing is asked of the node, as % of one core, next to a bare
+  `python -c "import trio, zmq"` process over the same time. Printed per actor too.
 * Time to healthy after `p2pm up` (as `up` reports it), next to the start of one
   py-libp2p host process until it listens.
 * Recovery after `kill -9` of each actor: until supervisord has restarted it and the
@@ -32,6 +35,7 @@ from tests.integration.chatnet import (
     LOOPBACK, DeliveryProbe, addrs, open_direct, percentile,
 )
 
+IDLE_S = 30.0
 DM_MESSAGES = 60
 DM_BUDGET_S = 60.0
 WARMUP = 5
@@ -55,6 +59,39 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def node_processes(node: Node) -> dict[str, int]:
+    return {**node.pids(), "supervisord": node.supervisor().pid()}
+
+
+def idle_cpu(node: Node, seconds: float) -> tuple[dict[str, float], float]:
+    """% of one core each process of the node used over `seconds` of idling, and
+    that of a bare `import trio, zmq` process over the same seconds."""
+    pids = node_processes(node)
+    bare = subprocess.Popen([sys.executable, "-c", BARE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        assert bare.stdout is not None
+        bare.stdout.readline()
+        before = {name: cpu_s(pid) for name, pid in pids.items()}
+        bare_before = cpu_s(bare.pid)
+        time.sleep(seconds)
+        after = {name: cpu_s(pid) for name, pid in pids.items()}
+        bare_after = cpu_s(bare.pid)
+    finally:
+        os.killpg(bare.pid, signal.SIGKILL)
+        bare.wait(10)
+    share = {name: 100 * (after[name] - before[name]) / seconds for name in pids}
+    return share, 100 * (bare_after - bare_before) / seconds
 
 
 def baseline_process(code: str) -> tuple[float, int]:
@@ -136,6 +173,11 @@ def run() -> list[dict[str, Any]]:
                      "baseline": "one py-libp2p host process listening",
                      "baseline_value": round(host_start, 2)})
         rss = node_rss_kib(a) / 1024
+        for name, pid in node_processes(a).items():
+            rows.append({"name": f"node: RSS of {name} (idle)",
+                         "value": round(rss_kib(pid) / 1024, 1), "unit": "MiB",
+                         "baseline": "bare python -c 'import trio, zmq'",
+                         "baseline_value": round(bare_rss / 1024, 1)})
         rows.append({"name": "node: RSS of 6 actors + supervisord (idle)",
                      "value": round(rss, 1), "unit": "MiB",
                      "baseline": "bare python -c 'import trio, zmq'",
@@ -144,6 +186,16 @@ def run() -> list[dict[str, Any]]:
                      "value": round(rss, 1), "unit": "MiB",
                      "baseline": "one py-libp2p host process",
                      "baseline_value": round(host_rss / 1024, 1)})
+
+        shares, bare_cpu = idle_cpu(a, IDLE_S)
+        rows.append({"name": f"node: idle CPU of 6 actors + supervisord ({IDLE_S:g} s)",
+                     "value": round(sum(shares.values()), 2), "unit": "%",
+                     "baseline": "bare python -c 'import trio, zmq', same time",
+                     "baseline_value": round(bare_cpu, 2)})
+        for name, share in shares.items():
+            rows.append({"name": f"node: idle CPU of {name}", "value": round(share, 2),
+                         "unit": "%", "baseline": "bare python -c 'import trio, zmq'",
+                         "baseline_value": round(bare_cpu, 2)})
 
         b_addrs = addrs(b)
         a.call("transport", "dial", {"addr": b_addrs[0]}, timeout=30.0)
