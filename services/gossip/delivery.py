@@ -57,17 +57,23 @@ class ReceiptBatch:
     holds what arrived meanwhile (two seconds of a room's messages at most)."""
 
     def __init__(self, room_every_s: float = ROOM_RECEIPT_FLUSH_S,
-                 max_held: int = MAX_HELD_RECEIPTS) -> None:
+                 max_held: int = MAX_HELD_RECEIPTS,
+                 on_owed: Callable[[], None] = lambda: None) -> None:
         self.room_every_s = room_every_s
         self.max_held = max_held
+        self.on_owed = on_owed  # the flusher sleeps until something is owed
         self._owed: dict[str, list[str]] = {}
         self._last_room: float | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self._owed)
 
     def owed(self, conversation: str) -> list[str]:
         return list(self._owed.get(conversation, ()))
 
     def owe(self, conversation: str, message_id: str) -> None:
         self._owed.setdefault(conversation, []).append(message_id)
+        self.on_owed()
 
     def take(self, now: float,
              kind_of: Callable[[str], str | None]) -> list[tuple[str, list[str]]]:
@@ -103,7 +109,8 @@ class Delivery:
         # Our messages not yet published: message id -> conversation. Bounded by what
         # the user wrote while no member was reachable (each is stored, pending).
         self.unsent: dict[str, str] = {}
-        self.receipts = ReceiptBatch()
+        self._receipts_owed = trio.Event()
+        self.receipts = ReceiptBatch(on_owed=lambda: self._receipts_owed.set())
         # Set by strangers.py: the state our message shows once a message request
         # answered for it ("requested", "refused"); storage keeps pending/sent.
         self.shown: Callable[[str, str, str], str] = lambda conv, mid, state: state
@@ -293,7 +300,11 @@ class Delivery:
         return conv.kind if conv is not None else None
 
     async def receipt_loop(self) -> None:
+        # Asleep while nothing is owed: an idle node wakes for none of this.
         while True:
+            if not self.receipts:
+                await self._receipts_owed.wait()
+            self._receipts_owed = trio.Event()
             await trio.sleep(RECEIPT_FLUSH_S)
             for conv_id, ids in self.receipts.take(self.ctx.now(), self._kind_of):
                 conv = self.registry.get(conv_id)

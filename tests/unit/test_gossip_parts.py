@@ -127,6 +127,16 @@ def test_a_direct_chat_acknowledges_at_every_flush_a_room_every_two_seconds() ->
     assert batch.take(4.0, kinds) == [("room", ["r3"])]
 
 
+def test_the_flusher_is_woken_when_a_receipt_is_owed_and_sees_when_none_is() -> None:
+    woken = []
+    batch = ReceiptBatch(on_owed=lambda: woken.append(1))
+    assert not batch  # an idle node's flusher sleeps on this
+    batch.owe("dm", "m1")
+    assert batch and woken == [1]
+    batch.take(0.0, _kinds({"dm": "direct"}))
+    assert not batch
+
+
 def test_receipts_of_a_conversation_left_are_dropped() -> None:
     batch = ReceiptBatch()
     batch.owe("gone", "m1")
