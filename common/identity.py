@@ -87,6 +87,7 @@ PREFIX_DOMAINS = frozenset({
     "p2pm-invite:",
     "p2pm-room-invite:",
     "p2pm-receipt:",
+    "p2pm-prekeys:",
     "p2pm-roster:",
 })
 SIGNING_DOMAINS = ENVELOPE_DOMAINS | PREFIX_DOMAINS
