@@ -94,7 +94,7 @@ SIGNING_DOMAINS = ENVELOPE_DOMAINS | PREFIX_DOMAINS
 
 # Purposes the keystore derives a subkey for (`derive_subkey`); each is versioned, so a
 # later format gets a new key instead of reusing this one.
-SUBKEY_PURPOSES = frozenset({"storage-at-rest-v1"})
+SUBKEY_PURPOSES = frozenset({"storage-at-rest-v1", "gossip-sessions-v1"})
 SUBKEY_BYTES = 32
 _SUBKEY_PERSON = b"p2pm-subkey"  # BLAKE2b personalisation: no other hash of the seed matches
 

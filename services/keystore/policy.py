@@ -6,8 +6,9 @@ secrets) an actor's job needs, and nothing else:
     transport  signs its noise static key and its libp2p peer record
     dht        signs the DHT records it publishes
     gossip     signs pubsub messages, conversation messages, receipts and invites
-               (room invites, and the node invite it answers a stranger with), and
-               asks for direct chats' secrets
+               (room invites, and the node invite it answers a stranger with), its
+               prekey bundle and rooms' membership events; asks for direct chats'
+               secrets and for the subkey its Olm/Megolm state is pickled under
     gateway    signs node invites (`invite create`)
     storage    asks for its at-rest subkey
 
@@ -33,8 +34,10 @@ ALLOWED: Mapping[str, Mapping[str, frozenset[str]]] = {
     "dht": {SIGN: frozenset({"p2pm-record:"})},
     "gossip": {
         SIGN: frozenset({"libp2p-pubsub:", "p2pm-message:", "p2pm-receipt:",
-                         "p2pm-room-invite:", "p2pm-invite:"}),
+                         "p2pm-room-invite:", "p2pm-invite:", "p2pm-prekeys:",
+                         "p2pm-roster:"}),
         DIRECT_SECRET: frozenset({DIRECT_PURPOSE}),
+        SUBKEY: frozenset({"gossip-sessions-v1"}),
     },
     "gateway": {SIGN: frozenset({"p2pm-invite:"})},
     "storage": {SUBKEY: frozenset({"storage-at-rest-v1"})},

@@ -160,13 +160,16 @@ def _jobs() -> list[tuple[str, str, bytes | None]]:
     from p2pm.common import invite
     from p2pm.services.dht.records import RECORD_DOMAIN
     from p2pm.services.gossip import conversations as cv
+    from p2pm.services.gossip.roster import ROSTER_DOMAIN
     from p2pm.services.gossip.router.messages import SIGNING_DOMAIN as PUBSUB_DOMAIN
+    from p2pm.services.gossip.sessions import PREKEY_DOMAIN
     from p2pm.services.transport.custody import NOISE_DOMAIN, PEER_RECORD_DOMAIN
 
     return [("transport", NOISE_DOMAIN, None), ("transport", PEER_RECORD_DOMAIN, b"\x03\x01"),
             ("dht", RECORD_DOMAIN, None),
             *[("gossip", d, None) for d in (PUBSUB_DOMAIN, cv.MESSAGE_DOMAIN, cv.RECEIPT_DOMAIN,
-                                            cv.INVITE_DOMAIN, invite.DOMAIN)],
+                                            cv.INVITE_DOMAIN, invite.DOMAIN,
+                                            PREKEY_DOMAIN, ROSTER_DOMAIN)],
             ("gateway", invite.DOMAIN, None)]
 
 
@@ -313,6 +316,16 @@ async def test_subkey_is_bound_to_its_purpose_and_never_the_identity_key(
             assert err.code == errors.FORBIDDEN and f"{actor} may not" in err.message
         err = await call_error(ks, "subkey", {"purpose": "storage-at-rest-v1"}, actor=None)
         assert err.code == errors.FORBIDDEN
+        # gossip's Olm/Megolm pickles are under a key of their own, which storage
+        # (that seals everything it stores) cannot have
+        olm = base64.b64decode((await ks.call("subkey", {"purpose": "gossip-sessions-v1"},
+                                              actor="gossip"))["key"])
+        assert olm == identity.derive_subkey(nacl.signing.SigningKey(SEED),
+                                             "gossip-sessions-v1") and olm != key
+        for actor in ("storage", "gateway", "transport", "dht"):
+            err = await call_error(ks, "subkey", {"purpose": "gossip-sessions-v1"},
+                                   actor=actor)
+            assert err.code == errors.FORBIDDEN and f"{actor} may not" in err.message
         seen = orjson.dumps([reply, await ks.call("sys.status")])
         assert b64(SEED).encode() not in seen and SEED.hex().encode() not in seen
 
