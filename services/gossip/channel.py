@@ -110,12 +110,12 @@ from p2pm.common import errors, wire
 
 PROTOCOL = "/p2pm/keys/1.0.0"
 VERSION = 1
-MAX_FRAME = 64 * 1024  # a PUSH
-MAX_ACK_FRAME = 8 * 1024  # an ACK: at most MAX_ITEMS ids and reasons, and a bundle
+MAX_FRAME = 96 * 1024  # a PUSH
+MAX_ACK_FRAME = 16 * 1024  # an ACK: at most MAX_ITEMS ids and reasons, and a bundle
 MAX_ITEMS = 32  # payloads per PUSH
 MAX_PAYLOAD = 1024  # plaintext bytes of one payload
 MAX_BODY = MAX_PAYLOAD + 256  # an Olm message: padding, MAC and PreKey header
-MAX_BUNDLE = 2048  # our prekey bundle as it travels in a PUSH
+MAX_BUNDLE = 8 * 1024  # a prekey bundle (sessions.MAX_BUNDLE_BYTES) in a PUSH or ACK
 MAX_SESSIONS_PER_PEER = 4
 MAX_PEERS = 1024  # Book and Queue default
 MAX_QUEUED = 256  # payloads waiting for one peer's ACK
@@ -638,6 +638,10 @@ class Queue:
 
     def __len__(self) -> int:
         return sum(len(line.items) for line in self._lines.values())
+
+    def peers(self) -> list[str]:
+        """The peers with payloads waiting."""
+        return [peer for peer, line in self._lines.items() if line.items]
 
     def pending(self, peer: str) -> tuple[Queued, ...]:
         line = self._lines.get(peer)
