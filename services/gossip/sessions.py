@@ -401,6 +401,10 @@ class SenderKey:
         return (self._retired or self._group.message_index >= ROTATE_AFTER_MESSAGES
                 or now - self.created_at >= ROTATE_AFTER_S)
 
+    @property
+    def retired(self) -> bool:
+        return self._retired
+
     def force_rotation(self) -> None:
         """Retire this session (a member was removed or left): it encrypts nothing
         more, since whoever left holds its key."""
@@ -603,6 +607,11 @@ class RoomKeys:
     def close(self, sender: str) -> int:
         """Drop every session of `sender` (removed from the room, or left); how many."""
         return len(self._senders.pop(sender, {}))
+
+    def close_session(self, sender: str, session_id: str) -> bool:
+        """Drop one session of `sender` (someone who has left holds it); whether we
+        held it."""
+        return self._senders.get(sender, {}).pop(session_id, None) is not None
 
     def close_all_except(self, members: Iterable[str]) -> tuple[str, ...]:
         """Drop the sessions of every sender not in `members`; the senders dropped."""
