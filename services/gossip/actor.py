@@ -18,6 +18,8 @@ job and its own module docstring:
     reach.py       addresses, the DHT, dialling with backoff
     syncing.py     catch-up sync sessions, membership proven both ways first
     strangers.py   message requests (`/p2pm/request/1.0.0`), blocks, profiles
+    pairing.py     pairwise Olm sessions (`/p2pm/keys/1.0.0`): our prekey bundle,
+                   small secrets owed to each peer (channel.py is its protocol core)
 
 Maintenance (`_maintain`, every second) retries what is still owed: it publishes
 unsent messages once a member is reachable, syncs with recipients who owe a receipt
@@ -50,6 +52,7 @@ from p2pm.common.actor import Actor, every, on_event, rpc
 from p2pm.common.clients import DhtClient, KeystoreClient, StorageClient, TransportClient
 from p2pm.common.config import settings_of
 
+from . import channel
 from . import conversations as cv
 from . import requests as rq
 from . import sync, syncing
@@ -57,6 +60,7 @@ from .context import Context, peer_bytes
 from .delivery import Delivery
 from .links import MESH_PROTOCOLS, Links
 from .membership import Membership, Why
+from .pairing import Pairing
 from .reach import TARGET_MEMBER_PEERS, Reach
 from .receive import Receive
 from .router.core import Backpressure, Router
@@ -96,6 +100,7 @@ class Gossip(StrangerRpcs, Actor):
         self.strangers = Strangers(self.ctx, self.registry, self.conversations,
                                    self.receive, self.delivery, self.links, self.reach)
         self.streams: Any = None
+        self.pairing = Pairing(self.ctx, lambda: self.streams, self.reach.is_connected)
         self.loaded = trio.Event()
         self.syncer = syncing.Syncer(_SyncPort(self))
         self._last_sync: dict[tuple[str, str], float] = {}  # maintenance's timers
@@ -131,7 +136,8 @@ class Gossip(StrangerRpcs, Actor):
                                "counters": dict(self.ctx.counters),
                                "undelivered": len(self.delivery.outbox),
                                "equivocating_authors": dict(self.receive.equivocators),
-                               "strangers": self.strangers.statistics()}
+                               "strangers": self.strangers.statistics(),
+                               "keys": self.pairing.statistics()}
         if self.ctx.started:
             out["router"] = self.ctx.router.statistics()
         out["sync"] = self.syncer.statistics()
@@ -151,6 +157,7 @@ class Gossip(StrangerRpcs, Actor):
         specs = {p: mesh for p in MESH_PROTOCOLS}
         specs[sync.PROTOCOL] = ProtocolSpec(messages=True, max_message=sync.MAX_FRAME)
         specs[rq.PROTOCOL] = ProtocolSpec(messages=True, max_message=rq.MAX_FRAME)
+        specs[channel.PROTOCOL] = ProtocolSpec(messages=True, max_message=channel.MAX_FRAME)
         async with open_streams(self.runtime.endpoints, "gossip", specs, wait=None,
                                 ctx=self.runtime.ctx) as streams:
             self.streams = self.links.streams = streams
@@ -182,6 +189,7 @@ class Gossip(StrangerRpcs, Actor):
         await self.conversations.load(await self.storage.until_answered().conversation_list())
         await self.delivery.load()
         await self.strangers.load()
+        await self.pairing.load()
         self.loaded.set()
 
     async def _ready(self) -> None:
@@ -222,6 +230,8 @@ class Gossip(StrangerRpcs, Actor):
                 self.spawn(self.links.serve_inbound, stream)
             elif stream.protocol == rq.PROTOCOL:
                 self.spawn(self._serve_request, stream)
+            elif stream.protocol == channel.PROTOCOL:
+                self.spawn(self._serve_keys, stream)
             else:
                 await stream.reset()
 
@@ -359,6 +369,10 @@ class Gossip(StrangerRpcs, Actor):
         if await self._loaded_in_time(stream):
             await self.strangers.serve(stream)
 
+    async def _serve_keys(self, stream: Any) -> None:
+        if await self._loaded_in_time(stream):
+            await self.pairing.serve(stream)
+
     async def _prove(self, peer: str, conv: Conversation) -> None:
         """A peer named by a hint (a DHT provider record): reach it and sync, which
         makes it a member only if it proves it holds the conversation's key."""
@@ -374,6 +388,7 @@ class Gossip(StrangerRpcs, Actor):
         if not self.ctx.started or not self.loaded.is_set():
             return
         await self.delivery.publish_unsent()
+        self.pairing.maintain(self.ctx.now())
         # A direct chat's recipient is dialled; a room's members are reached through
         # the room's mesh and its receipts, and synced with when connected anyway.
         now = self.ctx.now()
