@@ -110,10 +110,10 @@ from p2pm.common import errors, wire
 
 PROTOCOL = "/p2pm/keys/1.0.0"
 VERSION = 1
-MAX_FRAME = 96 * 1024  # a PUSH
+MAX_FRAME = 128 * 1024  # a PUSH
 MAX_ACK_FRAME = 16 * 1024  # an ACK: at most MAX_ITEMS ids and reasons, and a bundle
 MAX_ITEMS = 32  # payloads per PUSH
-MAX_PAYLOAD = 1024  # plaintext bytes of one payload
+MAX_PAYLOAD = 2048  # plaintext bytes of one payload (an ADMIT with 16 roster heads)
 MAX_BODY = MAX_PAYLOAD + 256  # an Olm message: padding, MAC and PreKey header
 MAX_BUNDLE = 8 * 1024  # a prekey bundle (sessions.MAX_BUNDLE_BYTES) in a PUSH or ACK
 MAX_SESSIONS_PER_PEER = 4
@@ -122,7 +122,7 @@ MAX_QUEUED = 256  # payloads waiting for one peer's ACK
 MAX_SEEN_IDS = 1024
 RETRY_BASE_S = 2.0  # first backoff after a failed exchange; doubles each time
 RETRY_MAX_S = 300.0
-KINDS = frozenset({"sender_key", "admit"})
+KINDS = frozenset({"sender_key", "join", "admit"})
 ID_CHARS = 32  # a payload id: 16 bytes of BLAKE2b, lowercase hex
 
 OLM_PREKEY = 0  # vodozemac's message types (AnyOlmMessage.to_parts)
