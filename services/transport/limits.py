@@ -8,7 +8,7 @@ overflow rule is written):
 * each protocol, once multistream-select has named it, before its handler runs: the
   rates below. The transport's own protocols (identify, identify push, ping, relay hop
   and stop, AutoNAT, DCUtR) and the ones owners speak through the stream API (kad,
-  meshsub, sync) are all limited here, since every handler the host installs passes
+  meshsub, sync, keys) are all limited here, since every handler the host installs passes
   through `P2pmHost.set_stream_handler`.
 
 A refused stream is reset at once and counted; the peer sees a reset stream, exactly as
@@ -35,6 +35,9 @@ PROTOCOL_RATES: tuple[tuple[str, str, Rate], ...] = (
     ("/ipfs/kad/", "kad", Rate(rate=50.0, burst=200.0)),
     ("/meshsub/", "meshsub", Rate(rate=1.0, burst=10.0)),
     ("/p2pm/sync/", "sync", Rate(rate=5.0, burst=30.0)),
+    # one exchange per flush of what a peer owes us (sender keys, admissions), and a
+    # first contact's bundle ask; each may cost us Olm sessions and a one-time key
+    ("/p2pm/keys/", "keys", Rate(rate=1.0, burst=20.0)),
     ("/libp2p/circuit/relay/0.2.0/hop", "relay_hop", Rate(rate=1.0, burst=10.0)),
     ("/libp2p/circuit/relay/0.2.0/stop", "relay_stop", Rate(rate=2.0, burst=20.0)),
     ("/libp2p/autonat/", "autonat", Rate(rate=0.5, burst=5.0)),

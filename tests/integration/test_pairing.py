@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 
+from p2pm.common.streams import StreamError
 from p2pm.services.gossip import pairing as pairing_mod
 from p2pm.services.gossip.pairing import PayloadRefused
 from tests.helpers.gossip_node import GossipNode, open_gossip_node
@@ -160,3 +161,30 @@ async def test_a_peer_that_never_answers_costs_a_timeout_and_the_payload_waits(
         monkeypatch.setattr(bob.gossip.pairing, "serve", real_serve)
         await wait_received(bob, got, 1)  # after the backoff it goes through
         await settled(alice, bob)
+
+
+async def test_a_peer_flooding_the_key_protocol_is_cut_off_and_honest_payloads_still_arrive(
+        ) -> None:
+    from p2pm.services.gossip import channel as ch
+    async with open_gossip_node("kflood1") as mallory, open_gossip_node("kflood2") as bob:
+        got = inbox(bob)
+        await connect(mallory, bob)
+        answered = refused = 0
+        ask = ch.encode_push(ch.Push((), want_bundle=True))
+        for _ in range(60):  # far more first-contact asks than any honest peer makes
+            try:
+                with trio.fail_after(10):
+                    stream = await mallory.gossip.streams.open_stream(
+                        ch.PROTOCOL, peer=bob.peer_id, timeout=10)
+                    async with stream:
+                        await stream.send(ask)
+                        assert ch.decode_ack(await stream.receive()).bundle
+                        answered += 1
+            except (StreamError, trio.TooSlowError, trio.EndOfChannel):  # reset by bob
+                refused += 1
+        assert refused >= 30 and answered <= 30, (answered, refused)
+        # the same peer's real payload still gets through once its bucket refills
+        await mallory.gossip.pairing.send(bob.peer_id, "sender_key", {"n": 1})
+        await wait_received(bob, got, 1)
+        status = await bob.call("transport", "sys.status")
+        assert status["limits"]["rates"]["keys"]["refused"] >= refused

@@ -118,13 +118,13 @@ def test_every_protocol_a_stranger_can_open_has_its_own_limit() -> None:
         "/ipfs/kad/1.0.0", "/libp2p/circuit/relay/0.2.0/hop",
         "/libp2p/circuit/relay/0.2.0/stop", "/libp2p/autonat/1.0.0", "/libp2p/dcutr",
         "/ipfs/id/push/1.0.0", "/ipfs/id/1.0.0", "/ipfs/ping/1.0.0", "/meshsub/1.1.0",
-        "/p2pm/sync/1.0.0", "/something/else")}
+        "/p2pm/sync/1.0.0", "/p2pm/keys/1.0.0", "/something/else")}
     assert kinds == {
         "/ipfs/kad/1.0.0": "kad", "/libp2p/circuit/relay/0.2.0/hop": "relay_hop",
         "/libp2p/circuit/relay/0.2.0/stop": "relay_stop", "/libp2p/autonat/1.0.0": "autonat",
         "/libp2p/dcutr": "dcutr", "/ipfs/id/push/1.0.0": "identify_push",
         "/ipfs/id/1.0.0": "identify", "/ipfs/ping/1.0.0": "ping", "/meshsub/1.1.0": "meshsub",
-        "/p2pm/sync/1.0.0": "sync", "/something/else": "other"}
+        "/p2pm/sync/1.0.0": "sync", "/p2pm/keys/1.0.0": "keys", "/something/else": "other"}
     table = limits.PeerLimits(max_peers=8)
     allowed = sum(table.allow_protocol("p", "/libp2p/dcutr", 0.0) for _ in range(50))
     assert allowed == 5  # dcutr's burst, and only the dcutr table was spent
