@@ -32,6 +32,12 @@ say what p2pm did there; the latency rows compare both at the highest rate both
 delivered in full. CPU per delivery is the CPU time the network used during a step
 (p2pm: its 10 node processes; py-libp2p: this process, which also runs the
 collectors), divided by the messages delivered to members in it.
+
+With `P2PM_BENCH_PROFILE=1` (py-spy installed: `pip install -e .[bench]`) every p2pm
+step is also profiled and followed by a table of CPU per delivered message by stage
+(transport, stream frames, bus, router, signing, storage, ...; see stageprof.py). The
+profiler runs beside the nodes, never inside them; what it costs them is its own
+samplers' competition for the two cores, so compare steps run the same way.
 """
 
 from __future__ import annotations
@@ -77,16 +83,21 @@ def pct(samples: list[float], q: float) -> float:
 
 
 async def climb(label: str, rates: tuple[int, ...], publish: Any,
-                received: dict[Any, list[float]], cpu_s: Any) -> list[dict[str, Any]]:
+                received: dict[Any, list[float]], cpu_s: Any,
+                window: Any = None) -> list[dict[str, Any]]:
     """Offer messages at each rate in turn (`publish(n, rate, sent)` adds (key, time
     offered) to `sent` once the message is out; `received[key]` holds the times members
     got it), wait until every member has every message or DRAIN_S after the last offer,
     and stop after the first rate at which some did not. `cpu_s()` is the CPU time the
-    network under test has used so far."""
+    network under test has used so far. `window`, if given, is a pair of callables run
+    around each step: the first before it, the second after it with the number of
+    deliveries, returning what to add to the step's figures."""
     steps = []
     for rate in rates:
         count = max(MIN_MESSAGES, int(rate * STEP_S))
         sent: list[tuple[Any, float]] = []
+        if window:
+            window[0]()
         cpu_start = cpu_s()
         start = trio.current_time()
         deadline = start + count / rate + DRAIN_S
@@ -105,6 +116,8 @@ async def climb(label: str, rates: tuple[int, ...], publish: Any,
                       "delivery": delivered / (count * (NODES - 1)),
                       "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000,
                       "cpu_ms_per_delivery": 1000 * cpu / max(1, delivered)})
+        if window:
+            steps[-1].update(window[1](delivered))
         print(f"  {label} {rate}/s: {steps[-1]}", file=sys.stderr)
         if delivered < count * (NODES - 1):
             break
@@ -178,6 +191,31 @@ class P2pmNet:
             except (OSError, IndexError, ValueError):
                 pass
         return ticks / os.sysconf("SC_CLK_TCK")
+
+    def profile_start(self) -> None:
+        from tests.bench import stageprof
+
+        keep = os.environ.get("P2PM_BENCH_PROFILE_DIR")  # py-spy's raw stacks stay there
+        self._window = stageprof.Window([p.pid for p in self.procs],
+                                        Path(keep) if keep else self.homes[0].root)
+        self._window.start()
+
+    def profile_stop(self, delivered: int) -> dict[str, Any]:
+        """The step's CPU per delivered message by stage, printed and returned."""
+        from tests.bench import stageprof
+
+        rows = stageprof.table(self._window.stop(), delivered)
+        for stage, ms, share in rows:
+            print(f"    {ms:8.3f} ms {share:5.1f} %  {stage}", file=sys.stderr)
+        per = 1000 / max(1, delivered)
+        print(f"    (py-spy itself: {per * self._window.profiler_cpu_s:.3f} ms per delivery; "
+              f"node threads runnable but waiting for a CPU: "
+              f"{per * self._window.run_queue_s:.3f} ms per delivery: where that is large, "
+              "the rows lean towards the places threads were preempted)", file=sys.stderr)
+        print("    the functions that decided the most samples:", file=sys.stderr)
+        for where, ms, share in stageprof.table(self._window.functions, delivered)[:30]:
+            print(f"    {ms:8.3f} ms {share:5.1f} %  {where}", file=sys.stderr)
+        return {"stages_ms_per_delivery": {stage: round(ms, 3) for stage, ms, _ in rows}}
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -260,7 +298,10 @@ async def measure_p2pm(rates: tuple[int, ...]) -> dict[str, Any]:
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(collect)
-                steps = await climb("p2pm", rates, post, received, net.cpu_s)
+                profile = os.environ.get("P2PM_BENCH_PROFILE") == "1"
+                steps = await climb("p2pm", rates, post, received, net.cpu_s,
+                                    (net.profile_start, net.profile_stop) if profile
+                                    else None)
                 nursery.cancel_scope.cancel()
             asub.close(linger_ms=0)
             duplicates = 0
