@@ -28,6 +28,13 @@ from .sequence import SequenceTracker, matches
 
 MAX_CONCURRENT = 256
 REPLY_CACHE = 4096
+# The cache answers a retried request without running it again; it is bounded in bytes
+# too, or it holds the last 4096 replies whatever their size (4096 history pages of
+# 200 messages are hundreds of MiB). A reply above REPLY_CACHE_ITEM_BYTES is not kept:
+# only reads answer that much, and a read that runs twice is the same read. So big
+# reads never push out the small replies of writes, whose dedupe matters.
+REPLY_CACHE_BYTES = 8 * 1024 * 1024
+REPLY_CACHE_ITEM_BYTES = 64 * 1024
 HEARTBEAT_S = 1.0
 # An actor exits within STOP_BOUND_S of SIGTERM: teardown gets up to TEARDOWN_S, the
 # sockets' linger is 0.2 s, and whatever is still running after that is cut short
@@ -83,6 +90,7 @@ class ActorRuntime:
         self.methods["sys.methods"] = Method(self._sys_methods)
         self._topic_seq: dict[str, int] = {}
         self._replies: OrderedDict[str, bytes] = OrderedDict()
+        self._replies_bytes = 0
         self._inflight: dict[str, list[bytes]] = {}
         self._clients: dict[str, Client] = {}
         self._nursery: trio.Nursery | None = None
@@ -199,13 +207,21 @@ class ActorRuntime:
                 return
             self._inflight[req.id] = [ident]
             reply = await self.dispatch(req)
-            self._replies[req.id] = reply
-            if len(self._replies) > REPLY_CACHE:
-                self._replies.popitem(last=False)
+            self._keep_reply(req.id, reply)
             for who in self._inflight.pop(req.id):
                 await self._router.send_multipart([who, *envelope[1:], reply])
         finally:
             limiter.release()
+
+    def _keep_reply(self, req_id: str, reply: bytes) -> None:
+        """Remember a reply for a retry of its request, within REPLY_CACHE entries and
+        REPLY_CACHE_BYTES, oldest out first."""
+        if len(reply) > REPLY_CACHE_ITEM_BYTES:
+            return
+        self._replies[req_id] = reply
+        self._replies_bytes += len(reply)
+        while len(self._replies) > REPLY_CACHE or self._replies_bytes > REPLY_CACHE_BYTES:
+            self._replies_bytes -= len(self._replies.popitem(last=False)[1])
 
     async def dispatch(self, req: wire.Request) -> bytes:
         """Run one decoded request through validation and its handler; the encoded

@@ -236,7 +236,7 @@ class Store:
         return schema.version(self.conn)
 
     def message_count(self) -> int:
-        return int(self._one("SELECT COUNT(*) FROM messages")[0])
+        return int(self._one("SELECT n FROM message_count")[0])
 
     def integrity_check(self) -> str:
         return str(self._one("PRAGMA integrity_check")[0])
@@ -348,14 +348,24 @@ class Store:
         where, args = ("", ()) if member is None else (
             "WHERE c.id IN (SELECT conversation FROM conversation_members "
             "WHERE peer_id = ?)", (member,))
+        # Materialised so that each conversation's MAX(ts) is looked up once, not once
+        # more for the ORDER BY; members come in one query, not one per conversation.
         rows = self.conn.execute(
-            "SELECT c.id, c.kind, c.name, c.created_at, "
+            "WITH listed AS MATERIALIZED (SELECT c.id, c.kind, c.name, c.created_at, "
             "(SELECT MAX(ts) FROM messages m WHERE m.conversation = c.id) AS last_ts "
-            f"FROM conversations c {where} "
-            "ORDER BY COALESCE(last_ts, c.created_at) DESC, c.id", args).fetchall()
+            f"FROM conversations c {where}) "
+            "SELECT * FROM listed ORDER BY COALESCE(last_ts, created_at) DESC, id",
+            args).fetchall()
+        members: dict[str, list[str]] = {r["id"]: [] for r in rows}
+        for conv, peer in self.conn.execute(
+                "SELECT conversation, peer_id FROM conversation_members "
+                f"{where.replace('c.id', 'conversation')} ORDER BY conversation, peer_id",
+                args):
+            if conv in members:
+                members[conv].append(peer)
         return [{"id": r["id"], "kind": r["kind"], "name": r["name"],
                  "created_at": r["created_at"], "last_ts": r["last_ts"],
-                 "members": self._members(r["id"])} for r in rows]
+                 "members": members[r["id"]]} for r in rows]
 
     # -- messages --------------------------------------------------------------------
     def message_put(self, m: Message, outbox: Sequence[str] = ()) -> bool:
@@ -443,25 +453,30 @@ class Store:
     def author_ranges(self, conversation: str) -> dict[str, dict[str, Any]]:
         """Per author: the seq ranges held, the contiguous prefix from 1, the count.
 
-        Ranges are found with the gaps-and-islands trick: within one run of
+        Most authors have no gaps: MIN, MAX and COUNT over the (conversation, author,
+        seq) index say so without ordering anything. Only an author with gaps has
+        their ranges found, with the gaps-and-islands trick: within one run of
         consecutive seqs, seq - row_number() is constant.
         """
         self._require_conversation(conversation)
-        rows = self.conn.execute(
-            "SELECT author, MIN(seq) AS lo, MAX(seq) AS hi FROM ("
-            "  SELECT author, seq, seq - ROW_NUMBER() OVER "
-            "    (PARTITION BY author ORDER BY seq) AS island"
-            "  FROM messages WHERE conversation = ?) "
-            "GROUP BY author, island ORDER BY author, lo", (conversation,))
+        spans = self.conn.execute(
+            "SELECT author, MIN(seq) AS lo, MAX(seq) AS hi, COUNT(*) AS n FROM messages "
+            "WHERE conversation = ? GROUP BY author ORDER BY author",
+            (conversation,)).fetchall()
         out: dict[str, dict[str, Any]] = {}
-        for r in rows:
-            entry = out.setdefault(r["author"], {"contiguous": 0, "max_seq": 0, "count": 0,
-                                                 "ranges": []})
-            if r["lo"] == 1:
-                entry["contiguous"] = r["hi"]
-            entry["max_seq"] = r["hi"]
-            entry["count"] += r["hi"] - r["lo"] + 1
-            entry["ranges"].append([r["lo"], r["hi"]])
+        for span in spans:
+            author = span["author"]
+            if span["n"] == span["hi"] - span["lo"] + 1:
+                ranges = [(span["lo"], span["hi"])]
+            else:
+                ranges = [(r["lo"], r["hi"]) for r in self.conn.execute(
+                    "SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM ("
+                    "  SELECT seq, seq - ROW_NUMBER() OVER (ORDER BY seq) AS island"
+                    "  FROM messages WHERE conversation = ? AND author = ?) "
+                    "GROUP BY island ORDER BY lo", (conversation, author))]
+            out[author] = {"contiguous": ranges[0][1] if ranges[0][0] == 1 else 0,
+                           "max_seq": span["hi"], "count": span["n"],
+                           "ranges": [[lo, hi] for lo, hi in ranges]}
         return out
 
     def messages_by_author(self, conversation: str, author: str, from_seq: int,

@@ -11,6 +11,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,7 +27,7 @@ from p2pm.common.home import Endpoints, Home
 from p2pm.common.zmqtrio import AsyncSocket
 from p2pm.services.storage import schema
 from p2pm.services.storage.actor import Storage
-from p2pm.services.storage.store import Store
+from p2pm.services.storage.store import Message, Store
 from tests.helpers import make_home
 
 SECRET = bytes(range(32))
@@ -127,15 +128,24 @@ def test_synchronous_comes_from_config_and_bad_value_refuses_to_start(home: Home
     trio.run(bad)
 
 
-def test_upgrade_from_v1_keeps_data_and_adds_later_tables(home: Home) -> None:
+def older_database(home: Home, steps: int, messages: int) -> Path:
+    """node.db as a p2pm of schema version `steps` left it: conversation 'c' with
+    messages m1..m<messages> of author 'a', in clear."""
     home.data.mkdir(parents=True)
     path = home.data / "node.db"
     conn = sqlite3.connect(path, isolation_level=None)
-    assert schema.migrate(conn, schema.MIGRATIONS[:1]) == (0, 1)
+    assert schema.migrate(conn, schema.MIGRATIONS[:steps]) == (0, steps)
     conn.execute("INSERT INTO conversations(id, kind, secret, created_at) "
                  "VALUES ('c', 'room', x'00', 1)")
-    conn.execute("INSERT INTO messages VALUES ('m1', 'c', 'a', 1, 5.0, x'01', 'sent', 6)")
+    for seq in range(1, messages + 1):
+        conn.execute("INSERT INTO messages VALUES (?, 'c', 'a', ?, 5.0, x'01', 'sent', 6)",
+                     (f"m{seq}", seq))
     conn.close()
+    return path
+
+
+def test_upgrade_from_v1_keeps_data_and_adds_later_tables(home: Home) -> None:
+    path = older_database(home, 1, 1)
 
     store = Store.open(path, "FULL", KEY)
     try:
@@ -143,6 +153,23 @@ def test_upgrade_from_v1_keeps_data_and_adds_later_tables(home: Home) -> None:
         assert store.schema_version() == schema.LATEST
         assert store.message_get("m1").body == b"\x01"
         assert store.outbox_add("m1", [BOB], 1.0, 1.0) == 1
+    finally:
+        store.close()
+
+
+def test_upgrade_to_kept_message_count_counts_what_is_stored(home: Home) -> None:
+    # A database of the schema before the kept count (v3), messages already in it.
+    path = older_database(home, 3, 3)
+
+    store = Store.open(path, "FULL", KEY)
+    try:
+        assert store.migrated_from == 3 and store.schema_version() == schema.LATEST
+        assert store.message_count() == 3
+        store.message_put(Message("m4", "c", "a", 4, 6.0, b"x", "sent", 7.0))
+        assert store.message_count() == 4
+        # A cascade (the conversation's rows going with it) is counted too.
+        store.conn.execute("DELETE FROM conversations WHERE id = 'c'")
+        assert store.message_count() == 0
     finally:
         store.close()
 
