@@ -72,6 +72,12 @@ class Counter(Actor):
         return None if auth is None else f"{auth.actor}/{auth.token}"
 
     @rpc
+    async def page(self, size: int) -> str:
+        """A read whose reply is `size` characters (a history page, say); counted."""
+        self.value += 1
+        return "x" * size
+
+    @rpc
     async def boom(self) -> None:
         raise RuntimeError("handler bug")
 
@@ -206,6 +212,32 @@ async def test_redelivered_request_runs_once(clock: trio.testing.MockClock) -> N
         assert counter.value == 5
         for s in socks:
             s.close(0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_large_replies_are_not_kept_for_retries_so_memory_stays_bounded(
+        clock: trio.testing.MockClock) -> None:
+    """A retry of a small reply is answered from the cache; one of a large reply (a
+    read) runs again instead of being held: 4096 cached history pages grew an actor by
+    hundreds of MiB."""
+    from p2pm.common.actor import runtime as rt
+    ep = endpoints()
+    ctx = zmq.Context.instance()
+    counter = Counter()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ActorRuntime(counter, ep).serve)
+        raw = ctx.socket(zmq.DEALER)
+        raw.connect(ep.rpc("counter"))
+        sock = AsyncSocket(raw)
+        with trio.fail_after(5):
+            for rid, size in (("small", 10), ("large", rt.REPLY_CACHE_ITEM_BYTES + 1)):
+                req = orjson.dumps({"id": rid, "method": "page", "params": {"size": size}})
+                for _ in range(2):
+                    await sock.send_multipart([b"", req])
+                    reply = orjson.loads((await sock.recv_multipart())[-1])
+                    assert reply["ok"] and len(reply["result"]) == size
+        assert counter.value == 1 + 2  # the small one ran once, the large one twice
+        sock.close(0)
         nursery.cancel_scope.cancel()
 
 
