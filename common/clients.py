@@ -270,6 +270,11 @@ class StorageClient(RpcClient):
         return dict(await self._rpc("history", _given(
             conversation=conversation, before=before, before_ts=before_ts, limit=limit)))
 
+    async def unread_count(self, conversation: str, after_ts: float = 0.0,
+                           limit: int | None = None) -> int:
+        return int((await self._rpc("unread_count", _given(
+            conversation=conversation, after_ts=after_ts, limit=limit)))["count"])
+
     async def author_ranges(self, conversation: str) -> dict[str, Any]:
         return dict((await self._rpc("author_ranges", {"conversation": conversation}))
                     ["authors"])

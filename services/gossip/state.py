@@ -79,6 +79,9 @@ class Held:
         return self._authors.get(author, (0, set()))[0]
 
 
+MAX_UNREAD = 1000  # a conversation's unread count stops here (shown as is)
+
+
 @dataclass
 class Conversation:
     keys: cv.Keys
@@ -287,9 +290,9 @@ class Conversations:
                 continue
             read = await self.ctx.storage.kv_get(f"gossip.read.{c['id']}")
             read_ts = float(read) if read else 0.0
-            page = await self.ctx.storage.history(c["id"], limit=200)
-            unread = sum(1 for m in page["messages"]
-                         if m["state"] == "received" and m["ts"] > read_ts)
+            # counted by storage over its index: reading (and unsealing) a page of each
+            # conversation made the list take seconds on a node with a long history
+            unread = await self.ctx.storage.unread_count(c["id"], read_ts, MAX_UNREAD)
             out.append({"id": c["id"], "name": c["name"], "kind": c["kind"],
                         "members": c["members"], "unread": unread, "last_ts": c["last_ts"]})
         return out

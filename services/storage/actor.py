@@ -519,6 +519,19 @@ class Storage(Actor):
         return {"messages": [asdict(m) for m in page], "before": _cursor_out(older)}
 
     @rpc
+    async def unread_count(self, conversation: str, after_ts: float = 0.0,
+                           limit: int = MAX_LIMIT) -> dict[str, Any]:
+        """Messages others wrote after a read mark, counted without reading them.
+
+        -> {"conversation": "c1f3...", "after_ts": 1700000000.0, "limit": 1000}
+        <- {"count": 3}          at most `limit`
+        """
+        _ident(conversation, "conversation")
+        _time(after_ts, "after_ts")
+        _count(limit, "limit")
+        return {"count": await self._read("unread_count", conversation, after_ts, limit)}
+
+    @rpc
     async def author_ranges(self, conversation: str) -> dict[str, Any]:
         """What this node holds of a conversation, per author: what a peer compares
         with its own to find what either side is missing.

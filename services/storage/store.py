@@ -450,6 +450,16 @@ class Store:
         cursor = (page[0].ts, page[0].id) if len(rows) > limit else None
         return page, cursor
 
+    def unread_count(self, conversation: str, after_ts: float, limit: int) -> int:
+        """How many messages others wrote after `after_ts` (a read mark), at most
+        `limit`: a count over the history index, nothing unsealed."""
+        self._require_conversation(conversation)
+        row = self.conn.execute(
+            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE conversation = ? "
+            "AND ts > ? AND state = 'received' LIMIT ?)",
+            (conversation, after_ts, limit)).fetchone()
+        return int(row[0])
+
     def author_ranges(self, conversation: str) -> dict[str, dict[str, Any]]:
         """Per author: the seq ranges held, the contiguous prefix from 1, the count.
 

@@ -288,6 +288,23 @@ def test_author_ranges_report_gaps_per_author(home: Home) -> None:
     run(check, home)
 
 
+def test_unread_counts_what_others_wrote_after_the_read_mark(home: Home) -> None:
+    async def check(actor: Storage) -> None:
+        await room(actor)
+        for seq in range(1, 8):
+            await put(actor, BOB, seq)  # ts = seq
+        await put(actor, ALICE, 1, ts=7.5, state="sent")  # ours: never unread
+        assert (await actor.unread_count("room1"))["count"] == 7
+        assert (await actor.unread_count("room1", after_ts=4.0))["count"] == 3
+        assert (await actor.unread_count("room1", after_ts=4.0, limit=2))["count"] == 2
+        assert (await actor.unread_count("room1", after_ts=7.0))["count"] == 0
+        assert await code_of(actor.unread_count("nope")) == errors.NOT_FOUND
+        assert await code_of(actor.unread_count("room1", after_ts=-1.0)) == errors.BAD_PARAMS
+        assert await code_of(actor.unread_count("room1", limit=0)) == errors.BAD_PARAMS
+
+    run(check, home)
+
+
 def test_messages_by_author_range_and_limit(home: Home) -> None:
     async def check(actor: Storage) -> None:
         await room(actor)
