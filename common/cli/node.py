@@ -139,9 +139,12 @@ def _actor_rows(home: Home, sup: supmod.Supervisor | None,
     unless the answers are given). Without a supervisord (actors started by honcho
     or by hand), the state is RUNNING for an actor whose process holds its lock."""
     procs = sup.processes() if sup is not None else {}
-    unsupervised = supmod.actor_pids(home) if sup is None else {}
     if answers is None:
         answers = bus.statuses(home)
+    # Locks after answers: an actor takes its lock before it binds, so one that answered
+    # holds it now. Probed first, a starting actor could be seen without its lock and
+    # then answer healthy a moment later: "STOPPED" next to healthy in one status.
+    unsupervised = supmod.actor_pids(home) if sup is None else {}
     rows: dict[str, dict[str, Any]] = {}
     for name in ACTORS:
         info = procs.get(name)
