@@ -86,6 +86,9 @@ class Pairing:
         self._busy: set[str] = set()  # peers with an exchange under way
         self._loaded_peers: set[str] = set()
         self._used_keys: dict[str, set[str]] = {}  # peer -> one-time key ids we used
+        # payloads a handler refused: a resend (our ACK lost) is refused again, not
+        # acknowledged as delivered because Seen has its id (bounded, oldest out)
+        self._refused: dict[tuple[str, str], None] = {}
 
     # -- what other parts use ----------------------------------------------------------
     def on(self, kind: str, handler: Handler) -> None:
@@ -349,6 +352,13 @@ class Pairing:
                 self.ctx.counters["keys_handler_crashed"] += 1
                 self.ctx.log.error("gossip.keys_handler_crashed", exc=True,
                                    kind=payload.kind)
+        for pid in response.ack.ok:
+            if (peer, pid) in self._refused:
+                refused[pid] = ch.Bad.REFUSED
+        for pid in refused:
+            self._refused[(peer, pid)] = None
+        while len(self._refused) > ch.MAX_SEEN_IDS:
+            self._refused.pop(next(iter(self._refused)))
         ack = response.ack
         if refused:
             ack = ch.Ack(tuple(i for i in ack.ok if i not in refused),
