@@ -191,22 +191,13 @@ def encode_invite(outer: bytes, signature: bytes) -> str:
     return PREFIX + b64url(outer) + "." + b64url(signature)
 
 
-def _older(text: str) -> int | None:
-    head, colon, _ = text.partition(":")
-    number = head.removeprefix("p2pm-invite")
-    if colon and number != head and number.isdigit() and len(number) < 4 \
-            and int(number) < VERSION:
-        return int(number)
-    return None
-
-
 def decode_invite(text: str, now: float | None = None) -> RoomInvite:
     """A pasted room invite, both signatures checked; AdmissionRefused says what is
     wrong (an older version, garbled, tampered, expired)."""
     if not isinstance(text, str):
         raise AdmissionRefused("an invite is a string")
     text = text.strip()
-    older = _older(text)
+    older = cv.older_invite_version(text, VERSION)
     if older is not None:
         raise AdmissionRefused(OLDER.format(v=older))
     if len(text) > MAX_INVITE or not text.startswith(PREFIX):
@@ -215,8 +206,7 @@ def decode_invite(text: str, now: float | None = None) -> RoomInvite:
     try:
         if not dot:
             raise ValueError
-        outer = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        signature = base64.urlsafe_b64decode(sig_text + "=" * (-len(sig_text) % 4))
+        outer, signature = cv.b64url_decode(body), cv.b64url_decode(sig_text)
         doc = orjson.loads(outer)
     except (ValueError, binascii.Error, orjson.JSONDecodeError):
         raise AdmissionRefused("the invite is garbled (copied incompletely?)") from None

@@ -272,22 +272,25 @@ def encode_invite(payload: bytes, signature: bytes) -> str:
             + base64.urlsafe_b64encode(signature).decode().rstrip("="))
 
 
-def _b64url(text: str) -> bytes:
+def b64url_decode(text: str) -> bytes:
+    """Unpadded URL-safe base64, as invite lines carry it (binascii.Error/ValueError)."""
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
 
 
 OLDER = ("this room invite comes from an older p2pm (invite version {v}), which this "
          "one no longer accepts; ask for a new invite")
 
 
-def _older_prefix(text: str) -> int | None:
-    """The version of a `p2pm-inviteN:` line older than ours, else None."""
+def older_invite_version(text: str, current: int = INVITE_VERSION) -> int | None:
+    """The version of a `p2pm-inviteN:` line older than `current`, else None."""
     head, colon, _ = text.partition(":")
     number = head.removeprefix("p2pm-invite")
     if colon and number != head and number.isdigit() and len(number) < 4 \
-            and int(number) < INVITE_VERSION:
+            and int(number) < current:
         return int(number)
     return None
+
 
 
 def decode_invite(text: str, now: float | None = None) -> Invite:
@@ -296,7 +299,7 @@ def decode_invite(text: str, now: float | None = None) -> Invite:
     if not isinstance(text, str):
         raise InviteError("an invite is a string")
     text = text.strip()
-    older = _older_prefix(text)
+    older = older_invite_version(text)
     if older is not None:
         raise InviteError(OLDER.format(v=older))
     if len(text) > MAX_INVITE or not text.startswith(INVITE_PREFIX):
@@ -305,7 +308,7 @@ def decode_invite(text: str, now: float | None = None) -> Invite:
     try:
         if not dot:
             raise ValueError
-        payload, signature = _b64url(body), _b64url(sig_text)
+        payload, signature = b64url_decode(body), b64url_decode(sig_text)
         doc = orjson.loads(payload)
     except (ValueError, binascii.Error, orjson.JSONDecodeError):
         raise InviteError("the invite is garbled (copied incompletely?)") from None
