@@ -243,6 +243,10 @@ def actor_lock_held(home: Home, name: str) -> bool | None:
 
 # supervisord states in which a program that is not up now will be soon.
 COMING_BACK = frozenset({"STARTING", "BACKOFF", "RUNNING"})
+# A program that died is EXITED until supervisord's next tick (up to a second later)
+# moves it to STARTING, when the exit was unexpected (a crash, a kill): EXITED says
+# "down" only once it has lasted.
+SETTLING = frozenset({"EXITED"})
 
 
 def program_state(home: Home, name: str, timeout: float = 1.0) -> str | None:

@@ -26,8 +26,9 @@ CALL_RETRIES = 2
 STATUS_TIMEOUT = 1.5
 # A call gives up early when its actor is down, rather than waiting out its timeout
 # (a DHT lookup's is 35 s): down is no process holding the actor's lock while
-# supervisord says it will not start it again, or, without a supervisord, for this
-# long (a restart by hand takes about a second).
+# supervisord says it will not start it again, or, without a supervisord (or with
+# supervisord showing it EXITED, as it does for a moment before restarting it), for
+# this long (a restart by hand takes about a second).
 DOWN_GRACE = 3.0
 DOWN_POLL = 0.25
 
@@ -98,19 +99,22 @@ def call_many(home: Home, calls: Iterable[tuple[str, str, dict[str, Any] | None]
 async def wait_down(home: Home, actor: str) -> None:
     """Return once `actor` is known to be down in `home` (see DOWN_GRACE); never for
     an actor that never ran there as its own process (no lock file to tell)."""
-    free_since: float | None = None
+    unsure_since: float | None = None  # lock free, no verdict from supervisord yet
     while True:
         held = supmod.actor_lock_held(home, actor)
         if held is False:
-            now = time.monotonic()
-            free_since = now if free_since is None else free_since
             state = await trio.to_thread.run_sync(supmod.program_state, home, actor)
-            if state is not None and state not in supmod.COMING_BACK:
+            now = trio.current_time()
+            if state is not None and state not in supmod.COMING_BACK | supmod.SETTLING:
                 return
-            if state is None and now - free_since >= DOWN_GRACE:
-                return
+            if state in supmod.COMING_BACK:
+                unsure_since = None
+            else:
+                unsure_since = now if unsure_since is None else unsure_since
+                if now - unsure_since >= DOWN_GRACE:
+                    return
         else:
-            free_since = None
+            unsure_since = None
         await trio.sleep(DOWN_POLL)
 
 
