@@ -127,7 +127,7 @@ class DCUtR:
         self.initiator = initiator  # whether we are B for this peer, by peerconns' rule
         self.tracker = HolePunchTracker(cooldown_s)
         self._runs: dict[str, trio.CancelScope] = {}  # one per running peer
-        self._serving: set[str] = set()  # peers whose punch we answer as A now
+        self._serving: dict[str, int] = {}  # peers whose punch we answer as A now: streams
         self.counters = {"runs": 0, "attempts": 0, "upgraded": 0, "failed": 0,
                          "yielded": 0, "refused": 0, "served": 0}
 
@@ -251,6 +251,18 @@ class DCUtR:
                 return
             log.info("dcutr.conflict", peer_id=str(peer), kept="theirs")
             running.cancel()
+        # From here on a run of ours waits for this one (upgrade): marked before the
+        # first await, so a run cannot start between the peer's CONNECT and SYNC and
+        # be refused by the peer's rule while this punch is under way.
+        self._serving[str(peer)] = self._serving.get(str(peer), 0) + 1
+        try:
+            await self._serve(stream, peer)
+        finally:
+            self._serving[str(peer)] -= 1
+            if not self._serving[str(peer)]:
+                del self._serving[str(peer)]
+
+    async def _serve(self, stream: INetStream, peer: ID) -> None:
         try:
             if not is_relayed(stream.muxed_conn):
                 raise ValueError("DCUtR over a direct connection")
@@ -271,11 +283,7 @@ class DCUtR:
         self.counters["served"] += 1
         await close_quietly(stream)
         if theirs:
-            self._serving.add(str(peer))
-            try:
-                await self._punch(peer, theirs, initiator=True)
-            finally:
-                self._serving.discard(str(peer))
+            await self._punch(peer, theirs, initiator=True)
 
     # both --------------------------------------------------------------------------------
     async def _punch(self, peer: ID, addrs: list[multiaddr.Multiaddr], initiator: bool) -> bool:

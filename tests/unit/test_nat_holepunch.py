@@ -351,3 +351,130 @@ def test_the_direct_address_that_connects_wins_though_a_slower_one_fails_as_it_s
         assert network.conns == ["/ip4/203.0.113.7/tcp/4001"]
 
     trio.run(main, clock=MockClock(autojump_threshold=0))
+
+
+# -- one punch at a time between two peers (fakes for the host and the relayed stream) --
+
+class Pipe:
+    """One direction of a stream: bytes written come out of read(n)."""
+
+    def __init__(self) -> None:
+        self.send, self.recv = trio.open_memory_channel[bytes](100)
+        self.buf = b""
+
+    async def read(self, n: int = -1) -> bytes:
+        if not self.buf:
+            self.buf = await self.recv.receive()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+
+class RelayedConn:
+    def __init__(self, peer: object) -> None:
+        self.peer_id = peer
+        self.is_closed = False
+
+    def get_connection_type(self) -> object:
+        from libp2p.network.connection.raw_connection import ConnectionType
+        return ConnectionType.RELAYED
+
+
+class RelayedStream:
+    """Our end of a DCUtR stream the peer opened over its circuit to us."""
+
+    def __init__(self, peer: object) -> None:
+        self.muxed_conn = RelayedConn(peer)
+        self.inbound, self.outbound = Pipe(), Pipe()
+
+    async def read(self, n: int = -1) -> bytes:
+        return await self.inbound.read(n)
+
+    async def write(self, data: bytes) -> None:
+        await self.outbound.send.send(data)
+
+    async def close(self) -> None:
+        pass
+
+    async def reset(self) -> None:
+        pass
+
+
+class FakeHost:
+    def __init__(self, me: str, peer: object) -> None:
+        self.me, self.conns = me, {peer: [RelayedConn(peer)]}
+        self.streams_opened: list[object] = []
+
+    def get_id(self) -> str:
+        return self.me
+
+    def get_network(self) -> "FakeHost":
+        return self
+
+    def get_connections(self, peer: object) -> list[object]:
+        return self.conns.get(peer, [])
+
+    def get_peerstore(self) -> "FakeHost":
+        return self
+
+    def addrs(self, peer: object) -> list[multiaddr.Multiaddr]:
+        return [multiaddr.Multiaddr("/ip4/203.0.113.9/tcp/4001")]
+
+    async def new_stream(self, peer: object, protocols: list[str]) -> object:
+        self.streams_opened.append(peer)
+        raise ConnectionError("the peer refused: its punch of us is under way")
+
+
+@pytest.mark.parametrize("me", [SMALL, LARGE])
+def test_a_run_does_not_start_while_we_answer_the_peers_punch(me: str) -> None:
+    """The peer's CONNECT arrives first and we answer as A; our own run (we accepted
+    a circuit of theirs too) comes up before their SYNC. It must wait for that punch,
+    not open a second one the peer refuses: that left a run of ours retrying while
+    the connection was already direct (test_one_sided_add_punches_once, in the lab)."""
+    from libp2p.relay.circuit_v2.pb import dcutr_pb2 as pb
+    from libp2p.utils.varint import encode_varint_prefixed, read_varint_prefixed_bytes
+
+    from p2pm.services.transport.dcutr import DCUtR
+
+    peer = SMALL if me == LARGE else LARGE
+    host = FakeHost(me, peer)
+    direct: list[object] = []
+    dcutr = DCUtR(host, lambda: [multiaddr.Multiaddr("/ip4/198.51.100.2/tcp/4001")],
+                  lambda addr: None, lambda p, c: direct.append(c), 600.0,
+                  initiator=lambda p: True)
+
+    async def punched(p: object, addrs: list[multiaddr.Multiaddr], initiator: bool) -> bool:
+        await trio.sleep(0.2)  # the crossing SYNs
+        conn = RelayedConn(p)
+        conn.get_connection_type = lambda: None  # type: ignore[method-assign]
+        host.conns[p].append(conn)
+        dcutr.on_direct(p, conn)
+        return True
+
+    dcutr._punch = punched  # type: ignore[method-assign]
+
+    async def main() -> None:
+        stream = RelayedStream(peer)
+
+        async def send(msg: object) -> None:
+            await stream.inbound.send.send(encode_varint_prefixed(msg.SerializeToString()))
+
+        upgraded: list[bool] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(dcutr.handle, stream)
+            await send(pb.HolePunch(type=pb.HolePunch.CONNECT,
+                                    ObsAddrs=[multiaddr.Multiaddr(
+                                        "/ip4/203.0.113.9/tcp/4001").to_bytes()]))
+            reply = pb.HolePunch()
+            reply.ParseFromString(await read_varint_prefixed_bytes(stream.outbound))
+            assert reply.type == pb.HolePunch.CONNECT
+
+            async def run() -> None:
+                upgraded.append(await dcutr.upgrade(peer))
+
+            nursery.start_soon(run)
+            await trio.sleep(0.5)  # the peer's round trip before its SYNC
+            await send(pb.HolePunch(type=pb.HolePunch.SYNC))
+        assert upgraded == [True] and len(direct) == 1
+        assert host.streams_opened == [] and dcutr.counters["runs"] == 0, dcutr.counters
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
