@@ -206,6 +206,12 @@ def _given(**params: Any) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
+def history_cursor(ts: float, id: str) -> str:
+    """Storage's `history` cursor for "older than this message": (ts, id) as text
+    (repr() of a float round-trips exactly and never contains ':')."""
+    return f"{float(ts)!r}:{id}"
+
+
 class StorageClient(RpcClient):
     actor = "storage"
 

@@ -23,6 +23,7 @@ from typing import Any
 import trio
 
 from p2pm.common import errors, identity, validate, wire
+from p2pm.common.clients import history_cursor
 
 from . import conversations as cv
 from .context import Context
@@ -310,7 +311,7 @@ class Conversations:
                       before: str | None) -> list[dict[str, Any]]:
         if not 1 <= limit <= 1000:
             raise errors.bad_params("limit must be 1..1000")
-        before_ts = None
+        cursor = None
         if before is not None:
             try:
                 m = await self.ctx.storage.message_get(before)
@@ -318,8 +319,10 @@ class Conversations:
                 raise errors.bad_params(f"before: {exc.message}") from None
             if m is None:
                 raise errors.bad_params(f"before: no message {before!r}")
-            before_ts = m["ts"]
-        page = await self.ctx.storage.history(conv.id, before_ts=before_ts, limit=limit)
+            # Storage's cursor is (ts, id): older than that message itself, so one
+            # written in the same instant is on the next page, not skipped.
+            cursor = history_cursor(m["ts"], m["id"])
+        page = await self.ctx.storage.history(conv.id, before=cursor, limit=limit)
         out = []
         for m in page["messages"]:
             try:

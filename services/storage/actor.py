@@ -39,7 +39,7 @@ import trio
 
 from p2pm.common import errors, validate
 from p2pm.common.actor import Actor, rpc
-from p2pm.common.clients import KeystoreClient
+from p2pm.common.clients import KeystoreClient, history_cursor
 from p2pm.common.config import settings_of
 
 from . import schema, sealing
@@ -132,8 +132,7 @@ def _contact_key(name: str | None, peer_id: str | None) -> tuple[str | None, str
 
 
 def _cursor_out(cursor: tuple[float, str] | None) -> str | None:
-    # repr() of a float round-trips exactly and never contains ':'.
-    return None if cursor is None else f"{cursor[0]!r}:{cursor[1]}"
+    return None if cursor is None else history_cursor(*cursor)
 
 
 def _cursor_in(text: str) -> tuple[float, str]:

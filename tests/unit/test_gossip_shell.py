@@ -15,7 +15,7 @@ import orjson
 import pytest
 import trio
 
-from p2pm.common import errors, identity
+from p2pm.common import errors, identity, wire
 from p2pm.common.clients import Addresses, StorageClient, TransportClient, build_actor, fake
 from p2pm.services.gossip import conversations as cv
 from p2pm.services.gossip.actor import Gossip
@@ -141,6 +141,50 @@ async def test_history_before_an_unknown_message_is_bad_params() -> None:
     with pytest.raises(errors.BusError) as info:
         await node.history(room["id"], before="m-gone")
     assert info.value.code == errors.BAD_PARAMS and "m-gone" in info.value.message
+
+
+async def test_history_pages_backwards_reach_every_message_though_some_share_a_time() -> None:
+    """Two members may post in the same instant (their clocks' resolution): paging
+    back from a message must still return the one stored beside it. Paging by time
+    alone skipped such messages for good."""
+    stored: list[dict[str, Any]] = []
+
+    async def history(conversation: str, before: str | None = None,
+                      before_ts: float | None = None, limit: int | None = None
+                      ) -> dict[str, Any]:
+        rows = sorted(stored, key=lambda m: (m["ts"], m["id"]))
+        if before is not None:
+            ts, _, mid = before.partition(":")
+            rows = [m for m in rows if (m["ts"], m["id"]) < (float(ts), mid)]
+        if before_ts is not None:
+            rows = [m for m in rows if m["ts"] < before_ts]
+        return {"messages": rows[-(limit or 50):], "before": None}
+
+    async def message_get(id: str) -> dict[str, Any] | None:
+        return next((m for m in stored if m["id"] == id), None)
+
+    async def conversation_put(*args: Any, **kw: Any) -> dict[str, Any]:
+        return {}
+
+    node = gossip(storage=fake(StorageClient, conversation_put=conversation_put,
+                               author_ranges={}, history=history, message_get=message_get))
+    room = await node.room_create("ops")
+    keys = node.registry.require(room["id"]).keys
+    for seq, ts in enumerate([10.0, 20.0, 20.0, 20.0, 20.0, 30.0], start=1):
+        text = f"note {seq} 🌍"
+        plaintext = cv.message_plaintext(room["id"], OTHER, seq, ts, text)
+        envelope = cv.seal(keys.content_key,
+                           identity.sign(KEY2, cv.MESSAGE_DOMAIN, plaintext), plaintext)
+        stored.append({"id": cv.message_id(plaintext), "conversation": room["id"],
+                       "author": OTHER, "seq": seq, "ts": ts, "state": "received",
+                       "body": wire.b64e(envelope)})
+    seen: list[str] = []
+    page = await node.history(room["id"], limit=2)
+    while page:
+        seen = [m["body"] for m in page] + seen
+        page = await node.history(room["id"], limit=2, before=page[0]["id"])
+    assert sorted(seen) == sorted(f"note {i} 🌍" for i in range(1, 7))
+    assert len(seen) == 6
 
 
 async def test_before_it_has_loaded_every_rpc_says_unavailable() -> None:
