@@ -92,3 +92,46 @@ async def test_an_actor_that_does_not_answer_reads_as_unavailable() -> None:
     # contact_list asks gossip (blocks) and storage (contacts): whichever it asks
     # first is the one named.
     assert re.search(r"the (storage|gossip) actor is not answering", down.value.message)
+
+
+async def test_the_inbox_shows_the_latest_from_others_reading_only_pages_it_needs() -> None:
+    """One chat where we replied 45 times between their two unread messages, and a
+    busy room with 1,500 unread: the inbox shows both of theirs from the chat and the
+    room's latest 20, and reads the room's history only as far as those (it read up
+    to 1,000 messages of every unread conversation, 19 s with 200,000 stored)."""
+    chat = [("them", "one")] + [("me", f"reply {i}") for i in range(45)] + [("them", "two")]
+    room = [("them", f"news {i} 📰") for i in range(1500)]
+    stored = {
+        "chat": [{"id": f"chat-{i}", "author": BOB if who == "them" else ME, "body": text,
+                  "ts": float(i), "state": "received" if who == "them" else "delivered"}
+                 for i, (who, text) in enumerate(chat)],
+        "room": [{"id": f"room-{i}", "author": BOB, "body": text, "ts": float(i),
+                  "state": "received"} for i, (_, text) in enumerate(room)],
+    }
+    read = {"chat": 0, "room": 0}
+
+    async def call(actor: str, method: str, params: dict[str, Any] | None = None,
+                   timeout: float | None = None) -> Any:
+        params = params or {}
+        if method == "conversation_list":
+            return [{"id": "chat", "name": "bob", "kind": "direct", "unread": 2},
+                    {"id": "room", "name": "news", "kind": "room", "unread": 1000},
+                    {"id": "quiet", "name": "old", "kind": "room", "unread": 0}]
+        if method == "history":
+            msgs = stored[params["conversation"]]
+            if "before" in params:
+                msgs = msgs[:[m["id"] for m in msgs].index(params["before"])]
+            page = msgs[-params["limit"]:]
+            read[params["conversation"]] += len(page)
+            return page
+        return {"profiles": {}, "request_list": []}[method]
+
+    gw = gateway(storage=fake(StorageClient, contact_list=[{"name": "bob", "peer_id": BOB}]))
+    gw._call = call  # type: ignore[method-assign]
+    inbox = await gw.inbox()
+    assert [(c["id"], c["unread"]) for c in inbox] == [("chat", 2), ("room", 1000)]
+    assert [(m["body"], m["author_name"]) for m in inbox[0]["messages"]] == [
+        ("one", "bob"), ("two", "bob")]
+    assert [m["body"] for m in inbox[1]["messages"]] == [
+        f"news {i} 📰" for i in range(1480, 1500)]
+    assert read["room"] <= 40, read
