@@ -277,8 +277,10 @@ class Gateway(People, Actor):
             raise errors.not_found(f"no contact named {name!r} (see p2pm contacts list)")
         return contact
 
-    async def _conversations(self) -> list[dict[str, Any]]:
-        got = await self._call("gossip", "conversation_list")
+    async def _conversations(self, unread: bool = False) -> list[dict[str, Any]]:
+        """Gossip's list; the unread counts only when asked (they cost two storage
+        calls per conversation, and every command naming a conversation lists them)."""
+        got = await self._call("gossip", "conversation_list", {"unread": unread})
         return list(got) if isinstance(got, list) else []
 
     async def resolve(self, ref: str) -> dict[str, Any]:
@@ -473,7 +475,7 @@ class Gateway(People, Actor):
     @rpc
     async def conversations(self) -> list[dict[str, Any]]:
         """{} -> [{"id", "name", "kind", "members", "unread", "last_ts"}, ...]"""
-        return await self._conversations()
+        return await self._conversations(unread=True)
 
     @rpc(name="open")
     async def open_conversation(self, conversation: str) -> dict[str, Any]:
@@ -537,7 +539,7 @@ class Gateway(People, Actor):
         every message request as kind "request" ("id" the one `request_accept` takes,
         "peer_id", "name" from the sender's profile)."""
         out = []
-        for conv in await self._conversations():
+        for conv in await self._conversations(unread=True):
             unread = int(conv.get("unread") or 0)
             if unread <= 0:
                 continue

@@ -282,10 +282,13 @@ class Gossip(StrangerRpcs, Actor):
         return {"left": True}
 
     @rpc
-    async def conversation_list(self) -> list[dict[str, Any]]:
-        """{} -> [{"id", "name", "kind", "members", "unread", "last_ts"}, ...]"""
+    async def conversation_list(self, unread: bool = True) -> list[dict[str, Any]]:
+        """{"unread"?} -> [{"id", "name", "kind", "members", "unread", "last_ts"}, ...];
+        with "unread": false, without the counts (a lookup by name needs none)."""
         await self._ready()
-        return await self.conversations.listing()
+        if not isinstance(unread, bool):
+            raise errors.bad_params("unread must be true or false")
+        return await self.conversations.listing(unread)
 
     @rpc
     async def mark_read(self, conversation: str) -> dict[str, Any]:

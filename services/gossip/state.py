@@ -283,19 +283,25 @@ class Conversations:
         self.ctx.router.unsubscribe(conv.keys.topic, self.ctx.now())
         self.ctx.kick()
 
-    async def listing(self) -> list[dict[str, Any]]:
+    async def listing(self, unread: bool = True) -> list[dict[str, Any]]:
+        """Our conversations; with `unread`, how many messages of each others wrote
+        since the read mark (two storage calls per conversation: a caller that only
+        looks a conversation up asks without)."""
         listed = await self.ctx.storage.conversation_list()
         out = []
         for c in listed:
             if c["id"] not in self.registry:
                 continue
-            read = await self.ctx.storage.kv_get(f"gossip.read.{c['id']}")
-            read_ts = float(read) if read else 0.0
-            # counted by storage over its index: reading (and unsealing) a page of each
-            # conversation made the list take seconds on a node with a long history
-            unread = await self.ctx.storage.unread_count(c["id"], read_ts, MAX_UNREAD)
-            out.append({"id": c["id"], "name": c["name"], "kind": c["kind"],
-                        "members": c["members"], "unread": unread, "last_ts": c["last_ts"]})
+            item = {"id": c["id"], "name": c["name"], "kind": c["kind"],
+                    "members": c["members"], "last_ts": c["last_ts"]}
+            if unread:
+                read = await self.ctx.storage.kv_get(f"gossip.read.{c['id']}")
+                read_ts = float(read) if read else 0.0
+                # counted by storage over its index: reading (and unsealing) a page of
+                # each conversation made the list take seconds with a long history
+                item["unread"] = await self.ctx.storage.unread_count(c["id"], read_ts,
+                                                                     MAX_UNREAD)
+            out.append(item)
         return out
 
     async def mark_read(self, conv: Conversation) -> float:

@@ -45,7 +45,7 @@ from p2pm.services.gateway.actor import Gateway
 GOSSIP_CONTRACT = {
     "room_create": ("name",), "room_invite": ("conversation", "ttl_s"), "room_join": ("invite",),
     "direct_open": ("peer_id", "addrs", "name"), "conversation_leave": ("conversation",),
-    "conversation_list": (), "post": ("conversation", "text"),
+    "conversation_list": ("unread",), "post": ("conversation", "text"),
     "history": ("conversation", "limit", "before"), "message_state": ("id",),
     "mark_read": ("conversation",),
     "request_list": (), "request_accept": ("peer_id", "name"), "peer_block": ("peer_id",),
@@ -239,10 +239,11 @@ class FakeGossip(Actor):
         return {"left": True}
 
     @rpc
-    async def conversation_list(self) -> list[dict[str, Any]]:
+    async def conversation_list(self, unread: bool = True) -> list[dict[str, Any]]:
         return [{"id": c.id, "name": c.name, "kind": c.kind, "members": list(c.members),
-                 "unread": sum(1 for m in c.messages[c.read:] if m.author != self.peer_id),
-                 "last_ts": c.messages[-1].ts if c.messages else None}
+                 "last_ts": c.messages[-1].ts if c.messages else None,
+                 **({"unread": sum(1 for m in c.messages[c.read:] if m.author != self.peer_id)}
+                    if unread else {})}
                 for c in self.conversations.values()]
 
     @rpc

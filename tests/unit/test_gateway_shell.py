@@ -135,3 +135,25 @@ async def test_the_inbox_shows_the_latest_from_others_reading_only_pages_it_need
     assert [m["body"] for m in inbox[1]["messages"]] == [
         f"news {i} 📰" for i in range(1480, 1500)]
     assert read["room"] <= 40, read
+
+
+async def test_naming_a_conversation_does_not_count_every_conversations_unread() -> None:
+    """Every command that names a conversation looks it up in gossip's list: that
+    lookup asks without the unread counts (two storage calls per conversation)."""
+    asked: list[tuple[str, dict[str, Any]]] = []
+
+    async def call(actor: str, method: str, params: dict[str, Any] | None = None,
+                   timeout: float | None = None) -> Any:
+        asked.append((method, params or {}))
+        if method == "conversation_list":
+            return [{"id": "room1", "name": "news", "kind": "room", "members": [ME]}]
+        if method == "post":
+            return {"id": "m1", "state": "sent"}
+        raise AssertionError(method)
+
+    gw = gateway(storage=fake(StorageClient))
+    gw._call = call  # type: ignore[method-assign]
+    posted = await gw.post("news", "hello 👋")
+    assert posted.conversation == "room1"
+    assert asked == [("conversation_list", {"unread": False}),
+                     ("post", {"conversation": "room1", "text": "hello 👋"})]
