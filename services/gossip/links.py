@@ -38,6 +38,10 @@ OnEvents = Callable[[list[Any], "str | None"], None]
 class Link:
     wake: trio.Event = field(default_factory=trio.Event)
     starting: bool = False  # a link task runs for it
+    # Something said "the peer may take our stream now" while the link task was still
+    # trying (identify naming meshsub again, its stream to us): the task tries again
+    # if it ends without a stream rather than losing that news.
+    again: bool = False
     outbound: bool = False  # our meshsub stream to it is open
     inbound: int = 0  # its meshsub streams to us
 
@@ -89,9 +93,11 @@ class Links:
         link = self.links.get(peer)
         if link is None or not link.outbound:
             if link is None:
-                self.links[peer] = Link()
-            if not self.links[peer].starting:
-                self.links[peer].starting = True
+                link = self.links[peer] = Link()
+            if link.starting:
+                link.again = True
+            else:
+                link.starting, link.again = True, False
                 self.ctx.spawn(self._run_link, peer, after)
 
     async def _run_link(self, peer: str, after: float = 0.0) -> None:
@@ -109,14 +115,13 @@ class Links:
             with trio.move_on_after(2.0):
                 while not any(p in self.protocols.get(peer, []) for p in MESH_PROTOCOLS):
                     await trio.sleep(0.05)
-            known = self.protocols.get(peer, [])
-            order = [p for p in MESH_PROTOCOLS if p in known] if known \
-                else list(MESH_PROTOCOLS)
             # A refusal right after a transport restart (our registration not yet
             # renewed) is retried while the peer stays connected. Only while it does:
             # opening a stream dials, and a peer that hung up must not be called back.
+            # The protocols are read again each time: identify may have changed them
+            # (a peer's gossip that restarted drops meshsub, then offers it again).
             for delay in LINK_RETRIES:
-                for proto in order:
+                for proto in self._mesh_order(peer):
                     if peer not in self.connected:
                         break
                     try:
@@ -132,7 +137,7 @@ class Links:
             if stream is None:
                 return
             pb = peer_bytes(peer)
-            router.add_peer(pb, stream.protocol or order[0], outbound=True,
+            router.add_peer(pb, stream.protocol or MESH_PROTOCOLS[0], outbound=True,
                             now=self.ctx.now())
             link.outbound = was_up = True
             self.ctx.log.info("gossip.peer_up", peer=peer, protocol=stream.protocol)
@@ -152,8 +157,15 @@ class Links:
             if stream is not None:
                 with trio.CancelScope(shield=True):
                     await stream.reset()
-            if was_up and peer in self.connected:
+            if (was_up or link.again) and peer in self.connected:
                 self.peer_up(peer, self.protocols.get(peer, []), after=LINK_RETRIES[0])
+
+    def _mesh_order(self, peer: str) -> list[str]:
+        """The meshsub versions to offer `peer`, ours first: those its identify
+        lists; none when it lists protocols but no meshsub (a peer without GossipSub,
+        or whose gossip is down); all of them when identify has not told yet."""
+        known = self.protocols.get(peer, [])
+        return [p for p in MESH_PROTOCOLS if p in known] if known else list(MESH_PROTOCOLS)
 
     async def _send(self, link: Link, pb: bytes, stream: Any, scope: trio.CancelScope,
                     ended: list[str]) -> None:
