@@ -276,10 +276,10 @@ class StorageClient(RpcClient):
         return dict(await self._rpc("history", _given(
             conversation=conversation, before=before, before_ts=before_ts, limit=limit)))
 
-    async def unread_count(self, conversation: str, after_ts: float = 0.0,
-                           limit: int | None = None) -> int:
-        return int((await self._rpc("unread_count", _given(
-            conversation=conversation, after_ts=after_ts, limit=limit)))["count"])
+    async def unread_counts(self, marks: dict[str, float],
+                            limit: int | None = None) -> dict[str, int]:
+        got = await self._rpc("unread_counts", _given(marks=marks, limit=limit))
+        return {str(c): int(n) for c, n in got["counts"].items()}
 
     async def author_ranges(self, conversation: str) -> dict[str, Any]:
         return dict((await self._rpc("author_ranges", {"conversation": conversation}))

@@ -162,6 +162,9 @@ class Conversations:
         # request; our messages show the answer a request got ("requested", "refused").
         self.absorb: Callable[[str, Conversation], Awaitable[None]] | None = None
         self.shown: Callable[[str, str, str], str] = lambda conv, mid, state: state
+        # Read marks (kv gossip.read.<id>), read from storage once each: the list of
+        # conversations needs all of them, every time it is asked.
+        self._read_marks: dict[str, float] = {}
 
     async def load(self, listed: list[dict[str, Any]]) -> None:
         """Every conversation in storage's `conversation_list` but those we left."""
@@ -292,17 +295,24 @@ class Conversations:
         for c in listed:
             if c["id"] not in self.registry:
                 continue
-            item = {"id": c["id"], "name": c["name"], "kind": c["kind"],
-                    "members": c["members"], "last_ts": c["last_ts"]}
-            if unread:
-                read = await self.ctx.storage.kv_get(f"gossip.read.{c['id']}")
-                read_ts = float(read) if read else 0.0
-                # counted by storage over its index: reading (and unsealing) a page of
-                # each conversation made the list take seconds with a long history
-                item["unread"] = await self.ctx.storage.unread_count(c["id"], read_ts,
-                                                                     MAX_UNREAD)
-            out.append(item)
+            out.append({"id": c["id"], "name": c["name"], "kind": c["kind"],
+                        "members": c["members"], "last_ts": c["last_ts"]})
+        if unread and out:
+            # Counted by storage over its index, all in one call: reading (and
+            # unsealing) a page of each conversation took seconds with a long history,
+            # and a call per conversation 0.7 s with 200 of them.
+            marks = {c["id"]: await self._read_mark(c["id"]) for c in out}
+            counts = await self.ctx.storage.unread_counts(marks, MAX_UNREAD)
+            for item in out:
+                item["unread"] = counts.get(item["id"], 0)
         return out
+
+    async def _read_mark(self, conversation: str) -> float:
+        mark = self._read_marks.get(conversation)
+        if mark is None:
+            read = await self.ctx.storage.kv_get(f"gossip.read.{conversation}")
+            mark = self._read_marks[conversation] = float(read) if read else 0.0
+        return mark
 
     async def mark_read(self, conv: Conversation) -> float:
         # Local time, or the newest message's time when it is a little ahead (within
@@ -311,6 +321,7 @@ class Conversations:
         now = time.time()
         last = max([now] + [min(m["ts"], now + cv.MAX_FUTURE_S) for m in page["messages"]])
         await self.ctx.storage.kv_put(f"gossip.read.{conv.id}", repr(last).encode())
+        self._read_marks[conv.id] = last
         return last
 
     async def history(self, conv: Conversation, limit: int,

@@ -55,6 +55,7 @@ MAX_MEMBERS = 1024
 MIN_SECRET, MAX_SECRET = 16, 64
 MAX_ERROR = 1024
 MAX_LIMIT = 1000
+MAX_MARKS = 10_000  # conversations in one unread_counts call
 MAX_SEQ = 2**63 - 1
 MAX_BATCH = 256  # writes per commit; bounds how long one transaction holds the lock
 # A request that arrives before the keystore first answered waits this long for the
@@ -518,17 +519,24 @@ class Storage(Actor):
         return {"messages": [asdict(m) for m in page], "before": _cursor_out(older)}
 
     @rpc
-    async def unread_count(self, conversation: str, after_ts: float = 0.0,
-                           limit: int = MAX_LIMIT) -> dict[str, Any]:
-        """Messages others wrote after a read mark, counted without reading them.
+    async def unread_counts(self, marks: dict[str, float],
+                            limit: int = MAX_LIMIT) -> dict[str, Any]:
+        """Messages others wrote after each conversation's read mark, counted over
+        the history index without reading them (at most `limit` each), all in one call
+        (a conversation list); a conversation not stored is left out.
 
-        -> {"conversation": "c1f3...", "after_ts": 1700000000.0, "limit": 1000}
-        <- {"count": 3}          at most `limit`
+        -> {"marks": {"c1f3...": 1700000000.0, "9ab0...": 0.0}, "limit": 1000}
+        <- {"counts": {"c1f3...": 3, "9ab0...": 0}}
         """
-        _ident(conversation, "conversation")
-        _time(after_ts, "after_ts")
+        _count(len(marks), "the number of conversations", 0, MAX_MARKS)
+        checked = {}
+        for conversation, after_ts in marks.items():
+            _ident(conversation, "a conversation in marks")
+            if isinstance(after_ts, bool) or not isinstance(after_ts, (int, float)):
+                raise errors.bad_params(f"marks[{conversation!r}] must be a number")
+            checked[conversation] = _time(float(after_ts), f"marks[{conversation!r}]")
         _count(limit, "limit")
-        return {"count": await self._read("unread_count", conversation, after_ts, limit)}
+        return {"counts": await self._read("unread_counts", checked, limit)}
 
     @rpc
     async def author_ranges(self, conversation: str) -> dict[str, Any]:

@@ -460,6 +460,15 @@ class Store:
             (conversation, after_ts, limit)).fetchone()
         return int(row[0])
 
+    def unread_counts(self, marks: dict[str, float], limit: int) -> dict[str, int]:
+        """`unread_count` of each conversation after its read mark, in one call; a
+        conversation not stored is left out."""
+        out = {}
+        for conversation, after_ts in marks.items():
+            if self._one("SELECT 1 FROM conversations WHERE id = ?", (conversation,)):
+                out[conversation] = self.unread_count(conversation, after_ts, limit)
+        return out
+
     def author_ranges(self, conversation: str) -> dict[str, dict[str, Any]]:
         """Per author: the seq ranges held, the contiguous prefix from 1, the count.
 

@@ -294,13 +294,21 @@ def test_unread_counts_what_others_wrote_after_the_read_mark(home: Home) -> None
         for seq in range(1, 8):
             await put(actor, BOB, seq)  # ts = seq
         await put(actor, ALICE, 1, ts=7.5, state="sent")  # ours: never unread
-        assert (await actor.unread_count("room1"))["count"] == 7
-        assert (await actor.unread_count("room1", after_ts=4.0))["count"] == 3
-        assert (await actor.unread_count("room1", after_ts=4.0, limit=2))["count"] == 2
-        assert (await actor.unread_count("room1", after_ts=7.0))["count"] == 0
-        assert await code_of(actor.unread_count("nope")) == errors.NOT_FOUND
-        assert await code_of(actor.unread_count("room1", after_ts=-1.0)) == errors.BAD_PARAMS
-        assert await code_of(actor.unread_count("room1", limit=0)) == errors.BAD_PARAMS
+
+        async def counts(marks: dict[str, Any], limit: int = 1000) -> dict[str, int]:
+            return (await actor.unread_counts(marks, limit))["counts"]
+
+        assert await counts({"room1": 0.0}) == {"room1": 7}
+        assert await counts({"room1": 4.0}) == {"room1": 3}
+        assert await counts({"room1": 4.0}, limit=2) == {"room1": 2}
+        assert await counts({"room1": 7}) == {"room1": 0}
+        # one not stored (left since, say) is left out, not an error for the others
+        assert await counts({"room1": 4.0, "nope": 0.0}) == {"room1": 3}
+        assert await counts({}) == {}
+        for bad in ({"room1": -1.0}, {"room1": "yesterday"}, {"room1": True},
+                    {"": 0.0}, {"room1": float("nan")}):
+            assert await code_of(actor.unread_counts(bad)) == errors.BAD_PARAMS, bad
+        assert await code_of(actor.unread_counts({"room1": 0.0}, 0)) == errors.BAD_PARAMS
 
     run(check, home)
 
