@@ -516,12 +516,18 @@ class Gateway(People, Actor):
             params["before"] = before
         return await self._named(list(await self._call("gossip", "history", params)))
 
-    async def _named(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _named(self, messages: list[dict[str, Any]],
+                     names: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Adds "author_name": "me", a contact's name, "~" and the name from their
-        signed profile for someone else, or "" when they have shown none."""
+        signed profile for someone else, or "" when they have shown none. `names`:
+        those of `_author_names`, when several pages are named at once."""
+        names = names if names is not None else await self._author_names()
+        return [{**m, "author_name": names.get(m.get("author"), "")} for m in messages]
+
+    async def _author_names(self) -> dict[str, str]:
         names = await self._named_by()
         names[await self._peer_id()] = "me"
-        return [{**m, "author_name": names.get(m.get("author"), "")} for m in messages]
+        return names
 
     @rpc
     async def mark_read(self, conversation: str) -> dict[str, Any]:
@@ -539,12 +545,15 @@ class Gateway(People, Actor):
         every message request as kind "request" ("id" the one `request_accept` takes,
         "peer_id", "name" from the sender's profile)."""
         out = []
+        names: dict[str, str] | None = None  # asked once, for every conversation
         for conv in await self._conversations(unread=True):
             unread = int(conv.get("unread") or 0)
             if unread <= 0:
                 continue
             want = min(unread, MAX_INBOX_MESSAGES)
-            messages = await self._named(await self._latest_received(conv["id"], want))
+            names = names if names is not None else await self._author_names()
+            messages = await self._named(await self._latest_received(conv["id"], want),
+                                         names)
             out.append({"id": conv["id"], "name": conv.get("name", ""),
                         "kind": conv.get("kind"), "unread": unread, "messages": messages})
         for req in await self.requests():

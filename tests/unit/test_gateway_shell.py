@@ -109,10 +109,12 @@ async def test_the_inbox_shows_the_latest_from_others_reading_only_pages_it_need
                   "state": "received"} for i, (_, text) in enumerate(room)],
     }
     read = {"chat": 0, "room": 0}
+    asked: list[str] = []
 
     async def call(actor: str, method: str, params: dict[str, Any] | None = None,
                    timeout: float | None = None) -> Any:
         params = params or {}
+        asked.append(method)
         if method == "conversation_list":
             return [{"id": "chat", "name": "bob", "kind": "direct", "unread": 2},
                     {"id": "room", "name": "news", "kind": "room", "unread": 1000},
@@ -135,6 +137,7 @@ async def test_the_inbox_shows_the_latest_from_others_reading_only_pages_it_need
     assert [m["body"] for m in inbox[1]["messages"]] == [
         f"news {i} 📰" for i in range(1480, 1500)]
     assert read["room"] <= 40, read
+    assert asked.count("profiles") == 1  # the names, once for the whole inbox
 
 
 async def test_naming_a_conversation_does_not_count_every_conversations_unread() -> None:
