@@ -56,6 +56,7 @@ MAX_INBOX_MESSAGES = 20  # per conversation
 # up to 1,000 messages of every unread conversation took 19 s with 200,000 stored.
 INBOX_SLACK = 10
 INBOX_PAGES = 20
+INBOX_CONCURRENCY = 4  # conversations read at once
 MAX_ROOM_INVITE_CHARS = 16 * 1024
 TOKEN_FILE = "gateway.token"
 TCP_MAX_CONCURRENT = 64
@@ -544,18 +545,31 @@ class Gateway(People, Actor):
         conversation with unread messages, with the latest of them (at most 20), then
         every message request as kind "request" ("id" the one `request_accept` takes,
         "peer_id", "name" from the sender's profile)."""
-        out = []
-        names: dict[str, str] | None = None  # asked once, for every conversation
-        for conv in await self._conversations(unread=True):
-            unread = int(conv.get("unread") or 0)
-            if unread <= 0:
-                continue
-            want = min(unread, MAX_INBOX_MESSAGES)
-            names = names if names is not None else await self._author_names()
-            messages = await self._named(await self._latest_received(conv["id"], want),
-                                         names)
-            out.append({"id": conv["id"], "name": conv.get("name", ""),
-                        "kind": conv.get("kind"), "unread": unread, "messages": messages})
+        unread = [c for c in await self._conversations(unread=True)
+                  if int(c.get("unread") or 0) > 0]
+        names = await self._author_names() if unread else {}  # once, for all of them
+        pages: dict[str, list[dict[str, Any]]] = {}
+        failed: list[errors.BusError] = []
+        limiter = trio.CapacityLimiter(INBOX_CONCURRENCY)
+
+        async def read(conv: dict[str, Any]) -> None:
+            async with limiter:
+                try:
+                    pages[conv["id"]] = await self._latest_received(
+                        conv["id"], min(int(conv["unread"]), MAX_INBOX_MESSAGES))
+                except errors.BusError as exc:
+                    if exc.code != errors.NOT_FOUND:  # not one left meanwhile
+                        failed.append(exc)
+
+        # A few at a time: gossip opens one page while storage reads the next.
+        async with trio.open_nursery() as nursery:
+            for conv in unread:
+                nursery.start_soon(read, conv)
+        if failed:
+            raise failed[0]
+        out = [{"id": c["id"], "name": c.get("name", ""), "kind": c.get("kind"),
+                "unread": int(c["unread"]), "messages": await self._named(pages[c["id"]], names)}
+               for c in unread if c["id"] in pages]
         for req in await self.requests():
             out.append({"id": req["id"], "peer_id": req["peer_id"], "name": req["name"],
                         "kind": "request", "unread": len(req["messages"]),

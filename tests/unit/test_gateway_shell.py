@@ -160,3 +160,30 @@ async def test_naming_a_conversation_does_not_count_every_conversations_unread()
     assert posted.conversation == "room1"
     assert asked == [("conversation_list", {"unread": False}),
                      ("post", {"conversation": "room1", "text": "hello 👋"})]
+
+
+async def test_the_inbox_skips_a_conversation_left_while_it_reads_and_reports_other_errors() -> None:
+    failing = {"gone": errors.not_found("no conversation 'gone'")}
+
+    async def call(actor: str, method: str, params: dict[str, Any] | None = None,
+                   timeout: float | None = None) -> Any:
+        params = params or {}
+        if method == "conversation_list":
+            return [{"id": c, "name": c, "kind": "room", "unread": 1}
+                    for c in ("gone", "here")]
+        if method == "history":
+            if params["conversation"] in failing:
+                raise failing[params["conversation"]]
+            return [{"id": "m1", "author": BOB, "body": "still here ✓", "ts": 1.0,
+                     "state": "received"}]
+        return {"profiles": {}, "request_list": []}[method]
+
+    gw = gateway(storage=fake(StorageClient, contact_list=[]))
+    gw._call = call  # type: ignore[method-assign]
+    inbox = await gw.inbox()
+    assert [(c["id"], [m["body"] for m in c["messages"]]) for c in inbox] == [
+        ("here", ["still here ✓"])]
+    failing["here"] = errors.unavailable("gossip is starting")
+    with pytest.raises(errors.BusError) as info:
+        await gw.inbox()
+    assert info.value.code == errors.UNAVAILABLE
