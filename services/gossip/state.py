@@ -288,8 +288,7 @@ class Conversations:
 
     async def listing(self, unread: bool = True) -> list[dict[str, Any]]:
         """Our conversations; with `unread`, how many messages of each others wrote
-        since the read mark (two storage calls per conversation: a caller that only
-        looks a conversation up asks without)."""
+        since the read mark (a caller that only looks a conversation up asks without)."""
         listed = await self.ctx.storage.conversation_list()
         out = []
         for c in listed:
@@ -311,7 +310,8 @@ class Conversations:
         mark = self._read_marks.get(conversation)
         if mark is None:
             read = await self.ctx.storage.kv_get(f"gossip.read.{conversation}")
-            mark = self._read_marks[conversation] = float(read) if read else 0.0
+            # A mark_read while we waited has the newer mark: it stays.
+            mark = self._read_marks.setdefault(conversation, float(read) if read else 0.0)
         return mark
 
     async def mark_read(self, conv: Conversation) -> float:

@@ -340,3 +340,46 @@ async def test_hinted_peers_are_proven_on_the_connections_there_are_and_few_are_
     node.hints[room.id] = set(peers)
     node._prove_hints(room, connected_members=TARGET_MEMBER_PEERS)
     assert sorted(synced) == sorted(connected) and dialled == []  # enough: no dial
+
+
+async def test_a_conversation_read_while_the_list_is_counted_stays_read() -> None:
+    """The list reads a read mark from storage while the user marks that conversation
+    read: the older mark the list got must not replace the new one (the conversation
+    would show unread again until gossip restarted)."""
+    kv: dict[str, bytes] = {}
+    answered = trio.Event()
+    release = trio.Event()
+    asked: list[dict[str, float]] = []
+
+    async def kv_get(key: str) -> bytes | None:
+        value = kv.get(key)
+        if key.startswith("gossip.read.") and not release.is_set():
+            answered.set()
+            await release.wait()  # storage answers late, with what it had
+        return value
+
+    async def kv_put(key: str, value: bytes) -> None:
+        kv[key] = value
+
+    async def unread_counts(marks: dict[str, float], limit: int = 1000) -> dict[str, int]:
+        asked.append(dict(marks))
+        return {c: 0 for c in marks}
+
+    async def conversation_put(*args: Any, **kw: Any) -> dict[str, Any]:
+        return {}
+
+    listed: list[dict[str, Any]] = []
+    node = gossip(storage=fake(
+        StorageClient, conversation_put=conversation_put, author_ranges={}, kv_get=kv_get,
+        kv_put=kv_put, unread_counts=unread_counts, conversation_list=lambda: listed,
+        history={"messages": [], "before": None}))
+    room = await node.room_create("ops")
+    listed.append({"id": room["id"], "name": "ops", "kind": "room", "members": [ME],
+                   "last_ts": None})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(node.conversation_list)
+        await answered.wait()
+        read = (await node.mark_read(room["id"]))["read_ts"]
+        release.set()
+    await node.conversation_list()
+    assert asked[-1] == {room["id"]: read} and read > 0
