@@ -42,7 +42,8 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise errors.bad_params(f"{where} must be an object")
-        return value
+        _, item = typing.get_args(hint) or (str, Any)
+        return {k: coerce(v, item, f"{where}[{k!r}]") for k, v in value.items()}
     if hint is bytes:
         return wire.b64d(value, where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):

@@ -118,6 +118,12 @@ def _check_ttl(ttl_s: float) -> float:
         raise errors.bad_params(f"ttl_s: {exc}") from None
 
 
+def _named(messages: list[dict[str, Any]], names: dict[str, str]) -> list[dict[str, Any]]:
+    """Each message with its "author_name" from `names` (Gateway._author_names), or ""
+    for someone who has shown none."""
+    return [{**m, "author_name": names.get(m.get("author"), "")} for m in messages]
+
+
 def _check_ref(ref: str, what: str) -> str:
     try:
         return validate.check_ref(ref, what)
@@ -279,8 +285,8 @@ class Gateway(People, Actor):
         return contact
 
     async def _conversations(self, unread: bool = False) -> list[dict[str, Any]]:
-        """Gossip's list; the unread counts only when asked (they cost two storage
-        calls per conversation, and every command naming a conversation lists them)."""
+        """Gossip's list; the unread counts only when asked (every command naming a
+        conversation lists them, and counting is a storage call)."""
         got = await self._call("gossip", "conversation_list", {"unread": unread})
         return list(got) if isinstance(got, list) else []
 
@@ -515,17 +521,12 @@ class Gateway(People, Actor):
         params: dict[str, Any] = {"conversation": conv["id"], "limit": limit}
         if before is not None:
             params["before"] = before
-        return await self._named(list(await self._call("gossip", "history", params)))
-
-    async def _named(self, messages: list[dict[str, Any]],
-                     names: dict[str, str] | None = None) -> list[dict[str, Any]]:
-        """Adds "author_name": "me", a contact's name, "~" and the name from their
-        signed profile for someone else, or "" when they have shown none. `names`:
-        those of `_author_names`, when several pages are named at once."""
-        names = names if names is not None else await self._author_names()
-        return [{**m, "author_name": names.get(m.get("author"), "")} for m in messages]
+        return _named(list(await self._call("gossip", "history", params)),
+                      await self._author_names())
 
     async def _author_names(self) -> dict[str, str]:
+        """peer ID -> the "author_name" messages show: "me", a contact's name, "~"
+        and the name from their signed profile for someone else."""
         names = await self._named_by()
         names[await self._peer_id()] = "me"
         return names
@@ -568,7 +569,7 @@ class Gateway(People, Actor):
         if failed:
             raise failed[0]
         out = [{"id": c["id"], "name": c.get("name", ""), "kind": c.get("kind"),
-                "unread": int(c["unread"]), "messages": await self._named(pages[c["id"]], names)}
+                "unread": int(c["unread"]), "messages": _named(pages[c["id"]], names)}
                for c in unread if c["id"] in pages]
         for req in await self.requests():
             out.append({"id": req["id"], "peer_id": req["peer_id"], "name": req["name"],

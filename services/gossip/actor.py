@@ -286,8 +286,6 @@ class Gossip(StrangerRpcs, Actor):
         """{"unread"?} -> [{"id", "name", "kind", "members", "unread", "last_ts"}, ...];
         with "unread": false, without the counts (a lookup by name needs none)."""
         await self._ready()
-        if not isinstance(unread, bool):
-            raise errors.bad_params("unread must be true or false")
         return await self.conversations.listing(unread)
 
     @rpc

@@ -277,7 +277,6 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-
 OLDER = ("this room invite comes from an older p2pm (invite version {v}), which this "
          "one no longer accepts; ask for a new invite")
 
@@ -290,7 +289,6 @@ def older_invite_version(text: str, current: int = INVITE_VERSION) -> int | None
             and int(number) < current:
         return int(number)
     return None
-
 
 
 def decode_invite(text: str, now: float | None = None) -> Invite:

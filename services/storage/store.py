@@ -450,23 +450,17 @@ class Store:
         cursor = (page[0].ts, page[0].id) if len(rows) > limit else None
         return page, cursor
 
-    def unread_count(self, conversation: str, after_ts: float, limit: int) -> int:
-        """How many messages others wrote after `after_ts` (a read mark), at most
-        `limit`: a count over the history index, nothing unsealed."""
-        self._require_conversation(conversation)
-        row = self.conn.execute(
-            "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE conversation = ? "
-            "AND ts > ? AND state = 'received' LIMIT ?)",
-            (conversation, after_ts, limit)).fetchone()
-        return int(row[0])
-
     def unread_counts(self, marks: dict[str, float], limit: int) -> dict[str, int]:
-        """`unread_count` of each conversation after its read mark, in one call; a
+        """How many messages others wrote in each conversation after its read mark,
+        at most `limit` each: counts over the history index, nothing unsealed. A
         conversation not stored is left out."""
         out = {}
         for conversation, after_ts in marks.items():
             if self._one("SELECT 1 FROM conversations WHERE id = ?", (conversation,)):
-                out[conversation] = self.unread_count(conversation, after_ts, limit)
+                out[conversation] = int(self.conn.execute(
+                    "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE conversation = ? "
+                    "AND ts > ? AND state = 'received' LIMIT ?)",
+                    (conversation, after_ts, limit)).fetchone()[0])
         return out
 
     def author_ranges(self, conversation: str) -> dict[str, dict[str, Any]]:

@@ -305,12 +305,30 @@ def test_unread_counts_what_others_wrote_after_the_read_mark(home: Home) -> None
         # one not stored (left since, say) is left out, not an error for the others
         assert await counts({"room1": 4.0, "nope": 0.0}) == {"room1": 3}
         assert await counts({}) == {}
-        for bad in ({"room1": -1.0}, {"room1": "yesterday"}, {"room1": True},
-                    {"": 0.0}, {"room1": float("nan")}):
+        for bad in ({"room1": -1.0}, {"": 0.0}, {"room1": float("nan")}):
             assert await code_of(actor.unread_counts(bad)) == errors.BAD_PARAMS, bad
         assert await code_of(actor.unread_counts({"room1": 0.0}, 0)) == errors.BAD_PARAMS
 
     run(check, home)
+
+
+def test_unread_counts_refuses_marks_that_are_not_times_at_the_boundary(home: Home) -> None:
+    # What a local client sends: each mark is checked as a number, as any param is.
+    async def main() -> None:
+        async with on_bus(home) as (actor, client, _):
+            await client.call("conversation_put", ROOM_PARAMS)
+            for bad in ({"room1": "yesterday"}, {"room1": True}, {"room1": None},
+                        {"room1": [1.0]}, ["room1"]):
+                assert await code_of(client.call("unread_counts", {"marks": bad})) \
+                    == errors.BAD_PARAMS, bad
+            # a client asking for more conversations than any node holds is refused whole
+            flood = {f"c{i}": 0.0 for i in range(10_001)}
+            assert await code_of(client.call("unread_counts", {"marks": flood})) \
+                == errors.BAD_PARAMS
+            got = await client.call("unread_counts", {"marks": {ROOM_PARAMS["id"]: 0}})
+            assert got == {"counts": {ROOM_PARAMS["id"]: 0}}
+
+    trio.run(main)
 
 
 def test_messages_by_author_range_and_limit(home: Home) -> None:
