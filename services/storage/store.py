@@ -331,8 +331,11 @@ class Store:
             "SELECT peer_id FROM conversation_members WHERE conversation = ? "
             "ORDER BY peer_id", (conversation,))]
 
+    def _has_conversation(self, id: str) -> bool:
+        return self._one("SELECT 1 FROM conversations WHERE id = ?", (id,)) is not None
+
     def _require_conversation(self, id: str) -> None:
-        if self._one("SELECT 1 FROM conversations WHERE id = ?", (id,)) is None:
+        if not self._has_conversation(id):
             raise errors.not_found(f"no conversation {id!r}")
 
     def conversation_get(self, id: str) -> Conversation:
@@ -456,7 +459,7 @@ class Store:
         conversation not stored is left out."""
         out = {}
         for conversation, after_ts in marks.items():
-            if self._one("SELECT 1 FROM conversations WHERE id = ?", (conversation,)):
+            if self._has_conversation(conversation):
                 out[conversation] = int(self.conn.execute(
                     "SELECT COUNT(*) FROM (SELECT 1 FROM messages WHERE conversation = ? "
                     "AND ts > ? AND state = 'received' LIMIT ?)",
